@@ -1,0 +1,68 @@
+# Remote Job Worker — every set-up step lives here; the README names `make demo` and `make test`.
+# The member list comes from workspace.toml (tools/workspace.py), never from a copy in this file.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+MEMBERS := $(shell $(PYTHON) tools/workspace.py paths)
+PYPROJECTS := $(addsuffix /pyproject.toml,$(MEMBERS))
+# Debian packages the tests and the VM harness need (installed only when missing; needs root).
+APT_PACKAGES := stress openssl iproute2 procps qemu-system-x86 busybox-static cpio kmod
+PYTEST_ARGS ?=
+
+.PHONY: help demo test test-host test-vm lint system-deps venv proto proto-check bench lock clean certs
+
+help:
+	@echo "make demo     set everything up, start a jobserver with the checked-in certs and drive it"
+	@echo "make test     set everything up and run every test (lint, host suite, cgroup v2 VM suite)"
+	@echo "make test-host / test-vm / lint / proto / certs / bench / lock / clean"
+
+system-deps: .cache/apt.stamp
+.cache/apt.stamp: Makefile
+	@mkdir -p .cache
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "need root to install: $$missing" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@touch $@
+
+venv: $(VENV)/.stamp
+$(VENV)/.stamp: requirements/dev.lock $(PYPROJECTS) workspace.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --require-hashes --no-deps -r requirements/dev.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation $(addprefix -e ,$(MEMBERS))
+	@touch $@
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test-host: system-deps venv
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-vm: system-deps venv
+	$(PY) tests/vm/run_vm.py -- tests/vm/v2_suite $(PYTEST_ARGS)
+
+test: lint test-host test-vm
+
+demo: system-deps venv
+	$(PY) tools/demo.py
+
+proto: venv
+	$(PY) tools/gen_proto.py
+
+certs:
+	bash certs/generate.sh
+
+bench: system-deps venv
+	$(PY) bench/run_all.py
+
+lock:
+	$(PY) -m pip install -q pip-tools
+	$(VENV)/bin/pip-compile --generate-hashes --allow-unsafe --strip-extras -q -o requirements/dev.lock requirements/dev.in
+
+clean:
+	rm -rf $(VENV) .cache .mypy_cache .pytest_cache .ruff_cache

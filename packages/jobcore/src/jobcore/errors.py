@@ -1,0 +1,39 @@
+"""The exceptions jobcore raises. Users catch them by meaning; every message names what is wrong."""
+
+from __future__ import annotations
+
+
+class JobError(Exception):
+    """Base class of every jobcore error."""
+
+
+class InvalidSpec(JobError, ValueError):
+    """A JobSpec (argv, env, cwd, owner, isolation) is malformed."""
+
+
+class InvalidLimit(InvalidSpec):
+    """A resource limit is negative, zero, absurd, above the allowed maximum or not enforceable."""
+
+
+class InvalidJobId(JobError, ValueError):
+    """A job id is not of the form jobcore issues (a UUID); it is never used as a path."""
+
+
+class JobNotFound(JobError, LookupError):
+    """No job with that id exists in this Worker's state directory."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} not found")
+        self.job_id = job_id
+
+
+class ControllerError(JobError):
+    """A resource-controller backend cannot be used, or failed while setting up or tearing down a job."""
+
+
+class UnknownController(ControllerError, ValueError):
+    """No resource-controller backend is registered under that name."""
+
+
+class WorkerError(JobError):
+    """The Worker itself cannot run: its state directory is locked or unusable, or its launcher died."""
