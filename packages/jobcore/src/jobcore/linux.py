@@ -1,0 +1,176 @@
+"""Thin, typed wrappers over the Linux system calls jobcore needs that Python 3.11 lacks.
+
+unshare, mount, prctl and inotify go through libc with ctypes; each raises OSError with errno set.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import socket
+import struct
+from collections.abc import Iterator
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+#: Isolation field name -> clone flag.
+NAMESPACE_FLAGS = {
+    "pid": CLONE_NEWPID,
+    "mount": CLONE_NEWNS,
+    "net": CLONE_NEWNET,
+    "uts": CLONE_NEWUTS,
+    "ipc": CLONE_NEWIPC,
+}
+
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+F_SETPIPE_SZ = 1031
+
+IN_MODIFY = 0x00000002
+IN_CLOSE_WRITE = 0x00000008
+IN_MOVED_TO = 0x00000080
+IN_CREATE = 0x00000100
+IN_DELETE_SELF = 0x00000400
+IN_IGNORED = 0x00008000
+IN_NONBLOCK = os.O_NONBLOCK
+IN_CLOEXEC = os.O_CLOEXEC
+
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+
+
+def _check(result: int, what: str) -> int:
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return result
+
+
+def unshare(flags: int) -> None:
+    """unshare(2). Uses os.unshare where Python provides it (3.12+)."""
+    native = getattr(os, "unshare", None)
+    if native is not None:
+        native(flags)
+        return
+    _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
+    def enc(s: str | None) -> bytes | None:
+        return None if s is None else os.fsencode(s)
+
+    result = _libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data))
+    _check(result, f"mount {fstype or ''} on {target}")
+
+
+def make_mounts_private() -> None:
+    """Stop mount events propagating between this mount namespace and the host's."""
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+
+
+def mount_proc() -> None:
+    """Mount a fresh /proc that shows the calling process's PID namespace."""
+    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def set_interface_up(name: str = "lo") -> None:
+    """Bring a network interface up with the SIOCSIFFLAGS ioctl (no `ip` binary needed)."""
+    import fcntl
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifreq = struct.pack("16sH14x", name.encode(), 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, ifreq))[1]
+        fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS, struct.pack("16sH14x", name.encode(), flags | _IFF_UP))
+
+
+def prctl(option: int, arg: int) -> None:
+    _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), 0, 0, 0), "prctl")
+
+
+def set_pipe_size(fd: int, size: int) -> None:
+    """Grow a pipe's buffer (fewer wake-ups for bulk output); best effort, the default works too."""
+    import fcntl
+
+    try:
+        fcntl.fcntl(fd, F_SETPIPE_SZ, size)
+    except OSError:
+        pass
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat), or None when the
+    process does not exist. Together with the pid it identifies a process across pid reuse."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after its last ')'.
+    fields = data[data.rindex(b")") + 2 :].split()
+    return int(fields[19])
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of `pid` from /proc/PID/task/*/children (needs CONFIG_PROC_CHILDREN)."""
+    children: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return children
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                children.extend(int(p) for p in f.read().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return children
+
+
+class Inotify:
+    """An inotify instance (non-blocking, close-on-exec)."""
+
+    _EVENT = struct.Struct("iIII")
+
+    def __init__(self) -> None:
+        self.fd = _check(_libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC), "inotify_init1")
+
+    def add_watch(self, path: str, mask: int) -> int:
+        return _check(_libc.inotify_add_watch(self.fd, os.fsencode(path), ctypes.c_uint32(mask)), f"inotify watch {path}")
+
+    def rm_watch(self, wd: int) -> None:
+        # EINVAL: the watch is already gone (its directory was removed); nothing to do.
+        _libc.inotify_rm_watch(self.fd, wd)
+
+    def read_events(self) -> Iterator[tuple[int, int, str]]:
+        """Every queued event as (wd, mask, name); empty when none is queued."""
+        try:
+            data = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return
+        offset = 0
+        while offset < len(data):
+            wd, mask, _cookie, length = self._EVENT.unpack_from(data, offset)
+            offset += self._EVENT.size
+            name = data[offset : offset + length].rstrip(b"\0").decode(errors="replace")
+            offset += length
+            yield wd, mask, name
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

@@ -1,0 +1,93 @@
+"""The per-job output log: a raw payload file plus a fixed-record index.
+
+`output` holds exactly the bytes the command wrote to stdout and stderr, in the order the shim read
+them: what a terminal would have shown. Readers address it by byte offset. `output.idx` has one
+record per chunk — (offset, length, stream, time in ns) — for stream filtering and timestamps.
+
+The shim moves pipe data into the file with splice(2) (no copy through user space) and is the only
+writer, so it tracks the file size itself and never needs O_APPEND (which splice refuses).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from pathlib import Path
+
+from jobcore.jobdir import OUTPUT, OUTPUT_INDEX
+
+STDOUT = 1
+STDERR = 2
+
+#: offset (u64), length (u32), stream (u8), padding, time_ns (i64)
+INDEX_RECORD = struct.Struct("<QIB3xq")
+
+
+class OutputWriter:
+    """Appends chunks to a job's output log, up to `cap` bytes (None = no cap)."""
+
+    def __init__(self, directory: Path, cap: int | None) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+        self._out = os.open(directory / OUTPUT, flags, 0o600)
+        self._idx = os.open(directory / OUTPUT_INDEX, flags | os.O_APPEND, 0o600)
+        self.size = os.fstat(self._out).st_size
+        self.cap = cap
+        #: True once output was dropped because the cap was reached.
+        self.capped = False
+        self._splice_ok = True
+
+    def _room(self, want: int) -> int:
+        if self.cap is None:
+            return want
+        return max(0, min(want, self.cap - self.size))
+
+    def _record(self, stream: int, length: int) -> None:
+        os.write(self._idx, INDEX_RECORD.pack(self.size, length, stream, time.time_ns()))
+        self.size += length
+
+    def drain_pipe(self, fd: int, stream: int, max_bytes: int = 1 << 20) -> int:
+        """Move what is readable on pipe `fd` into the log. Returns the bytes taken from the pipe
+        (0 at end of file). Bytes past the cap are read and dropped, and `capped` is set."""
+        room = self._room(max_bytes)
+        if room and self._splice_ok:
+            try:
+                moved = os.splice(fd, self._out, room, offset_dst=self.size)
+            except OSError:
+                self._splice_ok = False  # e.g. a file system without splice support: copy instead
+            else:
+                if moved:
+                    self._record(stream, moved)
+                return moved
+        data = os.read(fd, max_bytes)
+        if data:
+            self.append(stream, data)
+        return len(data)
+
+    def append(self, stream: int, data: bytes) -> None:
+        """Append `data`, dropping (and flagging) what does not fit under the cap."""
+        keep = self._room(len(data))
+        if keep < len(data):
+            self.capped = True
+        view = memoryview(data)[:keep]
+        written = 0
+        while written < keep:
+            written += os.pwrite(self._out, view[written:], self.size + written)
+        if keep:
+            self._record(stream, keep)
+
+    def close(self, *, durable: bool = True) -> None:
+        for fd in (self._out, self._idx):
+            if durable:
+                os.fsync(fd)
+            os.close(fd)
+
+
+def read_index(directory: Path) -> list[tuple[int, int, int, int]]:
+    """Every index record as (offset, length, stream, time_ns)."""
+    try:
+        data = (directory / OUTPUT_INDEX).read_bytes()
+    except FileNotFoundError:
+        return []
+    usable = len(data) - len(data) % INDEX_RECORD.size
+    return [INDEX_RECORD.unpack_from(data, i) for i in range(0, usable, INDEX_RECORD.size)]
