@@ -1,0 +1,202 @@
+"""One contract suite, run against every resource-controller backend usable here (psutil's
+test_contracts.py pattern): the real cgroup1 backend, the real cgroup2 backend (in the VM harness),
+the cgroup2 backend over a fake cgroupfs (the parts that need no kernel) and `none`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import OWNER, Backend, Children, process_gone, wait_until
+from jobcore.controllers import Handle, ResourceController, available_backends
+from jobcore.errors import ControllerError, InvalidLimit
+from jobcore.spec import Limits
+
+REPO = str(Path(__file__).resolve().parents[3])
+pytestmark = pytest.mark.cgroup
+
+
+def limits_for(backend: Backend) -> Limits:
+    """Limits the backend can enforce (none: no limits at all)."""
+    if backend.id == "none":
+        return Limits()
+    return Limits(cpu=1, memory=256 << 20, pids=64)
+
+
+def need_kernel(backend: Backend) -> None:
+    if not backend.real_kernel:
+        pytest.skip(f"{backend.id}: needs a kernel that really confines processes")
+
+
+def test_is_a_registered_resource_controller(backend: Backend) -> None:
+    controller = backend.controller
+    assert isinstance(controller, ResourceController)
+    name = type(controller).name
+    assert available_backends()[name] is type(controller)
+    # The registry constructs backends with no arguments; the probe never raises.
+    caps = type(controller)().probe()
+    assert caps.backend == name
+
+
+def test_probe_reports_a_usable_backend(backend: Backend) -> None:
+    caps = backend.controller.probe()
+    assert caps.available, caps.reason
+    assert caps.mode in ("cgroup2", "cgroup1-hybrid", "cgroup1-legacy", "none")
+    assert set(caps.enforceable) <= set(Limits.RESOURCE_FIELDS)
+    if backend.id == "none":
+        assert caps.enforceable == ()
+        assert any("NOTHING IS LIMITED" in n for n in caps.notes)
+    else:
+        assert {"cpu", "memory", "pids"} <= set(caps.enforceable)
+        assert caps.job_roots
+
+
+def test_state_is_plain_json_and_attaches_to_the_same_job(backend: Backend, jobs: object) -> None:
+    limits = limits_for(backend)
+    handle = backend.controller.create(OWNER, "state1", limits, REPO)
+    try:
+        state = json.loads(json.dumps(handle.to_state()))
+        again = backend.controller.attach(state)
+        assert isinstance(again, Handle)
+        assert again.to_state() == handle.to_state()
+        assert again.applied() == limits
+    finally:
+        handle.destroy()
+
+
+def test_a_process_entered_is_listed_and_the_handle_counts_it(backend: Backend, children: Children) -> None:
+    handle = backend.controller.create(OWNER, "enter1", limits_for(backend), REPO)
+    try:
+        proc = children.spawn_in(handle, ["sleep", "30"])
+        if backend.id == "none":
+            assert handle.pids() == []
+        else:
+            assert proc.pid in handle.pids()
+    finally:
+        handle.destroy()
+
+
+def test_kill_kills_a_daemonized_grandchild(backend: Backend, children: Children) -> None:
+    need_kernel(backend)
+    handle = backend.controller.create(OWNER, "kill1", limits_for(backend), REPO)
+    try:
+        # The grandchild leaves the session and the process group; only the cgroup still holds it.
+        proc = children.spawn_in(
+            handle,
+            ["sh", "-c", "setsid sleep 300 </dev/null >/dev/null 2>&1 & echo $!; wait"],
+            stdout=subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        grandchild = int(proc.stdout.readline())
+        assert grandchild in handle.pids()
+        handle.kill()
+        assert process_gone(grandchild)
+        assert proc.wait(timeout=5) == -9
+        assert handle.pids() == []
+    finally:
+        handle.destroy()
+
+
+def test_destroy_removes_every_directory_and_is_idempotent(backend: Backend, children: Children) -> None:
+    handle = backend.controller.create(OWNER, "destroy1", limits_for(backend), REPO)
+    if backend.real_kernel:
+        children.spawn_in(handle, ["sleep", "300"])
+    elif backend.fake is not None:
+        children.spawn_in(handle, ["sleep", "300"])  # the fake's cgroup.kill kills the listed pid
+    paths = [p for p in _state_paths(handle) if p]
+    assert all(os.path.isdir(p) for p in paths)
+    handle.destroy()
+    assert not [p for p in paths if os.path.exists(p)]
+    handle.destroy()
+    backend.controller.attach(handle.to_state()).destroy()
+
+
+def test_stats_are_numbers_from_the_cgroup(backend: Backend, children: Children) -> None:
+    handle = backend.controller.create(OWNER, "stats1", limits_for(backend), REPO)
+    try:
+        if backend.real_kernel:
+            spin = "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done"
+            proc = children.spawn_in(handle, ["sh", "-c", spin])
+            assert proc.wait(timeout=30) == 0
+        usage = handle.stats()
+        if backend.id == "none":
+            assert usage.cpu_seconds is None and usage.memory_peak_bytes is None
+            return
+        assert isinstance(usage.cpu_seconds, float)
+        assert isinstance(usage.io_read_bytes, int) and isinstance(usage.io_write_bytes, int)
+        if backend.real_kernel:
+            assert usage.cpu_seconds > 0.01
+            assert isinstance(usage.memory_peak_bytes, int) and usage.memory_peak_bytes > 0
+        assert handle.oom_killed() is False
+    finally:
+        handle.destroy()
+
+
+def test_sweep_removes_stale_job_cgroups_and_keeps_live_ones(backend: Backend, children: Children) -> None:
+    controller = backend.controller
+    live = controller.create(OWNER, "live1", limits_for(backend), REPO)
+    stale = controller.create(OWNER, "stale1", limits_for(backend), REPO)
+    try:
+        if backend.real_kernel:
+            proc = children.spawn_in(stale, ["sleep", "300"])
+        # Only this test's owner is ever judged stale: other jobs on this host are not ours.
+        removed = controller.sweep(lambda owner, job_id: owner != OWNER or job_id == "live1")
+        if backend.id == "none":
+            assert removed == []
+            return
+        assert sorted(removed) == sorted(p for p in _state_paths(stale) if p)
+        assert not [p for p in removed if os.path.exists(p)]
+        assert all(os.path.isdir(p) for p in _state_paths(live))
+        if backend.real_kernel:
+            assert proc.wait(timeout=5) == -9
+    finally:
+        live.destroy()
+        stale.destroy()
+
+
+def test_an_io_limit_on_tmpfs_is_refused_before_anything_exists(backend: Backend) -> None:
+    if not Path("/dev/shm").is_dir():
+        pytest.skip("no /dev/shm")
+    limits = Limits(io_write_bps=10 << 20)
+    with pytest.raises(InvalidLimit) as exc:
+        backend.controller.check(limits, "/dev/shm")
+    if backend.id != "none":
+        assert "/dev/shm" in str(exc.value) and "tmpfs" in str(exc.value)
+    with pytest.raises(InvalidLimit):
+        backend.controller.create(OWNER, "tmpfs1", limits, "/dev/shm")
+    assert not [d for d in backend.owner_dirs if d.exists()]
+
+
+def test_a_second_job_with_the_same_id_is_refused(backend: Backend) -> None:
+    if backend.id == "none":
+        pytest.skip("none keeps no per-job state to collide")
+    handle = backend.controller.create(OWNER, "dup1", limits_for(backend), REPO)
+    try:
+        with pytest.raises(ControllerError, match="already exists"):
+            backend.controller.create(OWNER, "dup1", limits_for(backend), REPO)
+    finally:
+        handle.destroy()
+
+
+def test_unsafe_names_never_become_paths(backend: Backend) -> None:
+    if backend.id == "none":
+        pytest.skip("none creates no paths")
+    for owner, job_id in ((OWNER, "../escape"), (OWNER, ".."), ("../x", "j"), (OWNER, "a/b")):
+        with pytest.raises(ControllerError):
+            backend.controller.create(owner, job_id, Limits(), REPO)
+
+
+def _state_paths(handle: Handle) -> list[str]:
+    state = handle.to_state()
+    if "paths" in state:
+        return list(dict.fromkeys(state["paths"].values()))
+    return [state["path"]] if "path" in state else []
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__]))
