@@ -25,6 +25,7 @@ Stdlib only: runnable with the repo's venv python or a plain python3.
 from __future__ import annotations
 
 import argparse
+import bz2
 import contextlib
 import ctypes
 import fcntl
@@ -125,11 +126,11 @@ sleep 10
 """
 
 
-class Unavailable(Exception):
+class UnavailableError(Exception):
     """The VM cannot run on this host (a reason to skip, or to fail under CI=true)."""
 
 
-class VMFailed(Exception):
+class VMFailedError(Exception):
     """The VM or the harness failed (not pytest)."""
 
 
@@ -184,14 +185,16 @@ def ensure_kernel() -> Path:
         if cached:
             log(f"cannot resolve {META_PACKAGE} with apt; using cached kernel {cached[0].name}")
             return cached[0]
-        raise Unavailable(f"cannot resolve the {META_PACKAGE} kernel package with apt, and none is cached")
+        raise UnavailableError(
+            f"cannot resolve the {META_PACKAGE} kernel package with apt, and none is cached"
+        )
     pkg, version = found
     kdir = CACHE / f"{pkg}_{version.replace(':', '%3a')}"
     tree = kdir / "tree"
     if not (tree / ".complete").exists():
         for tool in ("apt-get", "dpkg-deb", "depmod"):
             if not shutil.which(tool) and not Path("/sbin", tool).exists():
-                raise Unavailable(f"`{tool}` is missing (Debian packages apt, dpkg, kmod)")
+                raise UnavailableError(f"`{tool}` is missing (Debian packages apt, dpkg, kmod)")
         if kdir.exists():
             shutil.rmtree(kdir)
         kdir.mkdir(parents=True)
@@ -205,16 +208,16 @@ def ensure_kernel() -> Path:
             if cached:
                 log(f"download failed ({dl.stderr.strip()[-200:]}); using cached kernel {cached[0].name}")
                 return cached[0]
-            raise Unavailable(f"apt-get download {pkg}={version} failed: {dl.stderr.strip()[-300:]}")
+            raise UnavailableError(f"apt-get download {pkg}={version} failed: {dl.stderr.strip()[-300:]}")
         x = _run(["dpkg-deb", "-x", str(debs[0]), str(tree)])
         if x.returncode != 0:
-            raise VMFailed(f"dpkg-deb -x failed: {x.stderr.strip()}")
+            raise VMFailedError(f"dpkg-deb -x failed: {x.stderr.strip()}")
         debs[0].unlink()
         kver = _kernel_release(tree)
         depmod = shutil.which("depmod") or "/sbin/depmod"
         d = _run([depmod, "-b", str(tree), kver])
         if d.returncode != 0:
-            raise VMFailed(f"depmod failed: {d.stderr.strip()}")
+            raise VMFailedError(f"depmod failed: {d.stderr.strip()}")
         (tree / ".complete").write_text(f"{pkg} {version} {kver}\n")
         log(f"kernel {kver} unpacked in {time.monotonic() - t0:.1f}s")
     if not (kdir / "vmlinux").exists():
@@ -237,12 +240,11 @@ def ensure_kernel() -> Path:
 def _kernel_release(tree: Path) -> str:
     releases = [p.name for p in (tree / "lib" / "modules").iterdir() if p.is_dir()]
     if len(releases) != 1:
-        raise VMFailed(f"expected one kernel release in {tree}/lib/modules, found {releases}")
+        raise VMFailedError(f"expected one kernel release in {tree}/lib/modules, found {releases}")
     return releases[0]
 
 
 def _decompressors() -> list[tuple[bytes, object]]:
-    import bz2  # noqa: PLC0415 - only needed here
 
     def xz(buf: bytes) -> bytes:
         return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(buf)
@@ -288,7 +290,7 @@ def extract_vmlinux(bzimage: bytes) -> bytes:
             continue
         if out[:4] == b"\x7fELF":
             return bytes(out)
-    raise VMFailed("no compressed ELF kernel found in the bzImage")
+    raise VMFailedError("no compressed ELF kernel found in the bzImage")
 
 
 # ------------------------------------------------------------------------------------ initramfs
@@ -313,7 +315,7 @@ def find_busybox() -> Path:
     for cand in ("/bin/busybox", "/usr/bin/busybox", shutil.which("busybox") or ""):
         if cand and Path(cand).is_file() and _is_static_elf(Path(cand)):
             return Path(cand)
-    raise Unavailable("no statically linked busybox (Debian package busybox-static)")
+    raise UnavailableError("no statically linked busybox (Debian package busybox-static)")
 
 
 def module_load_order(moddir: Path, names: tuple[str, ...]) -> list[str]:
@@ -342,7 +344,7 @@ def module_load_order(moddir: Path, names: tuple[str, ...]) -> list[str]:
         if key in builtin:
             continue
         if key not in by_name:
-            raise VMFailed(f"module {name} is neither built in nor in {moddir}/modules.dep")
+            raise VMFailedError(f"module {name} is neither built in nor in {moddir}/modules.dep")
         visit(by_name[key])
     return order
 
@@ -379,7 +381,7 @@ def ensure_initramfs(kdir: Path, busybox: Path) -> Path:
     optional = [m for m in module_load_order(moddir, OPTIONAL_MODULES) if m not in boot]
     init = INIT_SCRIPT.replace("@CONTROLLERS@", CONTROLLERS).encode()
     bb = busybox.read_bytes()
-    h = hashlib.sha256(init + bb + "\n".join(boot + ["--"] + optional).encode())
+    h = hashlib.sha256(init + bb + "\n".join([*boot, "--", *optional]).encode())
     for rel in boot + optional:
         h.update((moddir / rel).read_bytes())
     target = kdir / f"initramfs-{h.hexdigest()[:16]}.cpio"
@@ -406,7 +408,8 @@ def ensure_initramfs(kdir: Path, busybox: Path) -> Path:
     for old in kdir.glob("initramfs-*.cpio"):
         if old != target:
             old.unlink()
-    log(f"built {target.name} ({target.stat().st_size >> 10} KiB; modules: {', '.join(map(modname, boot + optional))})")
+    names = ", ".join(map(modname, boot + optional))
+    log(f"built {target.name} ({target.stat().st_size >> 10} KiB; modules: {names})")
     return target
 
 
@@ -423,6 +426,18 @@ def cache_lock() -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------------------------- run
+
+
+def new_results_dir() -> Path:
+    """A fresh writable share for one run: `.cache/vm/runs/run-<pid>-*`. Folders of runs whose
+    harness died without cleaning up (SIGKILL) are removed here."""
+    runs = CACHE / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    for d in runs.iterdir():
+        m = re.fullmatch(r"run-(\d+)-.*", d.name)
+        if m and not Path(f"/proc/{m.group(1)}").exists():
+            shutil.rmtree(d, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=runs))
 
 
 def run_script(pytest_args: list[str], env: dict[str, str], moddir_host: Path, kver: str) -> str:
@@ -452,7 +467,7 @@ def _pdeathsig() -> None:
 
 
 def boot(
-    kdir: Path, initramfs: Path, results: Path, mem: str, smp: int, timeout: float, verbose: bool
+    *, kdir: Path, initramfs: Path, results: Path, mem: str, smp: int, timeout: float, verbose: bool
 ) -> tuple[int, float]:
     """Run qemu, streaming the console to stdout. Returns (qemu's exit code, seconds taken)."""
     qemu = shutil.which(QEMU)
@@ -475,7 +490,11 @@ def boot(
         log("qemu command: " + shlex.join(cmd))
     t0 = time.monotonic()
     proc = subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=_pdeathsig
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=_pdeathsig,  # noqa: PLW1509 - single-threaded
     )
     assert proc.stdout
     out = sys.stdout.buffer
@@ -484,6 +503,8 @@ def boot(
         sel.register(proc.stdout, selectors.EVENT_READ)
         deadline = t0 + timeout
         carry = b""
+        ready = b"[vm-init] cgroup2 ready"
+        seen: bytes | None = b""
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -498,6 +519,11 @@ def boot(
             carry = b"\r" if chunk.endswith(b"\r") else b""
             out.write(chunk[: len(chunk) - len(carry)].replace(b"\r\n", b"\n"))
             out.flush()
+            if seen is not None:
+                seen = (seen + chunk)[-4096:]
+                if ready in seen:
+                    seen = None
+                    log(f"guest up, cgroup2 ready {time.monotonic() - t0:.1f}s after qemu started")
         out.write(carry)
         left = max(deadline - time.monotonic(), 0.1)
         rc = proc.wait(timeout=left)
@@ -568,23 +594,29 @@ def main(argv: list[str]) -> int:
     try:
         t_start = time.monotonic()
         if not shutil.which(QEMU):
-            raise Unavailable(f"{QEMU} not found (Debian package qemu-system-x86)")
+            raise UnavailableError(f"{QEMU} not found (Debian package qemu-system-x86)")
         if not VENV_PYTHON.exists():
-            raise VMFailed(f"{VENV_PYTHON} is missing (make venv)")
+            raise VMFailedError(f"{VENV_PYTHON} is missing (make venv)")
         busybox = find_busybox()
         with cache_lock():
             kdir = ensure_kernel()
             initramfs = ensure_initramfs(kdir, busybox)
         kver = _kernel_release(kdir / "tree")
         t_cache = time.monotonic() - t_start
-        results = Path(tempfile.mkdtemp(prefix="run_vm-"))
+        results = new_results_dir()
         (results / "run.sh").write_text(
             run_script(ns.pytest_args, guest_env(ns.env), kdir / "tree" / "lib" / "modules" / kver, kver)
         )
         log(f"booting {kver} (cache ready in {t_cache:.1f}s): pytest {shlex.join(ns.pytest_args)}")
         try:
             qrc, took = boot(
-                kdir, initramfs, results, ns.mem, ns.smp, ns.timeout - t_cache, ns.verbose
+                kdir=kdir,
+                initramfs=initramfs,
+                results=results,
+                mem=ns.mem,
+                smp=ns.smp,
+                timeout=ns.timeout - t_cache,
+                verbose=ns.verbose,
             )
         except TimeoutError:
             log(f"FAILED: timeout after {ns.timeout:.0f}s; qemu killed")
@@ -592,20 +624,20 @@ def main(argv: list[str]) -> int:
         if ns.log and (results / "output").exists():
             shutil.copyfile(results / "output", ns.log)
         if (results / "init-error").exists():
-            raise VMFailed(f"guest set-up failed: {(results / 'init-error').read_text().strip()}")
+            raise VMFailedError(f"guest set-up failed: {(results / 'init-error').read_text().strip()}")
         status = results / "status"
         if not status.exists():
-            raise VMFailed(f"no exit status came back from the guest (qemu exit code {qrc})")
+            raise VMFailedError(f"no exit status came back from the guest (qemu exit code {qrc})")
         rc = int(status.read_text().strip())
         log(f"pytest exit status {rc}; VM ran {took:.1f}s, total {time.monotonic() - t_start:.1f}s")
         return rc
-    except Unavailable as e:
+    except UnavailableError as e:
         if ci:
             log(f"ERROR: cgroup v2 VM unavailable: {e} (CI=true: this is a failure)")
             return EXIT_UNAVAILABLE_CI
         log(f"SKIP: cgroup v2 VM unavailable: {e}")
         return 0 if ns.unavailable_ok else EXIT_UNAVAILABLE
-    except VMFailed as e:
+    except VMFailedError as e:
         log(f"FAILED: {e}")
         return EXIT_VM_FAILED
     except KeyboardInterrupt:
