@@ -1,0 +1,53 @@
+"""`jobserver`: the daemon's entry point (flags, environment, config file, signals)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+# Importing the package first pins gRPC's TLS cipher list before grpc is imported (see __init__).
+import jobserver  # noqa: F401  isort: skip
+
+import structlog
+
+from jobserver.config import ConfigError, load_config
+from jobserver.logs import configure_logging
+from jobserver.server import JobServer, StartupError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = load_config(argv)
+    except ConfigError as exc:
+        print(f"jobserver: error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_format)
+    log = structlog.get_logger("jobserver")
+    stop = threading.Event()
+    received: list[str] = []
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        received.append(signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server = JobServer(config)
+    try:
+        server.start()
+    except StartupError as exc:
+        log.error("cannot start", error=str(exc))
+        print(f"jobserver: error: {exc}", file=sys.stderr)
+        return 1
+    while not stop.wait(3600):
+        pass
+    log.info("shutting down", signal=received[0] if received else None, grace=config.shutdown_grace_seconds)
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""The server's settings: built-in defaults < config file (TOML) < environment < command-line flags.
+
+Every command-line flag has an environment twin (`--state-dir` / `JOBSERVER_STATE_DIR`). The config
+file holds the same operational settings plus the limit defaults, maximums and request caps, which are
+not flags (see docs/jobserver.md for the file's layout). Any unknown key is an error: a typo must not
+silently leave a limit at its default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+from jobcore.errors import InvalidLimit
+from jobcore.spec import Limits, host_cpu_count, host_memory_bytes
+from jobcore.units import parse_cpu, parse_rate, parse_size
+
+MIB = 1024 * 1024
+
+DEFAULT_LIMITS = Limits(cpu=1.0, memory=512 * MIB, pids=256)
+
+
+def default_max_limits() -> Limits:
+    """What a request may ask for at most, unless configured: the whole host, 32768 pids, IO unlimited."""
+    return Limits(cpu=float(host_cpu_count()), memory=host_memory_bytes(), pids=32768)
+
+
+class ConfigError(Exception):
+    """The configuration (file, environment or flags) is invalid; the message says where and why."""
+
+
+@attrs.frozen
+class ServerConfig:
+    listen: str = "localhost:50051"
+    cert: Path = Path("/etc/jobworker/server.crt")
+    key: Path = Path("/etc/jobworker/server.key")
+    ca: Path = Path("/etc/jobworker/ca.crt")
+    state_dir: Path = Path("/var/lib/jobworker")
+    controller: str = "auto"
+    #: "json", "console", or None: console on a TTY, JSON otherwise.
+    log_format: str | None = None
+    #: File the bound port is written to once the server listens (useful with port 0).
+    port_file: Path | None = None
+    default_limits: Limits = DEFAULT_LIMITS
+    max_limits: Limits = attrs.field(factory=default_max_limits)
+    max_running_jobs_per_user: int = 32
+    max_argv_count: int = 4096
+    max_argv_bytes: int = 256 * 1024
+    max_env_count: int = 1024
+    max_env_bytes: int = 256 * 1024
+    max_cwd_bytes: int = 4096
+    max_receive_message_bytes: int = 1 * MIB
+    max_concurrent_streams: int = 256
+    #: Threads serving calls: every open stream holds one (gRPC's synchronous server).
+    unary_threads: int = 32
+    default_stop_grace_seconds: float = 10.0
+    max_stop_grace_seconds: float = 300.0
+    shutdown_grace_seconds: float = 10.0
+    #: Bytes of stored output per job (None = no cap); past it jobcore stops the job.
+    output_cap: int | None = 1024 * MIB
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.state_dir / "jobs"
+
+    @property
+    def database_path(self) -> Path:
+        return self.state_dir / "jobserver.db"
+
+
+#: flag name -> (environment variable, ServerConfig field, help)
+FLAGS: dict[str, tuple[str, str, str]] = {
+    "--listen": ("JOBSERVER_LISTEN", "listen", "HOST:PORT to listen on (default localhost:50051)"),
+    "--cert": ("JOBSERVER_CERT", "cert", "server certificate (PEM, ECDSA)"),
+    "--key": ("JOBSERVER_KEY", "key", "server private key (PEM)"),
+    "--ca": ("JOBSERVER_CA", "ca", "CA certificate that client certificates must chain to"),
+    "--state-dir": ("JOBSERVER_STATE_DIR", "state_dir", "state directory (default /var/lib/jobworker)"),
+    "--controller": (
+        "JOBSERVER_CONTROLLER",
+        "controller",
+        "controller backend: auto, cgroup2, cgroup1, none",
+    ),
+    "--log-format": ("JOBSERVER_LOG_FORMAT", "log_format", "json or console (default: console on a TTY)"),
+    "--port-file": ("JOBSERVER_PORT_FILE", "port_file", "write the bound port to this file"),
+}
+CONFIG_ENV = "JOBSERVER_CONFIG"
+
+_SERVER_KEYS = {
+    "listen": str,
+    "cert": Path,
+    "key": Path,
+    "ca": Path,
+    "state_dir": Path,
+    "controller": str,
+    "log_format": str,
+    "port_file": Path,
+    "max_concurrent_streams": int,
+    "unary_threads": int,
+    "max_receive_message_bytes": "size",
+    "shutdown_grace_seconds": float,
+}
+_REQUEST_KEYS = {
+    "max_running_jobs_per_user": int,
+    "max_argv_count": int,
+    "max_argv_bytes": "size",
+    "max_env_count": int,
+    "max_env_bytes": "size",
+    "max_cwd_bytes": int,
+    "default_stop_grace_seconds": float,
+    "max_stop_grace_seconds": float,
+}
+_LIMIT_PARSERS = {
+    "cpu": parse_cpu,
+    "memory": parse_size,
+    "pids": int,
+    "io_read_bps": parse_rate,
+    "io_write_bps": parse_rate,
+    "io_read_iops": int,
+    "io_write_iops": int,
+}
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jobserver",
+        description="Remote Job Worker server: runs jobs for clients authenticated by mutual TLS 1.3.",
+        epilog="Each flag can also be set by the environment variable shown; flags win over the "
+        "environment, which wins over the config file.",
+    )
+    parser.add_argument("--config", help=f"TOML config file [{CONFIG_ENV}]")
+    for flag, (env, _field, text) in FLAGS.items():
+        parser.add_argument(flag, help=f"{text} [{env}]")
+    return parser
+
+
+def _convert(where: str, kind: Any, value: Any) -> Any:
+    try:
+        if kind == "size":
+            if isinstance(value, bool) or not isinstance(value, int | str):
+                raise ValueError(f"expected a size such as 1048576 or '1M', got {value!r}")
+            result = parse_size(value) if isinstance(value, str) else value
+        elif kind is Path:
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"expected a path, got {value!r}")
+            return Path(value)
+        elif kind is str:
+            if not isinstance(value, str):
+                raise ValueError(f"expected a string, got {value!r}")
+            return value
+        elif kind is float:
+            if isinstance(value, bool) or not isinstance(value, int | float | str):
+                raise ValueError(f"expected a number, got {value!r}")
+            result = float(value)
+            if not math.isfinite(result):
+                raise ValueError(f"expected a finite number, got {value!r}")
+        else:
+            if isinstance(value, bool) or not isinstance(value, int | str):
+                raise ValueError(f"expected a whole number, got {value!r}")
+            result = int(value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if result <= 0:
+        raise ConfigError(f"{where}: must be positive, got {value!r}")
+    return result
+
+
+def _limits_from_table(where: str, table: Any, base: Limits | None) -> Limits:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where}: expected a table of limits")
+    values: dict[str, Any] = {k: getattr(base, k) for k in Limits.RESOURCE_FIELDS} if base else {}
+    for name, raw in table.items():
+        parser = _LIMIT_PARSERS.get(name)
+        if parser is None:
+            raise ConfigError(f"{where}: unknown limit {name!r} (known: {', '.join(_LIMIT_PARSERS)})")
+        if raw is False or raw == "none":
+            values[name] = None  # "no default" / "no maximum"
+            continue
+        try:
+            values[name] = parser(raw) if isinstance(raw, str) else raw
+        except ValueError as exc:
+            raise ConfigError(f"{where}.{name}: {exc}") from None
+    try:
+        return Limits(**values)
+    except InvalidLimit as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _check_keys(where: str, table: Any, known: Sequence[str]) -> Mapping[str, Any]:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where}: expected a table")
+    for key in table:
+        if key not in known:
+            raise ConfigError(f"{where}: unknown setting {key!r} (known: {', '.join(known)})")
+    return table
+
+
+def settings_from_file(path: Path) -> dict[str, Any]:
+    """ServerConfig fields set by a TOML config file."""
+    where = str(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {where}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {where} is not valid TOML: {exc}") from None
+    _check_keys(where, data, ["server", "requests", "limits", "output"])
+    out: dict[str, Any] = {}
+    for section, keys in (("server", _SERVER_KEYS), ("requests", _REQUEST_KEYS)):
+        table = _check_keys(f"{where} [{section}]", data.get(section, {}), list(keys))
+        for key, raw in table.items():
+            out[key] = _convert(f"{where} [{section}] {key}", keys[key], raw)
+    limits = _check_keys(f"{where} [limits]", data.get("limits", {}), ["default", "max"])
+    if "default" in limits:
+        out["default_limits"] = _limits_from_table(f"{where} [limits.default]", limits["default"], None)
+    if "max" in limits:
+        out["max_limits"] = _limits_from_table(f"{where} [limits.max]", limits["max"], default_max_limits())
+    output = _check_keys(f"{where} [output]", data.get("output", {}), ["cap"])
+    if "cap" in output:
+        cap = output["cap"]
+        unlimited = cap is False or cap == "none"
+        out["output_cap"] = None if unlimited else _convert(f"{where} [output] cap", "size", cap)
+    return out
+
+
+def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> ServerConfig:
+    """The configuration from built-in defaults, the config file, the environment and `argv`."""
+    env = os.environ if environ is None else environ
+    args = build_arg_parser().parse_args(argv)
+    settings: dict[str, Any] = {}
+    config_path = args.config or env.get(CONFIG_ENV)
+    if config_path:
+        settings.update(settings_from_file(Path(config_path)))
+    for flag, (env_name, field, _text) in FLAGS.items():
+        value = getattr(args, field)
+        source = f"{flag}"
+        if value is None and env.get(env_name):
+            value, source = env[env_name], env_name
+        if value is not None:
+            settings[field] = _convert(source, _SERVER_KEYS[field], value)
+    config = ServerConfig(**settings)
+    validate(config)
+    return config
+
+
+def validate(config: ServerConfig) -> None:
+    """Cross-field checks: a known log format, a HOST:PORT, defaults within the maximums."""
+    if config.log_format not in (None, "json", "console"):
+        raise ConfigError(f"log format {config.log_format!r} is not one of json, console")
+    host, sep, port = config.listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"listen address {config.listen!r} is not HOST:PORT")
+    try:
+        Limits().resolve(config.default_limits, config.max_limits)
+    except InvalidLimit as exc:
+        raise ConfigError(f"a default limit exceeds its maximum: {exc}") from None
+    if config.default_stop_grace_seconds > config.max_stop_grace_seconds:
+        raise ConfigError("default_stop_grace_seconds exceeds max_stop_grace_seconds")

@@ -1,0 +1,165 @@
+"""The server's edge: protobuf requests -> jobcore values, jobcore values -> protobuf messages.
+
+Nothing else in the server touches both. Request checks that belong to the server (size caps, job id
+syntax, enum values) happen here; what jobcore validates (argv, env names, cwd, limit ranges) is left to
+jobcore, whose errors the interceptor maps to INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+
+from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
+from jobcore.errors import InvalidSpec
+from jobcore.spec import Isolation, JobSpec, Limits
+from jobcore.status import JobState, JobStatus
+
+from jobserver.config import ServerConfig
+from jobserver.errors import invalid
+
+_STATE_TO_PROTO = {
+    JobState.RUNNING: pb.JOB_STATE_RUNNING,
+    JobState.EXITED: pb.JOB_STATE_EXITED,
+    JobState.KILLED: pb.JOB_STATE_KILLED,
+    JobState.FAILED_TO_START: pb.JOB_STATE_FAILED_TO_START,
+    JobState.LOST: pb.JOB_STATE_LOST,
+}
+_LIMIT_FIELDS = {  # proto field -> jobcore Limits field
+    "cpu": "cpu",
+    "memory_bytes": "memory",
+    "pids": "pids",
+    "io_read_bps": "io_read_bps",
+    "io_write_bps": "io_write_bps",
+    "io_read_iops": "io_read_iops",
+    "io_write_iops": "io_write_iops",
+}
+
+
+def parse_job_id(text: str) -> str:
+    """A job id in canonical UUID form (what jobcore issues); anything else is INVALID_ARGUMENT."""
+    if not text:
+        raise invalid("job_id is empty")
+    shown = text if len(text) <= 64 else text[:64] + "..."
+    try:
+        canonical = str(uuid.UUID(text))
+    except ValueError:
+        raise invalid(f"job_id {shown!r} is not a job id (a UUID such as {uuid.UUID(int=0)})") from None
+    if canonical != text:
+        raise invalid(f"job_id {shown!r} is not in canonical form; use {canonical}")
+    return canonical
+
+
+def _byte_size(text: str) -> int:
+    return len(os.fsencode(text))
+
+
+def limits_from_proto(msg: pb.Limits) -> Limits:
+    values: dict[str, float | int] = {}
+    for proto_name, core_name in _LIMIT_FIELDS.items():
+        if msg.HasField(proto_name):
+            values[core_name] = getattr(msg, proto_name)
+    cpu = values.get("cpu")
+    if cpu is not None and not math.isfinite(cpu):
+        raise invalid(f"limits.cpu must be a finite number of cores, got {cpu}")
+    try:
+        return Limits(**values)  # type: ignore[arg-type]
+    except InvalidSpec as exc:
+        raise invalid(f"limits: {exc}") from None
+
+
+def spec_from_request(req: pb.StartJobRequest, owner: str, config: ServerConfig) -> JobSpec:
+    """The JobSpec a StartJobRequest asks for, after the server's request caps."""
+    argv = list(req.argv)
+    if not argv:
+        raise invalid("argv is empty: give the command to run and its arguments")
+    if len(argv) > config.max_argv_count:
+        raise invalid(f"argv has {len(argv)} entries, more than the {config.max_argv_count} allowed")
+    argv_bytes = sum(_byte_size(a) + 1 for a in argv)
+    if argv_bytes > config.max_argv_bytes:
+        raise invalid(f"argv takes {argv_bytes} bytes, more than the {config.max_argv_bytes} allowed")
+    env = dict(req.env)
+    if len(env) > config.max_env_count:
+        raise invalid(f"env has {len(env)} entries, more than the {config.max_env_count} allowed")
+    env_bytes = sum(_byte_size(k) + _byte_size(v) + 2 for k, v in env.items())
+    if env_bytes > config.max_env_bytes:
+        raise invalid(f"env takes {env_bytes} bytes, more than the {config.max_env_bytes} allowed")
+    cwd = req.cwd or "/"
+    if _byte_size(cwd) > config.max_cwd_bytes:
+        raise invalid(f"cwd is longer than {config.max_cwd_bytes} bytes")
+    iso = req.isolation
+    isolation = Isolation(
+        pid=not iso.disable_pid,
+        mount=not iso.disable_mount,
+        net=not iso.host_network,
+        uts=not iso.disable_uts,
+        ipc=not iso.disable_ipc,
+    )
+    try:
+        return JobSpec(
+            argv=argv,
+            env=env,
+            cwd=cwd,
+            limits=limits_from_proto(req.limits),
+            isolation=isolation,
+            owner=owner,
+        )
+    except InvalidSpec as exc:
+        raise invalid(str(exc)) from None
+
+
+def stop_grace(req: pb.StopJobRequest, config: ServerConfig) -> float:
+    if not req.HasField("grace_seconds"):
+        return config.default_stop_grace_seconds
+    grace = req.grace_seconds
+    if not math.isfinite(grace) or grace < 0:
+        raise invalid(f"grace_seconds must be a finite number of seconds >= 0, got {grace}")
+    if grace > config.max_stop_grace_seconds:
+        raise invalid(f"grace_seconds of {grace} is above the maximum of {config.max_stop_grace_seconds}")
+    return grace
+
+
+def list_scope(req: pb.ListJobsRequest) -> int:
+    """The request's ListScope, validated (an open proto3 enum carries unknown numbers as they came)."""
+    if req.scope not in pb.ListScope.values():
+        names = ", ".join(pb.ListScope.keys())
+        raise invalid(f"scope {req.scope} is not a known ListScope ({names})")
+    return pb.LIST_SCOPE_OWN if req.scope == pb.LIST_SCOPE_UNSPECIFIED else req.scope
+
+
+def limits_to_proto(limits: Limits) -> pb.Limits:
+    msg = pb.Limits()
+    for proto_name, core_name in _LIMIT_FIELDS.items():
+        value = getattr(limits, core_name)
+        if value is not None:
+            setattr(msg, proto_name, value)
+    return msg
+
+
+def job_to_proto(status: JobStatus, cwd: str = "") -> pb.Job:
+    job = pb.Job(
+        id=status.id,
+        owner=status.owner,
+        argv=list(status.argv),
+        state=_STATE_TO_PROTO.get(status.state, pb.JOB_STATE_UNSPECIFIED),
+        oom_killed=status.oom_killed,
+        reason=status.reason or "",
+        stop_requested=status.stop_requested,
+        limits=limits_to_proto(status.limits),
+        controller=status.controller,
+        namespaces=list(status.namespaces),
+        output_bytes=status.output_bytes,
+        output_capped=status.output_capped,
+        cwd=cwd,
+    )
+    for name in ("pid", "exit_code", "signal", "started_at", "ended_at"):
+        value = getattr(status, name)
+        if value is not None:
+            setattr(job, name, value)
+    usage = status.usage
+    for name in ("cpu_seconds", "memory_peak_bytes", "io_read_bytes", "io_write_bytes"):
+        value = getattr(usage, name)
+        if value is not None:
+            setattr(job.usage, name, value)
+    return job

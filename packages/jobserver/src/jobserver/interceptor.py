@@ -1,0 +1,189 @@
+"""`GuardInterceptor`: the one place every call goes through.
+
+For each call it (1) establishes the caller's identity from the verified client certificate (refusing
+the call when there is none), (2) makes it available to the handler through `current_call()`, (3) turns
+`RpcStatusError` and jobcore's errors into gRPC statuses, and any other exception into INTERNAL with a
+reference to the server log (never a traceback to the client), and (4) writes exactly one audit record:
+who, which method, which job, the status code and the duration.
+
+Per-job authorization (owner or admin) is decided by `jobserver.jobs.Jobs.find`, which every handler
+that names a job uses; list scopes by `jobserver.service`. Both read the identity set here.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import attrs
+import grpc
+import structlog
+from jobcore.errors import ControllerError, InvalidJobId, InvalidSpec, JobNotFound, WorkerError
+
+from jobserver.errors import RpcStatusError
+from jobserver.identity import Identity, identity_from_auth_context
+
+_current: contextvars.ContextVar[CallInfo] = contextvars.ContextVar("jobserver_call")
+
+#: Methods audited at debug level: probes would otherwise drown the audit log.
+QUIET_METHODS = frozenset({"/grpc.health.v1.Health/Check"})
+
+
+@attrs.define
+class CallInfo:
+    """What the audit record says about one call; handlers fill in `job_id` once they know it."""
+
+    method: str
+    identity: Identity | None = None
+    job_id: str | None = None
+
+
+def current_call() -> CallInfo:
+    """The call being served on this thread (set by GuardInterceptor)."""
+    return _current.get()
+
+
+def caller() -> Identity:
+    """The authenticated identity of the call being served."""
+    identity = _current.get().identity
+    if identity is None:  # only reachable if a handler were registered without the interceptor
+        raise RpcStatusError(grpc.StatusCode.UNAUTHENTICATED, "no authenticated caller")
+    return identity
+
+
+def failure_for(exc: Exception) -> RpcStatusError | None:
+    """The status a known error is answered with; None for an unexpected one."""
+    if isinstance(exc, RpcStatusError):
+        return exc
+    if isinstance(exc, JobNotFound):
+        return RpcStatusError(grpc.StatusCode.NOT_FOUND, f"job {exc.job_id} not found")
+    if isinstance(exc, InvalidSpec | InvalidJobId):
+        return RpcStatusError(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    if isinstance(exc, ControllerError):
+        return RpcStatusError(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    if isinstance(exc, WorkerError):
+        return RpcStatusError(grpc.StatusCode.UNAVAILABLE, str(exc))
+    return None
+
+
+def _request_job_id(request: Any) -> str | None:
+    raw = getattr(request, "job_id", None)
+    if not raw:
+        return None
+    return raw if len(raw) <= 64 else raw[:64] + "..."
+
+
+class GuardInterceptor(grpc.ServerInterceptor):
+    def __init__(self, log: Any = None) -> None:
+        self._log = log or structlog.get_logger("jobserver.audit")
+        self._errors = structlog.get_logger("jobserver")
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        if handler.request_streaming:
+            # No method of ours streams requests; refuse rather than let one bypass the guard.
+            def refuse(_request: Any, context: grpc.ServicerContext) -> Any:
+                context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not served")
+
+            return grpc.unary_unary_rpc_method_handler(refuse)
+        if handler.response_streaming:
+            return handler._replace(unary_stream=self._guard_stream(method, handler.unary_stream))  # type: ignore[attr-defined]
+        return handler._replace(unary_unary=self._guard_unary(method, handler.unary_unary))  # type: ignore[attr-defined]
+
+    def _authenticate(self, call: CallInfo, context: grpc.ServicerContext) -> None:
+        call.identity = identity_from_auth_context(context.auth_context())
+
+    def _fail(self, exc: Exception, call: CallInfo, context: grpc.ServicerContext) -> grpc.StatusCode:
+        """Abort the call for `exc` (raises)."""
+        failure = failure_for(exc)
+        if failure is None:
+            ref = uuid.uuid4().hex[:12]
+            self._errors.error("unexpected error", method=call.method, ref=ref, exc_info=exc)
+            failure = RpcStatusError(grpc.StatusCode.INTERNAL, f"internal error (server log reference {ref})")
+        call_code = failure.code
+        context.abort(call_code, failure.message)
+        return call_code  # not reached: abort raises
+
+    def _audit(self, call: CallInfo, code: grpc.StatusCode, started: float, detail: str | None) -> None:
+        level = self._log.debug if call.method in QUIET_METHODS else self._log.info
+        identity = call.identity
+        level(
+            "rpc",
+            user=identity.name if identity else None,
+            role=identity.role.value if identity else None,
+            method=call.method,
+            job_id=call.job_id,
+            code=code.name,
+            duration_ms=round((time.monotonic() - started) * 1000, 2),
+            **({"detail": detail} if detail else {}),
+        )
+
+    def _guard_unary(self, method: str, inner: Callable[[Any, grpc.ServicerContext], Any]) -> Any:
+        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            started = time.monotonic()
+            call = CallInfo(method=method, job_id=_request_job_id(request))
+            code, detail = grpc.StatusCode.OK, None
+            token = _current.set(call)
+            try:
+                self._authenticate(call, context)
+                return inner(request, context)
+            except Exception as exc:
+                failure = failure_for(exc)
+                code = failure.code if failure else grpc.StatusCode.INTERNAL
+                detail = failure.message if failure else "unexpected error"
+                self._fail(exc, call, context)
+            finally:
+                _current.reset(token)
+                self._audit(call, code, started, detail)
+
+        return guarded
+
+    def _guard_stream(self, method: str, inner: Callable[[Any, grpc.ServicerContext], Iterator[Any]]) -> Any:
+        def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            started = time.monotonic()
+            call = CallInfo(method=method, job_id=_request_job_id(request))
+            code, detail = grpc.StatusCode.OK, None
+            responses: Iterator[Any] | None = None
+            try:
+                token = _current.set(call)
+                try:
+                    self._authenticate(call, context)
+                    responses = iter(inner(request, context))
+                finally:
+                    _current.reset(token)
+                while True:
+                    token = _current.set(call)
+                    try:
+                        item = next(responses)
+                    except StopIteration:
+                        break
+                    finally:
+                        _current.reset(token)
+                    yield item
+                if not context.is_active():
+                    code = grpc.StatusCode.CANCELLED
+            except GeneratorExit:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as exc:
+                failure = failure_for(exc)
+                code = failure.code if failure else grpc.StatusCode.INTERNAL
+                detail = failure.message if failure else "unexpected error"
+                self._fail(exc, call, context)
+            finally:
+                close = getattr(responses, "close", None)
+                if close is not None:
+                    close()
+                self._audit(call, code, started, detail)
+
+        return guarded

@@ -1,0 +1,183 @@
+"""`JobServer`: assembles the state directory, the job store, the jobcore Worker and the gRPC server.
+
+Lifecycle: `start()` opens everything (and closes what it opened if a later step fails) and returns the
+bound port; `stop()` refuses new calls, lets unary calls in flight finish within the grace period, ends
+the output streams at once, joins every server thread and closes the Worker *without stopping jobs*:
+their shims keep running and the next server re-attaches to them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import structlog
+from jobclient._proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
+from jobcore.errors import JobError
+
+import jobserver
+from jobserver.certinfo import OID_EC_PUBLIC_KEY, CertificateError, parse_pem
+from jobserver.config import ServerConfig
+from jobserver.health import HealthService, ServingStatus
+from jobserver.interceptor import GuardInterceptor
+from jobserver.jobs import Jobs
+from jobserver.service import SERVICE_NAME, JobWorkerService
+from jobserver.store import JobStore, StoreError
+
+
+class StartupError(Exception):
+    """The server cannot start; the message names the file, address or setting at fault."""
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise StartupError(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
+
+
+def server_credentials(config: ServerConfig) -> grpc.ServerCredentials:
+    """Mutual TLS: our ECDSA certificate, client certificates required and verified against the CA."""
+    cert = _read(config.cert, "server certificate")
+    key = _read(config.key, "server key")
+    ca = _read(config.ca, "CA certificate")
+    try:
+        info = parse_pem(cert)
+    except CertificateError as exc:
+        raise StartupError(f"the server certificate {config.cert} cannot be read: {exc}") from None
+    if info.public_key_algorithm != OID_EC_PUBLIC_KEY:
+        # With an RSA key the TLS 1.2 suites we leave enabled could be negotiated (docs/jobserver.md).
+        raise StartupError(
+            f"the server certificate {config.cert} must have an ECDSA key: TLS 1.3-only relies on it"
+        )
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
+
+
+def _write_port_file(path: Path, port: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{port}\n")
+    os.replace(tmp, path)
+
+
+class JobServer:
+    def __init__(self, config: ServerConfig, worker_factory: Any = None) -> None:
+        self.config = config
+        self._log = structlog.get_logger("jobserver")
+        self._worker_factory = worker_factory
+        self._stack = contextlib.ExitStack()
+        self._server: grpc.Server | None = None
+        self._executor: futures.ThreadPoolExecutor | None = None
+        self._service: JobWorkerService | None = None
+        self._health = HealthService((SERVICE_NAME,))
+        self._stopped = threading.Event()
+        self.port: int | None = None
+        self.worker: Any = None
+
+    def _make_worker(self, store: JobStore) -> Any:
+        from jobcore import Worker  # noqa: PLC0415 (kept local: the Worker is the heavy part)
+
+        factory = self._worker_factory or Worker
+        config = self.config
+        return factory(
+            config.jobs_dir,
+            controller=config.controller,
+            default_limits=config.default_limits,
+            max_limits=config.max_limits,
+            output_cap=config.output_cap,
+            on_job_ended=store.put,
+        )
+
+    def start(self) -> int:
+        """Open the state, re-attach to jobs, listen; returns the bound port."""
+        try:
+            return self._start()
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def _start(self) -> int:
+        config = self.config
+        if jobserver.GRPC_IMPORTED_FIRST:
+            self._log.warning(
+                "grpc was imported before jobserver: TLS 1.2 may be negotiated at the handshake; "
+                "such calls are still refused (UNAUTHENTICATED)"
+            )
+        credentials = server_credentials(config)
+        try:
+            config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            config.jobs_dir.mkdir(mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise StartupError(f"cannot create the state directory {config.state_dir}: {exc}") from None
+        try:
+            store = JobStore(config.database_path)
+        except StoreError as exc:
+            raise StartupError(str(exc)) from None
+        self._stack.callback(store.close)
+        try:
+            worker = self._make_worker(store)
+        except JobError as exc:
+            raise StartupError(f"cannot start the job worker on {config.jobs_dir}: {exc}") from None
+        self.worker = worker
+        self._stack.callback(worker.close)
+        jobs = Jobs(worker, store, config.max_running_jobs_per_user)
+        report = jobs.reconcile()
+        self._log.info(
+            "state reconciled",
+            state_dir=str(config.state_dir),
+            **{k: getattr(report, k) for k in ("refreshed", "adopted", "vanished", "running")},
+        )
+        self._service = JobWorkerService(worker, jobs, config)
+        workers = config.max_concurrent_streams + config.unary_threads
+        self._executor = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jobserver-rpc")
+        self._stack.callback(self._executor.shutdown, wait=True, cancel_futures=True)
+        server = grpc.server(
+            self._executor,
+            interceptors=[GuardInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", config.max_receive_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+            maximum_concurrent_rpcs=workers,
+        )
+        pb_grpc.add_JobWorkerServicer_to_server(self._service, server)
+        server.add_generic_rpc_handlers([self._health.handler()])
+        try:
+            port = server.add_secure_port(config.listen, credentials)
+        except RuntimeError as exc:
+            raise StartupError(f"cannot listen on {config.listen}: {exc}") from None
+        if not port:
+            raise StartupError(f"cannot listen on {config.listen}")
+        server.start()
+        self._server = server
+        self._stack.callback(server.stop, None)
+        self.port = port
+        if config.port_file:
+            _write_port_file(config.port_file, port)
+        self._log.info(
+            "listening", address=config.listen, port=port, controller=worker.controller.name
+        )
+        return port
+
+    def stop(self, grace: float | None = None) -> None:
+        """Graceful stop (see the module docstring). Safe to call more than once."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        grace = self.config.shutdown_grace_seconds if grace is None else grace
+        self._health.set_all(ServingStatus.NOT_SERVING)
+        if self._server is not None:
+            done = self._server.stop(grace)
+            if self._service is not None:
+                self._service.streams.close_all()
+            done.wait(grace + 5)
+        self._stack.close()  # joins the RPC threads, closes the Worker (jobs keep running) and the store
+        self._log.info("stopped")
+
+    def wait(self) -> None:
+        if self._server is not None:
+            self._server.wait_for_termination()

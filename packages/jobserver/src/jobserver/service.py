@@ -1,0 +1,159 @@
+# ruff: noqa: N802  (the handlers carry the gRPC method names)
+"""`JobWorkerService`: the handlers of `jobworker.v1.JobWorker`.
+
+Each handler runs under `GuardInterceptor`, which has authenticated the caller (`caller()`) and turns
+raised `RpcStatusError`s and jobcore errors into statuses. Requests are translated by `jobserver.convert`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient._proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
+from jobcore.errors import JobNotFound
+from jobcore.spec import OWNER_RE
+
+from jobserver import convert
+from jobserver.config import ServerConfig
+from jobserver.errors import RpcStatusError, invalid
+from jobserver.interceptor import caller, current_call
+from jobserver.jobs import Jobs
+
+SERVICE_NAME = "jobworker.v1.JobWorker"
+
+
+class StreamRegistry:
+    """The open output streams: bounded in number, and closed all at once on shutdown."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._readers: set[Any] = set()
+        self._closed = False
+
+    def add(self, reader: Any) -> None:
+        with self._lock:
+            if self._closed:
+                reader.close()
+                raise RpcStatusError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+            if len(self._readers) >= self._limit:
+                reader.close()
+                raise RpcStatusError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"the server already serves {self._limit} output streams, the most it allows at once",
+                )
+            self._readers.add(reader)
+
+    def remove(self, reader: Any) -> None:
+        with self._lock:
+            self._readers.discard(reader)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close_all(self) -> None:
+        """Refuse new streams and end the open ones (each reader's close() wakes its blocked read)."""
+        with self._lock:
+            self._closed = True
+            readers = list(self._readers)
+        for reader in readers:
+            reader.close()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._readers)
+
+
+class JobWorkerService(pb_grpc.JobWorkerServicer):
+    def __init__(self, worker: Any, jobs: Jobs, config: ServerConfig) -> None:
+        self._worker = worker
+        self._jobs = jobs
+        self._config = config
+        self.streams = StreamRegistry(config.max_concurrent_streams)
+
+    def StartJob(self, request: pb.StartJobRequest, context: grpc.ServicerContext) -> pb.StartJobResponse:
+        identity = caller()
+        spec = convert.spec_from_request(request, identity.name, self._config)
+        view = self._jobs.start(spec)
+        current_call().job_id = view.status.id
+        return pb.StartJobResponse(job=convert.job_to_proto(view.status, view.cwd))
+
+    def StopJob(self, request: pb.StopJobRequest, context: grpc.ServicerContext) -> pb.StopJobResponse:
+        job_id = convert.parse_job_id(request.job_id)
+        grace = convert.stop_grace(request, self._config)
+        view = self._jobs.stop(self._jobs.find(job_id, caller()), grace)
+        return pb.StopJobResponse(job=convert.job_to_proto(view.status, view.cwd))
+
+    def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.GetJobResponse:
+        job_id = convert.parse_job_id(request.job_id)
+        view = self._jobs.find(job_id, caller())
+        return pb.GetJobResponse(job=convert.job_to_proto(view.status, view.cwd))
+
+    def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.ListJobsResponse:
+        identity = caller()
+        scope = convert.list_scope(request)
+        owner: str | None
+        if scope == pb.LIST_SCOPE_OWN:
+            owner = identity.name
+        elif scope == pb.LIST_SCOPE_ALL:
+            if not identity.is_admin:
+                raise RpcStatusError(
+                    grpc.StatusCode.PERMISSION_DENIED, "listing every user's jobs needs the admin role"
+                )
+            owner = None
+        else:
+            owner = request.user.lower()
+            if not owner:
+                raise invalid("scope LIST_SCOPE_USER needs user: whose jobs to list")
+            if not OWNER_RE.match(owner):
+                raise invalid(f"user {request.user[:64]!r} is not a valid user name")
+            if owner != identity.name and not identity.is_admin:
+                raise RpcStatusError(
+                    grpc.StatusCode.PERMISSION_DENIED, "listing another user's jobs needs the admin role"
+                )
+        views = self._jobs.list(owner)
+        return pb.ListJobsResponse(jobs=[convert.job_to_proto(v.status, v.cwd) for v in views])
+
+    def StreamOutput(
+        self, request: pb.StreamOutputRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.StreamOutputResponse]:
+        job_id = convert.parse_job_id(request.job_id)
+        view = self._jobs.find(job_id, caller())
+        if not view.live:
+            raise RpcStatusError(
+                grpc.StatusCode.FAILED_PRECONDITION, f"the output of job {job_id} is no longer stored here"
+            )
+        offset = request.offset
+        if view.status.state.ended and offset > view.status.output_bytes:
+            raise RpcStatusError(
+                grpc.StatusCode.OUT_OF_RANGE,
+                f"offset {offset} is past the end of job {job_id}'s output "
+                f"({view.status.output_bytes} bytes)",
+            )
+        try:
+            reader = self._worker.output(job_id, offset=offset, follow=request.follow)
+        except JobNotFound:
+            raise RpcStatusError(
+                grpc.StatusCode.FAILED_PRECONDITION, f"the output of job {job_id} is no longer stored here"
+            ) from None
+        try:
+            self.streams.add(reader)
+            # Runs when the call ends for any reason, the client leaving included; close() wakes a
+            # blocked read so the thread is released at once.
+            if not context.add_callback(reader.close):
+                reader.close()
+            for chunk in reader:
+                yield pb.StreamOutputResponse(data=chunk, offset=offset)
+                offset += len(chunk)
+            if self.streams.closed and context.is_active():
+                raise RpcStatusError(
+                    grpc.StatusCode.UNAVAILABLE, f"the server is shutting down; resume from offset {offset}"
+                )
+        finally:
+            self.streams.remove(reader)
+            reader.close()

@@ -1,0 +1,144 @@
+"""`JobStore`: the server's durable job records in SQLite (stdlib `sqlite3`, WAL).
+
+One row per job: its id, owner, creation time and the latest `JobStatus` the server saw, as JSON. The
+jobcore Worker's job directories stay the source of truth for live jobs; the records are what the
+server answers from when a job directory is gone, and what ownership checks and listings read.
+
+One connection shared behind a lock: the server's writes are a few small rows per job, so a lock costs
+nothing measurable and keeps every connection accounted for (closed in `close()`).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+from jobcore.spec import Limits
+from jobcore.status import JobStatus
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    cwd TEXT NOT NULL,
+    ended INTEGER NOT NULL,
+    status TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, created_at);
+"""
+
+
+class StoreError(Exception):
+    """The database cannot be used: unreadable, or written by a newer schema."""
+
+
+def _structure_stored_limits(data: Any, _type: Any) -> Limits:
+    # Stored limits were validated when they were applied. The host may have shrunk since (fewer CPUs,
+    # less memory), which must not make a finished job's record unreadable, so they are not re-validated.
+    limits = object.__new__(Limits)
+    for field in attrs.fields(Limits):
+        object.__setattr__(limits, field.name, data.get(field.name))
+    return limits
+
+
+_converter = cattrs.Converter()
+_converter.register_structure_hook(Limits, _structure_stored_limits)
+
+
+def status_to_json(status: JobStatus) -> str:
+    return json.dumps(_converter.unstructure(status), separators=(",", ":"))
+
+
+def status_from_json(text: str) -> JobStatus:
+    return _converter.structure(json.loads(text), JobStatus)
+
+
+@attrs.frozen
+class JobRecord:
+    id: str
+    owner: str
+    created_at: float
+    #: The job's working directory ("" when unknown: a job adopted from the Worker without a record).
+    cwd: str
+    status: JobStatus
+
+
+class JobStore:
+    """Durable job records. Thread-safe."""
+
+    def __init__(self, path: Path) -> None:
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open job database {path}: {exc}") from None
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            rows = self._db.execute("SELECT version FROM schema_version").fetchall()
+            if not rows:
+                self._db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif rows[0][0] != SCHEMA_VERSION:
+                raise StoreError(
+                    f"job database {path} has schema version {rows[0][0]}; this server knows {SCHEMA_VERSION}"
+                )
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise StoreError(f"cannot use job database {path}: {exc}") from None
+        except StoreError:
+            self._db.close()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def put(self, status: JobStatus, created_at: float | None = None, cwd: str = "") -> None:
+        """Record a job's status. A record of an ended job is never replaced by a running one (the
+        Worker's end-of-job callback can race the handler that started the job)."""
+        created = created_at if created_at is not None else status.started_at or 0.0
+        with self._lock:
+            self._db.execute(
+                """INSERT INTO jobs (id, owner, created_at, cwd, ended, status) VALUES (?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (id) DO UPDATE SET ended = excluded.ended, status = excluded.status
+                   WHERE excluded.ended OR NOT jobs.ended""",
+                (status.id, status.owner, created, cwd, int(status.state.ended), status_to_json(status)),
+            )
+            if cwd:
+                self._db.execute("UPDATE jobs SET cwd = ? WHERE id = ? AND cwd = ''", (cwd, status.id))
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id, owner, created_at, cwd, status FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+        return _record(row) if row else None
+
+    def list(self, owner: str | None = None) -> list[JobRecord]:
+        """Records oldest first, of one owner or of everyone."""
+        query = "SELECT id, owner, created_at, cwd, status FROM jobs"
+        params: tuple[str, ...] = ()
+        if owner is not None:
+            query += " WHERE owner = ?"
+            params = (owner,)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY created_at, id", params).fetchall()
+        return [_record(row) for row in rows]
+
+    def ids(self) -> set[str]:
+        with self._lock:
+            return {row[0] for row in self._db.execute("SELECT id FROM jobs")}
+
+
+def _record(row: tuple[str, str, float, str, str]) -> JobRecord:
+    return JobRecord(id=row[0], owner=row[1], created_at=row[2], cwd=row[3], status=status_from_json(row[4]))

@@ -1,0 +1,228 @@
+"""Helpers for jobserver's tests: real certificates, real sockets on 127.0.0.1, real jobs.
+
+Most tests run the server in this process (`server`); the TLS-version, kill/restart, shutdown and
+leak tests run it as a subprocess (`ServerProcess`), exactly as an operator would.
+"""
+
+from __future__ import annotations
+
+# jobserver first: it pins gRPC's TLS cipher list before grpc is imported (see jobserver/__init__.py).
+import jobserver  # noqa: F401  isort: skip
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import grpc
+import pytest
+from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient._proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
+from jobserver.config import ServerConfig
+from jobserver.server import JobServer
+
+REPO = Path(__file__).resolve().parents[2]
+CERTS = REPO / "certs"
+IS_ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="jobs run in cgroups and namespaces: needs root")
+
+
+def cert_paths(name: str) -> tuple[Path, Path]:
+    """(certificate, key) of a client: alice, bob, carl, or test/<fixture>."""
+    return CERTS / f"{name}.crt", CERTS / f"{name}.key"
+
+
+def channel_credentials(name: str | None, cert: Path | None = None, key: Path | None = None) -> Any:
+    ca = (CERTS / "ca.crt").read_bytes()
+    if name is None and cert is None:
+        return grpc.ssl_channel_credentials(ca)
+    if cert is None or key is None:
+        cert, key = cert_paths(name or "")
+    return grpc.ssl_channel_credentials(ca, key.read_bytes(), cert.read_bytes())
+
+
+class Client:
+    """A raw stub on the generated code (the SDK is not under test here)."""
+
+    def __init__(
+        self, port: int, name: str | None, cert: Path | None = None, key: Path | None = None
+    ) -> None:
+        self.channel = grpc.secure_channel(f"127.0.0.1:{port}", channel_credentials(name, cert, key))
+        self.stub = pb_grpc.JobWorkerStub(self.channel)
+
+    def start(self, argv: list[str], **kwargs: Any) -> pb.Job:
+        return self.stub.StartJob(pb.StartJobRequest(argv=argv, **kwargs), timeout=30).job
+
+    def get(self, job_id: str) -> pb.Job:
+        return self.stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=10).job
+
+    def stop(self, job_id: str, grace: float | None = 1.0) -> pb.Job:
+        req = pb.StopJobRequest(job_id=job_id)
+        if grace is not None:
+            req.grace_seconds = grace
+        return self.stub.StopJob(req, timeout=60).job
+
+    def list(self, scope: int = 0, user: str = "") -> list[pb.Job]:
+        return list(self.stub.ListJobs(pb.ListJobsRequest(scope=scope, user=user), timeout=10).jobs)
+
+    def output(self, job_id: str, offset: int = 0, follow: bool = True) -> bytes:
+        req = pb.StreamOutputRequest(job_id=job_id, offset=offset, follow=follow)
+        return b"".join(r.data for r in self.stub.StreamOutput(req, timeout=60))
+
+    def wait_ended(self, job_id: str, timeout: float = 30) -> pb.Job:
+        """Follow the output to its end (which is the job's end), then return the job."""
+        self.output(job_id, follow=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.get(job_id)
+            if job.state != pb.JOB_STATE_RUNNING or time.monotonic() > deadline:
+                return job
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def rpc_error(call: Callable[[], Any]) -> grpc.RpcError:
+    """The RpcError `call` raises (fails the test if it succeeds)."""
+    try:
+        result = call()
+        if hasattr(result, "__iter__") and not hasattr(result, "ByteSize"):
+            list(result)
+    except grpc.RpcError as exc:
+        return exc
+    pytest.fail("the call succeeded; an error was expected")
+
+
+def test_config(state_dir: Path, **overrides: Any) -> ServerConfig:
+    settings: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "cert": CERTS / "server.crt",
+        "key": CERTS / "server.key",
+        "ca": CERTS / "ca.crt",
+        "state_dir": state_dir,
+        "controller": "auto",
+        "shutdown_grace_seconds": 2.0,
+    }
+    settings.update(overrides)
+    return ServerConfig(**settings)
+
+
+test_config.__test__ = False  # type: ignore[attr-defined]  (not a test, despite its name)
+
+
+@attrs.define
+class RunningServer:
+    server: JobServer
+    port: int
+    state_dir: Path
+    clients: list[Client] = attrs.field(factory=list)
+
+    def client(self, name: str | None = "alice", cert: Path | None = None, key: Path | None = None) -> Client:
+        client = Client(self.port, name, cert, key)
+        self.clients.append(client)
+        return client
+
+
+class ServerProcess:
+    """The `jobserver` entry point as a subprocess, on a state directory that outlives it."""
+
+    def __init__(self, state_dir: Path, tmp: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.state_dir = state_dir
+        self.port_file = tmp / f"port-{time.monotonic_ns()}"
+        self.log_path = tmp / f"server-{time.monotonic_ns()}.log"
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("JOBSERVER_", "GRPC_"))}
+        full_env.update(env or {})
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in wait/kill)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jobserver.cli",
+                "--listen",
+                "127.0.0.1:0",
+                "--cert",
+                str(CERTS / "server.crt"),
+                "--key",
+                str(CERTS / "server.key"),
+                "--ca",
+                str(CERTS / "ca.crt"),
+                "--state-dir",
+                str(state_dir),
+                "--port-file",
+                str(self.port_file),
+                "--log-format",
+                "json",
+                *args,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+        )
+        self.port = self._wait_port()
+
+    def _wait_port(self, timeout: float = 60) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.port_file.exists():
+                return int(self.port_file.read_text())
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.kill()
+        raise AssertionError(f"jobserver did not start:\n{self.log_text()}")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def client(self, name: str | None = "alice") -> Client:
+        return Client(self.port, name)
+
+    def terminate(self, timeout: float = 60) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self._log.close()
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(30)
+        self._log.close()
+
+
+def processes_with(marker: str) -> list[int]:
+    """Pids of processes whose command line contains `marker`."""
+    found = []
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if marker.encode() in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 30, interval: float = 0.05) -> bool:
+    """Poll `predicate` until true or `timeout` (a bound for settling, not a speed assertion)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
