@@ -18,6 +18,8 @@ import threading
 
 import grpc
 
+from jobserver.errors import RpcStatusError
+
 SERVICE_NAME = "grpc.health.v1.Health"
 
 
@@ -122,8 +124,7 @@ class HealthService:
         with self._lock:
             status = self._status.get(service)
         if status is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {service!r}")
-        assert status is not None
+            raise RpcStatusError(grpc.StatusCode.NOT_FOUND, f"unknown service {service[:100]!r}")
         return status
 
     def handler(self) -> grpc.GenericRpcHandler:

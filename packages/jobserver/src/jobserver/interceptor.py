@@ -105,6 +105,8 @@ class GuardInterceptor(grpc.ServerInterceptor):
 
     def _fail(self, exc: Exception, call: CallInfo, context: grpc.ServicerContext) -> grpc.StatusCode:
         """Abort the call for `exc` (raises)."""
+        if context.code() not in (None, grpc.StatusCode.OK):
+            raise exc  # the handler called context.abort() itself: its status stands
         failure = failure_for(exc)
         if failure is None:
             ref = uuid.uuid4().hex[:12]
@@ -113,6 +115,15 @@ class GuardInterceptor(grpc.ServerInterceptor):
         call_code = failure.code
         context.abort(call_code, failure.message)
         return call_code  # not reached: abort raises
+
+    def _outcome(self, exc: Exception, context: grpc.ServicerContext) -> tuple[grpc.StatusCode, str]:
+        aborted = context.code()
+        if aborted not in (None, grpc.StatusCode.OK):
+            return aborted, context.details() or ""
+        failure = failure_for(exc)
+        if failure is None:
+            return grpc.StatusCode.INTERNAL, "unexpected error"
+        return failure.code, failure.message
 
     def _audit(self, call: CallInfo, code: grpc.StatusCode, started: float, detail: str | None) -> None:
         level = self._log.debug if call.method in QUIET_METHODS else self._log.info
@@ -138,9 +149,7 @@ class GuardInterceptor(grpc.ServerInterceptor):
                 self._authenticate(call, context)
                 return inner(request, context)
             except Exception as exc:
-                failure = failure_for(exc)
-                code = failure.code if failure else grpc.StatusCode.INTERNAL
-                detail = failure.message if failure else "unexpected error"
+                code, detail = self._outcome(exc, context)
                 self._fail(exc, call, context)
             finally:
                 _current.reset(token)
@@ -176,9 +185,7 @@ class GuardInterceptor(grpc.ServerInterceptor):
                 code = grpc.StatusCode.CANCELLED
                 raise
             except Exception as exc:
-                failure = failure_for(exc)
-                code = failure.code if failure else grpc.StatusCode.INTERNAL
-                detail = failure.message if failure else "unexpected error"
+                code, detail = self._outcome(exc, context)
                 self._fail(exc, call, context)
             finally:
                 close = getattr(responses, "close", None)

@@ -6,6 +6,7 @@ import logging
 import sys
 
 import structlog
+from structlog.tracebacks import ExceptionDictTransformer
 
 
 def configure_logging(log_format: str | None) -> None:
@@ -19,7 +20,10 @@ def configure_logging(log_format: str | None) -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.dict_tracebacks if fmt == "json" else structlog.dev.set_exc_info,
+            # No local variables in logged tracebacks: they would copy requests (env values) into logs.
+            structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False))
+            if fmt == "json"
+            else structlog.dev.set_exc_info,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),

@@ -158,9 +158,7 @@ class JobServer:
         self.port = port
         if config.port_file:
             _write_port_file(config.port_file, port)
-        self._log.info(
-            "listening", address=config.listen, port=port, controller=worker.controller.name
-        )
+        self._log.info("listening", address=config.listen, port=port, controller=worker.controller.name)
         return port
 
     def stop(self, grace: float | None = None) -> None:
