@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ def check_job_id(job_id: object) -> str:
 
 def write_json(path: Path, data: dict[str, Any], *, durable: bool = False) -> None:
     """Write `data` to `path` atomically (temp file + rename); with durable, fsync file and directory."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     payload = json.dumps(data, separators=(",", ":")).encode()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from jobcore import jobdir, linux
@@ -119,8 +120,9 @@ def _spawn_command(spec: dict[str, Any], out_w: int, err_w: int) -> subprocess.P
         raise StartError("exec", f"cannot run {spec['argv'][0]!r}: {_describe(exc)}", exc.errno) from exc
 
 
-def _kill_descendants(pid: int) -> None:
-    """SIGKILL every descendant of `pid` (children first found, repeated until none is left)."""
+def _kill_descendants(pid: int, reap: Callable[[], None]) -> None:
+    """SIGKILL every descendant of `pid` (children first found, repeated until none is left); `reap`
+    collects the dead children of the calling process."""
     for _ in range(1000):
         children = linux.child_pids(pid)
         if not children:
@@ -133,7 +135,7 @@ def _kill_descendants(pid: int) -> None:
                 os.kill(child, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        _reap_all()
+        reap()
 
 
 def _reap_all() -> None:
@@ -181,7 +183,7 @@ def run_init(spec: dict[str, Any], handle: Handle, pipes: dict[str, int]) -> NoR
     # Whatever the command left behind dies with it: in a PID namespace the kernel kills the rest when
     # we exit; without one, we are their subreaper and kill them ourselves.
     if "pid" not in spec["namespaces"]:
-        _kill_descendants(os.getpid())
+        _kill_descendants(os.getpid(), _reap_all)
     os.write(pipes["status_w"], str(status).encode())
     os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
 
@@ -303,7 +305,7 @@ class Shim:
                 os.kill(self.init_pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        _kill_descendants(os.getpid())
+        _kill_descendants(os.getpid(), self._reap)
 
     def _reap(self) -> None:
         while True:
@@ -362,8 +364,7 @@ class Shim:
             try:
                 pid, status = os.waitpid(-1, 0)
             except ChildProcessError:
-                self.init_status = 0
-                return
+                raise RuntimeError("the job's init was reaped without its status being recorded") from None
             if pid == self.init_pid:
                 self.init_status = status
 
@@ -372,7 +373,7 @@ class Shim:
     def finish(self, status_fd: int) -> dict[str, Any]:
         """Collect the verdict, clean up the cgroup, and return exit.json's content."""
         self.wait_init()
-        _kill_descendants(os.getpid())
+        _kill_descendants(os.getpid(), self._reap)
         raw = _read_all(status_fd)
         os.close(status_fd)
         # The init reports the command's exact wait status; if the init itself was killed, its own is it.

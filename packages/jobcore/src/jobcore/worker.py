@@ -409,12 +409,13 @@ class Worker:
         grace = self.default_grace if grace is None else _check_grace(grace)
         if job.exit is not None:
             return self._status(job)
-        now = time.time()
-        previous = jobdir.read_json(job.dir / jobdir.STOP)
-        request = {"grace": grace, "requested_at": now}
-        if previous is not None and previous["requested_at"] + previous["grace"] < now + grace:
-            request = previous
-        jobdir.write_json(job.dir / jobdir.STOP, request)
+        with job.cond:  # one stop request written at a time; the earliest deadline wins
+            now = time.time()
+            previous = jobdir.read_json(job.dir / jobdir.STOP)
+            request = {"grace": grace, "requested_at": now}
+            if previous is not None and previous["requested_at"] + previous["grace"] < now + grace:
+                request = previous
+            jobdir.write_json(job.dir / jobdir.STOP, request)
         self._signal_shim(job, signal.SIGTERM)
         deadline = request["requested_at"] + request["grace"] + KILL_TIMEOUT
         with job.cond:

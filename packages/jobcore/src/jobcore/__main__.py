@@ -1,0 +1,5 @@
+import sys
+
+from jobcore.cli import main
+
+sys.exit(main())
