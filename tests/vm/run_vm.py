@@ -94,6 +94,8 @@ done
 for m in $(cat /modules/optional); do
     insmod /modules/$m.ko || say "warning: insmod $m failed"
 done
+ip link set lo up || say "warning: cannot bring lo up"
+hostname jobcore-vm
 mkdir -p /mnt/lower /mnt/rw $R
 mount -t 9p -o ro,trans=virtio,version=9p2000.L,cache=loose,msize=512000 root /mnt/lower \
     || fail "mount 9p root"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -245,3 +246,11 @@ def test_modprobe_finds_the_guest_kernels_modules() -> None:
     assert Path("/sys/module/loop").exists(), "loop is loaded at boot (losetup needs it)"
     subprocess.run(["modprobe", "dummy"], check=True, capture_output=True)
     assert Path("/sys/module/dummy").exists()
+
+
+def test_loopback_is_up() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as srv, socket.create_connection(srv.getsockname(), 5) as c:
+        conn, _ = srv.accept()
+        c.sendall(b"ping")
+        assert conn.recv(4) == b"ping"
+        conn.close()
