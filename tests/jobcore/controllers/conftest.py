@@ -7,6 +7,7 @@ cgroups of other test runs sharing this host.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -144,10 +145,8 @@ class FakeCgroup2Kernel(CgroupFiles):
         elif p.name == "cgroup.kill":
             for procs in cgroup.rglob("cgroup.procs"):
                 for pid in procs.read_text().split():
-                    try:
+                    with contextlib.suppress(ProcessLookupError):
                         os.kill(int(pid), signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
                 procs.write_text("")
             for events in cgroup.rglob("cgroup.events"):
                 events.write_text("populated 0\nfrozen 0\n")
@@ -235,16 +234,14 @@ def v2_parent() -> Iterator[str]:
     finally:
         for sub in sorted(path.rglob("*"), key=lambda p: -len(p.parts)):
             if sub.is_dir():
-                _move_out_and_rmdir(sub, path.parent)
-        _move_out_and_rmdir(path, path.parent)
+                _kill_and_rmdir(sub)
+        _kill_and_rmdir(path)
 
 
-def _move_out_and_rmdir(path: Path, to: Path) -> None:
+def _kill_and_rmdir(path: Path) -> None:
     for pid in (path / "cgroup.procs").read_text().split():
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(int(pid), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + 5
     while True:
         try:
@@ -372,12 +369,3 @@ def process_gone(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
     except FileNotFoundError:
         return True
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
