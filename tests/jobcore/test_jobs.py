@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import CONTROLLER, job_pids, requires_root, wait_until
 from jobcore import JobSpec, JobState, Worker, WorkerError, jobdir
 
@@ -78,9 +77,11 @@ def test_a_non_executable_file_fails_to_start(worker: Worker, tmp_path: Path) ->
 
 
 def test_path_is_searched_with_the_jobs_own_environment(worker: Worker, tmp_path: Path) -> None:
-    (tmp_path / "hello-tool").write_text("#!/bin/sh\necho from-tool \"$GREETING\"\n")
+    (tmp_path / "hello-tool").write_text('#!/bin/sh\necho from-tool "$GREETING"\n')
     (tmp_path / "hello-tool").chmod(0o755)
-    out, status = run_to_end(worker, ["hello-tool"], env={"PATH": f"{tmp_path}:/usr/bin:/bin", "GREETING": "hi"})
+    out, status = run_to_end(
+        worker, ["hello-tool"], env={"PATH": f"{tmp_path}:/usr/bin:/bin", "GREETING": "hi"}
+    )
     assert status.exit_code == 0
     assert out == b"from-tool hi\n"
 
@@ -159,7 +160,9 @@ def test_stop_is_idempotent_and_stopping_an_ended_job_is_not_an_error(worker: Wo
 def test_concurrent_stops_of_one_job_all_return_its_end(worker: Worker) -> None:
     status = worker.start(JobSpec(["sh", "-c", "trap '' TERM; sleep 30"]))
     results: list[object] = []
-    threads = [threading.Thread(target=lambda: results.append(worker.stop(status.id, grace=0.3))) for _ in range(5)]
+    threads = [
+        threading.Thread(target=lambda: results.append(worker.stop(status.id, grace=0.3))) for _ in range(5)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -184,7 +187,10 @@ def test_stop_during_heavy_output_ends_the_job_and_the_stream(worker: Worker) ->
 
 
 def test_twenty_concurrent_readers_get_identical_output(worker: Worker) -> None:
-    script = "i=0; while [ $i -lt 2000 ]; do echo line $i; echo err $i >&2; i=$((i+1)); done; head -c 3000000 /dev/urandom"
+    script = (
+        "i=0; while [ $i -lt 2000 ]; do echo line $i; echo err $i >&2; i=$((i+1)); done;"
+        "head -c 3000000 /dev/urandom"
+    )
     status = worker.start(JobSpec(["sh", "-c", script]))
     digests: list[str] = []
     lock = threading.Lock()

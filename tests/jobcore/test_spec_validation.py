@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from jobcore import InvalidJobId, InvalidLimit, InvalidSpec, JobNotFound, JobSpec, Limits, Worker
 from jobcore.units import parse_cpu, parse_rate, parse_size
 
@@ -94,13 +93,22 @@ def test_limits_take_defaults_and_respect_maximums() -> None:
     assert applied.memory == 256 << 20  # the default
     assert applied.pids == 50  # asked for, below nothing
     assert applied.cpu == 1  # no default: the maximum applies
-    with pytest.raises(InvalidLimit, match=r"memory of 1073741824 is above the maximum allowed here \(536870912\)"):
+    with pytest.raises(
+        InvalidLimit, match=r"memory of 1073741824 is above the maximum allowed here \(536870912\)"
+    ):
         Limits(memory=1 << 30).resolve(defaults, maximum)
 
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("1", 1), ("512K", 512 << 10), ("512M", 512 << 20), ("1G", 1 << 30), ("1.5G", 3 << 29), ("2GiB", 2 << 30)],
+    [
+        ("1", 1),
+        ("512K", 512 << 10),
+        ("512M", 512 << 20),
+        ("1G", 1 << 30),
+        ("1.5G", 3 << 29),
+        ("2GiB", 2 << 30),
+    ],
 )
 def test_sizes_parse(text: str, value: int) -> None:
     assert parse_size(text) == value
@@ -120,7 +128,9 @@ def test_rates_and_cpu_parse() -> None:
         parse_cpu("half")
 
 
-@pytest.mark.parametrize("job_id", ["../x", "x", "", "/etc/passwd", "1b4e28ba-2fa1-11d2-883f-0016d3cca427/..", 7])
+@pytest.mark.parametrize(
+    "job_id", ["../x", "x", "", "/etc/passwd", "1b4e28ba-2fa1-11d2-883f-0016d3cca427/..", 7]
+)
 def test_malformed_job_ids_are_refused_without_touching_disk(worker: Worker, job_id: object) -> None:
     before = sorted(p.name for p in worker.state_dir.iterdir())
     for call in (worker.status, worker.stop, worker.output, worker.wait):

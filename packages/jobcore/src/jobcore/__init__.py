@@ -1,10 +1,10 @@
 """jobcore: run Linux commands as isolated, resource-limited jobs; stream, inspect and stop them.
 
-    from jobcore import Worker, JobSpec, Limits
-    with Worker("/var/lib/jobworker/jobs") as worker:
-        job = worker.start(JobSpec(["echo", "hello"], limits=Limits(memory=256 << 20)))
-        for chunk in worker.output(job.id):
-            ...
+from jobcore import Worker, JobSpec, Limits
+with Worker("/var/lib/jobworker/jobs") as worker:
+    job = worker.start(JobSpec(["echo", "hello"], limits=Limits(memory=256 << 20)))
+    for chunk in worker.output(job.id):
+        ...
 """
 
 from jobcore.errors import (

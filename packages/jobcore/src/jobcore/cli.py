@@ -1,7 +1,7 @@
 """`python -m jobcore`: run a command as a local job (a small `systemd-run`), or probe the host.
 
-    python -m jobcore run [OPTIONS] -- CMD [ARG...]
-    python -m jobcore probe [--json]
+python -m jobcore run [OPTIONS] -- CMD [ARG...]
+python -m jobcore probe [--json]
 """
 
 from __future__ import annotations
@@ -94,7 +94,9 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
     limits.add_argument("--io-write-iops", type=_count, metavar="N", help="disk write operations per second")
     limits.add_argument("--pids", type=_count, metavar="N", help="most processes and threads at once")
     job = parser.add_argument_group("job")
-    job.add_argument("--env", type=_env, action="append", default=[], metavar="K=V", help="set a variable (repeatable)")
+    job.add_argument(
+        "--env", type=_env, action="append", default=[], metavar="K=V", help="set a variable (repeatable)"
+    )
     job.add_argument("--cwd", default="/", metavar="DIR", help="absolute working directory (default /)")
     iso = parser.add_argument_group("isolation")
     iso.add_argument("--host-network", action="store_true", help="share the host's network")
@@ -119,7 +121,9 @@ def spec_from_args(args: argparse.Namespace, owner: str = "local") -> JobSpec:
         uts=not args.no_uts_ns,
         ipc=not args.no_ipc_ns,
     )
-    return JobSpec(args.command, env=dict(args.env), cwd=args.cwd, limits=limits, isolation=isolation, owner=owner)
+    return JobSpec(
+        args.command, env=dict(args.env), cwd=args.cwd, limits=limits, isolation=isolation, owner=owner
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,11 +142,23 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=RUN_EPILOG,
     )
     run.add_argument("--controller", default="auto", help="resource-controller backend (default: auto)")
-    run.add_argument("--state-dir", help="keep the job's state here (default: a temporary directory, removed)")
-    run.add_argument("--output-cap", type=_size, default=DEFAULT_OUTPUT_CAP, metavar="SIZE",
-                     help="most output stored; past it the job is killed (default 1G)")
-    run.add_argument("--grace", type=float, default=DEFAULT_GRACE, metavar="SECONDS",
-                     help="time between SIGTERM and SIGKILL on Ctrl-C (default 10)")
+    run.add_argument(
+        "--state-dir", help="keep the job's state here (default: a temporary directory, removed)"
+    )
+    run.add_argument(
+        "--output-cap",
+        type=_size,
+        default=DEFAULT_OUTPUT_CAP,
+        metavar="SIZE",
+        help="most output stored; past it the job is killed (default 1G)",
+    )
+    run.add_argument(
+        "--grace",
+        type=float,
+        default=DEFAULT_GRACE,
+        metavar="SECONDS",
+        help="time between SIGTERM and SIGKILL on Ctrl-C (default 10)",
+    )
     add_job_options(run)
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
     probe = sub.add_parser(
@@ -167,7 +183,11 @@ def _probe(as_json: bool) -> int:
     except JobError:
         chosen = None
     if as_json:
-        print(json.dumps({"auto": chosen, "backends": {n: attrs.asdict(c) for n, c in reports.items()}}, indent=2))
+        print(
+            json.dumps(
+                {"auto": chosen, "backends": {n: attrs.asdict(c) for n, c in reports.items()}}, indent=2
+            )
+        )
         return 0
     for name, caps in reports.items():
         mark = " (auto picks this)" if name == chosen else ""

@@ -1,12 +1,12 @@
 """The on-disk layout of one job: `<state_dir>/<job_id>/`, and atomic JSON files in it.
 
-    spec.json    what to run (written by the Worker before the shim exists)
-    shim.json    the shim's pid and start time (written by the shim first thing)
-    run.json     the started command: its pid, start time, namespaces (written by the shim after exec)
-    stop.json    a stop request: grace period and time (written by the Worker)
-    exit.json    how the job ended (written by the shim, last; or by a Worker for a lost job)
-    output       the raw output bytes, stdout and stderr interleaved in arrival order
-    output.idx   one fixed-size record per chunk: offset, length, stream, time (see output_log)
+spec.json    what to run (written by the Worker before the shim exists)
+shim.json    the shim's pid and start time (written by the shim first thing)
+run.json     the started command: its pid, start time, namespaces (written by the shim after exec)
+stop.json    a stop request: grace period and time (written by the Worker)
+exit.json    how the job ended (written by the shim, last; or by a Worker for a lost job)
+output       the raw output bytes, stdout and stderr interleaved in arrival order
+output.idx   one fixed-size record per chunk: offset, length, stream, time (see output_log)
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ def new_job_id() -> str:
 def check_job_id(job_id: object) -> str:
     """Return `job_id` if it is shaped like a job id; raise InvalidJobId otherwise (never a path)."""
     if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
-        raise InvalidJobId(f"invalid job id {job_id!r}: expected a UUID such as 1b4e28ba-2fa1-11d2-883f-0016d3cca427")
+        raise InvalidJobId(
+            f"invalid job id {job_id!r}: expected a UUID such as 1b4e28ba-2fa1-11d2-883f-0016d3cca427"
+        )
     return job_id
 
 

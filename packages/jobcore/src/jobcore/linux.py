@@ -54,10 +54,10 @@ _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
 
 
-def _check(result: int, what: str) -> int:
+def _check(result: int, filename: str | None = None) -> int:
     if result < 0:
         err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
+        raise OSError(err, os.strerror(err), filename)
     return result
 
 
@@ -67,15 +67,17 @@ def unshare(flags: int) -> None:
     if native is not None:
         native(flags)
         return
-    _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+    _check(_libc.unshare(ctypes.c_int(flags)))
 
 
-def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
+def mount(
+    source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None
+) -> None:
     def enc(s: str | None) -> bytes | None:
         return None if s is None else os.fsencode(s)
 
     result = _libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data))
-    _check(result, f"mount {fstype or ''} on {target}")
+    _check(result, target)
 
 
 def make_mounts_private() -> None:
@@ -86,6 +88,12 @@ def make_mounts_private() -> None:
 def mount_proc() -> None:
     """Mount a fresh /proc that shows the calling process's PID namespace."""
     mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def mount_sysfs() -> None:
+    """Mount a fresh /sys: sysfs shows the network namespace of whoever mounts it, so a job with its
+    own network namespace needs its own to see only its own interfaces in /sys/class/net."""
+    mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
 def set_interface_up(name: str = "lo") -> None:
@@ -99,7 +107,7 @@ def set_interface_up(name: str = "lo") -> None:
 
 
 def prctl(option: int, arg: int) -> None:
-    _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), 0, 0, 0), "prctl")
+    _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), 0, 0, 0))
 
 
 def set_pipe_size(fd: int, size: int) -> None:
@@ -147,10 +155,10 @@ class Inotify:
     _EVENT = struct.Struct("iIII")
 
     def __init__(self) -> None:
-        self.fd = _check(_libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC), "inotify_init1")
+        self.fd = _check(_libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC))
 
     def add_watch(self, path: str, mask: int) -> int:
-        return _check(_libc.inotify_add_watch(self.fd, os.fsencode(path), ctypes.c_uint32(mask)), f"inotify watch {path}")
+        return _check(_libc.inotify_add_watch(self.fd, os.fsencode(path), ctypes.c_uint32(mask)), path)
 
     def rm_watch(self, wd: int) -> None:
         # EINVAL: the watch is already gone (its directory was removed); nothing to do.

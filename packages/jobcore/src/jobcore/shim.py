@@ -23,8 +23,8 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 from jobcore import jobdir, linux
@@ -34,7 +34,14 @@ from jobcore.output_log import STDERR, STDOUT, OutputWriter
 PIPE_SIZE = 1 << 20
 #: After the command ends, how long leftovers may keep the output pipes open before they are dropped.
 DRAIN_TIMEOUT = 5.0
-_FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+_FORWARDED_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
 
 
 def load_controller_class(path: str) -> type[ResourceController]:
@@ -92,12 +99,16 @@ def _init_setup(spec: dict[str, Any], handle: Handle) -> None:
             linux.make_mounts_private()
             if "pid" in namespaces:
                 linux.mount_proc()
+            if "net" in namespaces:
+                linux.mount_sysfs()
         if "net" in namespaces:
             linux.set_interface_up("lo")
         if "uts" in namespaces:
             socket.sethostname(spec["id"])
     except OSError as exc:
-        raise StartError("namespaces", f"cannot set up the job's namespaces: {_describe(exc)}", exc.errno) from exc
+        raise StartError(
+            "namespaces", f"cannot set up the job's namespaces: {_describe(exc)}", exc.errno
+        ) from exc
 
 
 def _spawn_command(spec: dict[str, Any], out_w: int, err_w: int) -> subprocess.Popen[bytes]:
@@ -166,7 +177,10 @@ def run_init(spec: dict[str, Any], handle: Handle, pipes: dict[str, int]) -> NoR
         _init_setup(spec, handle)
         command = _spawn_command(spec, pipes["out_w"], pipes["err_w"])
     except StartError as exc:
-        os.write(pipes["exec_w"], json.dumps({"stage": exc.stage, "errno": exc.errno, "message": str(exc)}).encode())
+        os.write(
+            pipes["exec_w"],
+            json.dumps({"stage": exc.stage, "errno": exc.errno, "message": str(exc)}).encode(),
+        )
         os._exit(127)
     command_pid = command.pid
     for name in ("out_w", "err_w", "exec_w"):
@@ -425,7 +439,9 @@ def _safe(fn: Any, default: Any) -> Any:
 def _usage_dict(usage: Any) -> dict[str, Any]:
     if usage is None:
         return {}
-    return {k: getattr(usage, k) for k in ("cpu_seconds", "memory_peak_bytes", "io_read_bytes", "io_write_bytes")}
+    return {
+        k: getattr(usage, k) for k in ("cpu_seconds", "memory_peak_bytes", "io_read_bytes", "io_write_bytes")
+    }
 
 
 def _read_all(fd: int) -> bytes:

@@ -6,6 +6,7 @@ anything is created on disk or in a cgroup.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -64,7 +65,7 @@ def _validate_cpu(_inst: Any, _attr: Any, value: float | None) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidLimit(f"cpu must be a number of cores, got {value!r}")
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise InvalidLimit(f"cpu must be a finite number of cores, got {value}")
     if value <= 0:
         raise InvalidLimit(f"cpu must be positive, got {value}")
@@ -115,7 +116,15 @@ class Limits:
     )
     io_device: str | None = attrs.field(default=None, validator=_validate_io_device)
 
-    RESOURCE_FIELDS = ("cpu", "memory", "pids", "io_read_bps", "io_write_bps", "io_read_iops", "io_write_iops")
+    RESOURCE_FIELDS = (
+        "cpu",
+        "memory",
+        "pids",
+        "io_read_bps",
+        "io_write_bps",
+        "io_read_iops",
+        "io_write_iops",
+    )
 
     def requested(self) -> dict[str, float | int]:
         """The limits that are set, by name."""

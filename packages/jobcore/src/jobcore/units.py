@@ -36,7 +36,9 @@ def parse_cpu(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"invalid CPU amount {text!r}: expected a number of cores such as 0.5 or 2") from None
+        raise ValueError(
+            f"invalid CPU amount {text!r}: expected a number of cores such as 0.5 or 2"
+        ) from None
     return value
 
 

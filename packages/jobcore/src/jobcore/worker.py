@@ -65,6 +65,10 @@ class _Job:
             self._handle = controller.attach(self.spec["cgroup"])
         return self._handle
 
+    @property
+    def ended(self) -> bool:
+        return self.exit is not None
+
     def bump(self) -> None:
         with self.cond:
             self.generation += 1
@@ -206,7 +210,9 @@ class Worker:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise WorkerError(f"state directory {self.state_dir} is in use by another Worker (pid {holder})") from None
+            raise WorkerError(
+                f"state directory {self.state_dir} is in use by another Worker (pid {holder})"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         return fd
@@ -352,7 +358,9 @@ class Worker:
                     )
             except OSError as exc:
                 self._record_lost(job, f"the launcher is gone ({exc}); the job was not started")
-                raise WorkerError(f"cannot start job {job.id}: the Worker's launcher is gone ({exc})") from exc
+                raise WorkerError(
+                    f"cannot start job {job.id}: the Worker's launcher is gone ({exc})"
+                ) from exc
             finally:
                 os.close(report_w)
             poller = select.poll()
@@ -420,7 +428,7 @@ class Worker:
         deadline = request["requested_at"] + request["grace"] + KILL_TIMEOUT
         with job.cond:
             job.cond.wait_for(lambda: job.exit is not None or self.closed, max(0.0, deadline - time.time()))
-        if job.exit is None:
+        if not job.ended:
             raise WorkerError(f"job {job_id} did not end within {KILL_TIMEOUT:.0f} s of its grace period")
         return self._status(job)
 

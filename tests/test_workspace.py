@@ -1,0 +1,58 @@
+"""The workspace is what workspace.toml says, and each distribution stands on its own."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def members() -> list[dict[str, str]]:
+    with open(ROOT / "workspace.toml", "rb") as f:
+        return list(tomllib.load(f)["workspace"]["members"])
+
+
+def test_every_member_is_a_distribution_with_src_layout_and_its_own_tests() -> None:
+    names = []
+    for member in members():
+        with open(ROOT / member["path"] / "pyproject.toml", "rb") as f:
+            project = tomllib.load(f)["project"]
+        assert project["name"] == member["name"]
+        assert project["version"]
+        assert (ROOT / member["path"] / "src" / member["name"] / "__init__.py").is_file()
+        assert (ROOT / member["tests"]).is_dir()
+        names.append(member["name"])
+    assert sorted(names) == ["jobclient", "jobcore", "jobserver"]
+    on_disk = sorted(p.name for p in (ROOT / "packages").iterdir() if (p / "pyproject.toml").exists())
+    assert on_disk == sorted(names), "a package is missing from workspace.toml (or the reverse)"
+
+
+def test_jobcore_does_not_need_grpc() -> None:
+    code = (
+        "import sys, jobcore, jobcore.cli, jobcore.launcher\n"
+        "print(sorted(m for m in sys.modules if 'grpc' in m))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_lock_pins_every_requirement_with_hashes() -> None:
+    lock = (ROOT / "requirements" / "dev.lock").read_text()
+    wanted = [
+        line.split("#")[0].strip() for line in (ROOT / "requirements" / "dev.in").read_text().splitlines()
+    ]
+    for name in filter(None, wanted):
+        assert f"\n{name}==" in lock or lock.startswith(f"{name}=="), f"{name} is not pinned in dev.lock"
+    for block in lock.split("\n\n"):
+        for line in block.splitlines():
+            if "==" in line and not line.startswith((" ", "#")):
+                assert "--hash=sha256:" in block, f"no hash for {line}"
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "exec make test" in ci
+    assert "make test" in (ROOT / "README.md").read_text()
