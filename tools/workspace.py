@@ -24,7 +24,9 @@ def check() -> list[str]:
         with open(ROOT / m["path"] / "pyproject.toml", "rb") as f:
             project = tomllib.load(f)["project"]
         if project["name"] != m["name"]:
-            raise SystemExit(f"workspace.toml names {m['name']!r} but {m['path']}/pyproject.toml names {project['name']!r}")
+            raise SystemExit(
+                f"workspace.toml names {m['name']!r} but {m['path']}/pyproject.toml names {project['name']!r}"
+            )
         lines.append(f"{m['name']} {project['version']}")
     return lines
 
