@@ -12,10 +12,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import attrs
 import pytest
 
 from jobcore.controllers import load_controller
 from jobcore.controllers.block_device import resolve_block_device
+from jobcore.controllers.cgroup_v2 import SUPERVISOR_LEAF, CgroupV2Controller
 from jobcore.errors import InvalidLimit, UnknownController
 from jobcore.spec import Limits
 
@@ -79,9 +81,19 @@ def test_cpu_is_held_to_half_a_core(real_backend: Backend, children: Children) -
         handle.destroy()
 
 
+@attrs.frozen
+class IoTarget:
+    #: What dd writes to.
+    path: Path
+    #: The job's working directory, and the io_device limit (None: the disk behind cwd).
+    cwd: str
+    io_device: str | None = None
+
+
 @pytest.fixture
-def disk_dir() -> Iterator[Path]:
-    """A directory on a real block device (not tmpfs): /var/tmp or the repo's .cache."""
+def io_target(tmp_path: Path) -> Iterator[IoTarget]:
+    """A file on a real disk (/var/tmp or the repo's .cache, never tmpfs); where there is none (the VM:
+    its root is 9p + overlay), a loop device over a file, written to directly."""
     for base in ("/var/tmp", str(REPO / ".cache")):
         if not os.path.isdir(base):
             continue
@@ -91,30 +103,43 @@ def disk_dir() -> Iterator[Path]:
             continue
         path = Path(tempfile.mkdtemp(prefix="ctltest-io-", dir=base))
         try:
-            yield path
+            yield IoTarget(path / "blob", str(path))
         finally:
             shutil.rmtree(path, ignore_errors=True)
         return
-    pytest.skip("no directory on a block device found for the IO test")
+    if shutil.which("losetup") is None:
+        pytest.skip("no directory on a block device and no losetup for a loop device")
+    image = tmp_path / "disk.img"
+    with image.open("wb") as f:
+        f.truncate(64 * MiB)
+    made = subprocess.run(
+        ["losetup", "--find", "--show", str(image)], check=False, capture_output=True, text=True
+    )
+    if made.returncode != 0:
+        pytest.skip(f"no directory on a block device and no loop device: {made.stderr.strip()}")
+    device = made.stdout.strip()
+    try:
+        yield IoTarget(Path(device), str(tmp_path), io_device=device)
+    finally:
+        subprocess.run(["losetup", "-d", device], check=False)
 
 
 def test_direct_writes_are_throttled_to_the_write_limit(
-    real_backend: Backend, children: Children, disk_dir: Path
+    real_backend: Backend, children: Children, io_target: IoTarget
 ) -> None:
-    limits = Limits(io_write_bps=10 * MiB)
-    handle = real_backend.controller.create(OWNER, "io1", limits, str(disk_dir))
+    limits = Limits(io_write_bps=10 * MiB, io_device=io_target.io_device)
+    handle = real_backend.controller.create(OWNER, "io1", limits, io_target.cwd)
     try:
-        target = disk_dir / "blob"
         started = time.monotonic()
         proc = children.spawn_in(
             handle,
-            ["dd", "if=/dev/zero", f"of={target}", "bs=1M", "count=50", "oflag=direct"],
+            ["dd", "if=/dev/zero", f"of={io_target.path}", "bs=1M", "count=50", "oflag=direct"],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
         )
         assert proc.wait(timeout=30) == 0
         took = time.monotonic() - started
-        print(f"50 MiB of direct writes under 10 MiB/s took {took:.2f}s")
+        print(f"50 MiB of direct writes to {io_target.path} under 10 MiB/s took {took:.2f}s")
         assert took >= 4.0
         written = handle.stats().io_write_bytes
         assert written is not None and written >= 50 * MiB
@@ -196,3 +221,22 @@ def _paths(state: dict[str, object]) -> list[str]:
         assert isinstance(paths, dict)
         return [str(p) for p in paths.values()]
     return [str(state["path"])]
+
+
+def test_v2_moves_the_parents_processes_to_a_leaf_to_enable_controllers(
+    v2_parent: str, children: Children
+) -> None:
+    """No internal processes: a process sitting in `<own>` is moved to `<own>/jobcore-supervisor`."""
+    own = Path("/sys/fs/cgroup") / v2_parent.lstrip("/")
+    sitter = subprocess.Popen(["sleep", "300"])
+    children.procs.append(sitter)
+    (own / "cgroup.procs").write_text(str(sitter.pid))
+    controller = CgroupV2Controller(self_cgroup=v2_parent)
+    handle = controller.create(OWNER, "evac1", Limits(memory=64 * MiB), str(REPO))
+    try:
+        assert (own / "cgroup.procs").read_text().split() == []
+        assert str(sitter.pid) in (own / SUPERVISOR_LEAF / "cgroup.procs").read_text().split()
+        state = handle.to_state()
+        assert Path(str(state["path"]), "memory.max").read_text().strip() == str(64 * MiB)
+    finally:
+        handle.destroy()
