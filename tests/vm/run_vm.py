@@ -454,9 +454,9 @@ def run_script(pytest_args: list[str], env: dict[str, str], moddir_host: Path, k
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 # the kernel's module tree (from the cache) where modprobe looks for it
 mkdir -p /lib/modules/{kver} && mount --bind {shlex.quote(str(moddir_host))} /lib/modules/{kver}
-mkfifo /tmp/.vm-output
-tee /run/vm/output < /tmp/.vm-output &
-env -i {env_args} /bin/sh -c {shlex.quote(inner)} > /tmp/.vm-output 2>&1
+mkfifo /run/.vm-output
+tee /run/vm/output < /run/.vm-output &
+env -i {env_args} /bin/sh -c {shlex.quote(inner)} < /dev/null > /run/.vm-output 2>&1
 echo $? > /run/vm/status
 wait
 """
