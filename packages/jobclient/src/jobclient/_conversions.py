@@ -1,0 +1,151 @@
+"""Every conversion between jobclient's types and the wire (protobuf) or JSON, in one place."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import cattrs
+
+from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient.models import Isolation, Job, JobState, Limits, ResourceUsage
+
+_STATE_FROM_PROTO: dict[int, JobState] = {
+    pb.JOB_STATE_RUNNING: JobState.RUNNING,
+    pb.JOB_STATE_EXITED: JobState.EXITED,
+    pb.JOB_STATE_KILLED: JobState.KILLED,
+    pb.JOB_STATE_FAILED_TO_START: JobState.FAILED_TO_START,
+    pb.JOB_STATE_LOST: JobState.LOST,
+}
+_LIMIT_FIELDS = {
+    # jobclient name: proto field
+    "cpu": "cpu",
+    "memory": "memory_bytes",
+    "pids": "pids",
+    "io_read_bps": "io_read_bps",
+    "io_write_bps": "io_write_bps",
+    "io_read_iops": "io_read_iops",
+    "io_write_iops": "io_write_iops",
+}
+
+
+def limits_to_proto(limits: Limits) -> pb.Limits:
+    message = pb.Limits()
+    for name, field in _LIMIT_FIELDS.items():
+        value = getattr(limits, name)
+        if value is not None:
+            setattr(message, field, value)
+    return message
+
+
+def limits_from_proto(message: pb.Limits) -> Limits:
+    values = {
+        name: getattr(message, field) for name, field in _LIMIT_FIELDS.items() if message.HasField(field)
+    }
+    return Limits(**values)
+
+
+def isolation_to_proto(isolation: Isolation) -> pb.Isolation:
+    return pb.Isolation(
+        disable_pid=not isolation.pid,
+        disable_mount=not isolation.mount,
+        host_network=not isolation.net,
+        disable_uts=not isolation.uts,
+        disable_ipc=not isolation.ipc,
+    )
+
+
+def start_request(
+    argv: Sequence[str],
+    env: Mapping[str, str] | None,
+    cwd: str | None,
+    limits: Limits | None,
+    isolation: Isolation | None,
+) -> pb.StartJobRequest:
+    if isinstance(argv, str):
+        raise TypeError("argv must be a sequence of strings (no shell is involved), not a string")
+    return pb.StartJobRequest(
+        argv=list(argv),
+        env=dict(env or {}),
+        cwd=cwd or "",
+        limits=limits_to_proto(limits or Limits()),
+        isolation=isolation_to_proto(isolation or Isolation()),
+    )
+
+
+def list_request(all_users: bool, user: str | None) -> pb.ListJobsRequest:
+    if all_users and user is not None:
+        raise ValueError("pass either all_users=True or user=..., not both")
+    if all_users:
+        return pb.ListJobsRequest(scope=pb.LIST_SCOPE_ALL)
+    if user is not None:
+        return pb.ListJobsRequest(scope=pb.LIST_SCOPE_USER, user=user)
+    return pb.ListJobsRequest(scope=pb.LIST_SCOPE_OWN)
+
+
+def stop_request(job_id: str, grace: float | None) -> pb.StopJobRequest:
+    request = pb.StopJobRequest(job_id=job_id)
+    if grace is not None:
+        if grace < 0:
+            raise ValueError(f"grace must be zero or more seconds, got {grace}")
+        request.grace_seconds = grace
+    return request
+
+
+def _time(message: pb.Job, field: str) -> datetime.datetime | None:
+    if not message.HasField(field):
+        return None
+    return datetime.datetime.fromtimestamp(getattr(message, field), tz=datetime.UTC)
+
+
+def _optional(message: Any, field: str) -> Any:
+    return getattr(message, field) if message.HasField(field) else None
+
+
+def job_from_proto(message: pb.Job) -> Job:
+    usage = message.usage
+    return Job(
+        id=message.id,
+        owner=message.owner,
+        argv=tuple(message.argv),
+        state=_STATE_FROM_PROTO.get(message.state, JobState.UNKNOWN),
+        pid=_optional(message, "pid"),
+        exit_code=_optional(message, "exit_code"),
+        signal=_optional(message, "signal"),
+        oom_killed=message.oom_killed,
+        started_at=_time(message, "started_at"),
+        ended_at=_time(message, "ended_at"),
+        reason=message.reason,
+        stop_requested=message.stop_requested,
+        usage=ResourceUsage(
+            cpu_seconds=_optional(usage, "cpu_seconds"),
+            memory_peak_bytes=_optional(usage, "memory_peak_bytes"),
+            io_read_bytes=_optional(usage, "io_read_bytes"),
+            io_write_bytes=_optional(usage, "io_write_bytes"),
+        ),
+        limits=limits_from_proto(message.limits),
+        controller=message.controller,
+        namespaces=tuple(message.namespaces),
+        output_bytes=message.output_bytes,
+        output_capped=message.output_capped,
+        cwd=message.cwd,
+    )
+
+
+# JSON (the CLI's --json): plain dicts; times as ISO 8601 in UTC, states as their lower-case names.
+_json = cattrs.Converter()
+_json.register_unstructure_hook(datetime.datetime, lambda t: t.isoformat())
+_json.register_structure_hook(datetime.datetime, lambda v, _: datetime.datetime.fromisoformat(v))
+
+
+def job_to_json(job: Job) -> dict[str, Any]:
+    """A JSON-serialisable dict of every field of the job, plus its shell-style `exit_status`."""
+    data: dict[str, Any] = _json.unstructure(job)
+    data["exit_status"] = job.exit_status
+    return data
+
+
+def job_from_json(data: Mapping[str, Any]) -> Job:
+    """The inverse of job_to_json (extra keys such as `exit_status` are ignored)."""
+    return _json.structure({k: v for k, v in data.items() if k != "exit_status"}, Job)

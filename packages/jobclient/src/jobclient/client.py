@@ -1,0 +1,416 @@
+"""`Client` (blocking) and `AsyncClient` (asyncio): the same methods over a shared base, like httpx."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import inspect
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import IO, Any, Self
+
+import grpc  # type: ignore[import-untyped]  # grpcio ships no type hints
+import grpc.aio  # type: ignore[import-untyped]
+
+from jobclient import _conversions as conv
+from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient._proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
+from jobclient.credentials import Credentials
+from jobclient.errors import JobClientError, from_rpc_error
+from jobclient.models import Isolation, Job, JobState, Limits
+
+__all__ = ["DEFAULT_TARGET", "AsyncClient", "AsyncOutputStream", "Client", "OutputSink", "OutputStream"]
+
+DEFAULT_TARGET = "localhost:50051"
+DEFAULT_TIMEOUT = 30.0
+_SERVER_DEFAULT_GRACE = 10.0  # the proto's documented default for StopJob
+_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+OutputSink = IO[bytes] | Callable[[bytes], object]
+"""Where `run`/`wait` write output: a binary file-like object (flushed per chunk) or a callable.
+
+For AsyncClient the callable may also be a coroutine function.
+"""
+
+_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    # Output chunks are small (the server sends at most a few hundred KiB); a long job list may be big.
+    ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+    # Detect a dead server under a long `follow` stream. gRPC servers by default refuse pings more often
+    # than every 5 minutes while they send no data (GOAWAY "too_many_pings"), so do not ping faster.
+    ("grpc.keepalive_time_ms", 300_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.primary_user_agent", "jobclient"),
+]
+
+
+def write_all(out: Any, chunk: bytes) -> None:
+    """Write every byte of chunk to a binary file-like object and flush it.
+
+    A pipe write interrupted or cut short (its reader went away) may be partial, and BufferedWriter then
+    returns a short count instead of raising: loop, so the next write reports the error.
+    """
+    view = memoryview(chunk)
+    while view:
+        written = out.write(view)
+        if written is None:  # objects that do not report a count write everything
+            break
+        view = view[written:]
+    flush = getattr(out, "flush", None)
+    if callable(flush):
+        flush()
+
+
+def _sync_writer(out: OutputSink | None) -> Callable[[bytes], object]:
+    sink: Any = sys.stdout.buffer if out is None else out
+    if callable(getattr(sink, "write", None)):
+        return lambda chunk: write_all(sink, chunk)
+    if callable(sink):
+        return sink  # type: ignore[no-any-return]
+    raise TypeError(f"out must be a binary file-like object or a callable, not {type(out).__name__}")
+
+
+class _BaseClient:
+    """What Client and AsyncClient share: the target, credentials, channel options and deadlines."""
+
+    def __init__(self, target: str, credentials: Credentials, timeout: float | None) -> None:
+        if not isinstance(credentials, Credentials):
+            raise TypeError("credentials must be a jobclient.Credentials (from_files or for_user)")
+        self.target = target
+        self.credentials = credentials
+        self.timeout = timeout
+        """Deadline in seconds of each unary call (None = none); output streams have none."""
+
+    def _stop_timeout(self, grace: float | None) -> float | None:
+        # StopJob returns once the job has ended, which may take the whole grace period.
+        if self.timeout is None:
+            return None
+        return self.timeout + (grace if grace is not None else _SERVER_DEFAULT_GRACE)
+
+    def _error(self, error: grpc.RpcError, job_id: str | None = None) -> JobClientError:
+        return from_rpc_error(error, target=self.target, job_id=job_id)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.target!r}, credentials from {self.credentials.source or '?'})"
+
+
+class OutputStream(Iterator[bytes]):
+    """A job's output as an iterator of byte chunks. `close()` (or leaving a `with` block) cancels it.
+
+    `offset` is the offset just past the last byte returned: pass it to `output()` to resume.
+    """
+
+    def __init__(self, call: Any, client: Client, job_id: str, offset: int) -> None:
+        self._call = call
+        self._client = client
+        self._closed = False
+        self.job_id = job_id
+        self.offset = offset
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> bytes:
+        while True:
+            try:
+                response: pb.StreamOutputResponse = next(self._call)
+            except StopIteration:
+                raise
+            except grpc.RpcError as e:
+                if self._closed:
+                    raise StopIteration from None
+                raise self._client._error(e, self.job_id) from e
+            if response.data:
+                self.offset = response.offset + len(response.data)
+                return response.data
+
+    def close(self) -> None:
+        """Stop streaming; safe to call more than once and from another thread."""
+        self._closed = True
+        self._call.cancel()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Client(_BaseClient):
+    """A blocking client of the job server. Use as a context manager, or call `close()`.
+
+    >>> with Client("localhost:50051", credentials=Credentials.for_user("alice")) as client:
+    ...     job = client.run(["echo", "hi"])
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        credentials: Credentials,
+        timeout: float | None = DEFAULT_TIMEOUT,
+    ) -> None:
+        super().__init__(target, credentials, timeout)
+        self._channel = grpc.secure_channel(target, credentials.channel_credentials(), _CHANNEL_OPTIONS)
+        self._stub = pb_grpc.JobWorkerStub(self._channel)
+
+    def start(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        limits: Limits | None = None,
+        isolation: Isolation | None = None,
+    ) -> Job:
+        """Start `argv` (no shell) as a job; returns once it runs (or failed to start: see `Job.state`).
+
+        `env` is the job's whole environment; `cwd` an absolute path ("/" by default).
+        """
+        request = conv.start_request(argv, env, cwd, limits, isolation)
+        try:
+            response: pb.StartJobResponse = self._stub.StartJob(request, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise self._error(e) from e
+        return conv.job_from_proto(response.job)
+
+    def stop(self, job_id: str, *, grace: float | None = None) -> Job:
+        """SIGTERM the job, SIGKILL it after `grace` seconds (server default 10); return it once ended."""
+        request = conv.stop_request(job_id, grace)
+        try:
+            response: pb.StopJobResponse = self._stub.StopJob(request, timeout=self._stop_timeout(grace))
+        except grpc.RpcError as e:
+            raise self._error(e, job_id) from e
+        return conv.job_from_proto(response.job)
+
+    def status(self, job_id: str) -> Job:
+        """The job's current status."""
+        try:
+            response: pb.GetJobResponse = self._stub.GetJob(
+                pb.GetJobRequest(job_id=job_id), timeout=self.timeout
+            )
+        except grpc.RpcError as e:
+            raise self._error(e, job_id) from e
+        return conv.job_from_proto(response.job)
+
+    def list(self, *, all_users: bool = False, user: str | None = None) -> builtins.list[Job]:
+        """The caller's jobs, oldest first; an admin may ask for everyone's or one user's."""
+        request = conv.list_request(all_users, user)
+        try:
+            response: pb.ListJobsResponse = self._stub.ListJobs(request, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise self._error(e) from e
+        return [conv.job_from_proto(job) for job in response.jobs]
+
+    def output(self, job_id: str, *, offset: int = 0, follow: bool = True) -> OutputStream:
+        """The job's output from byte `offset`; with follow, until the job ends and all is sent.
+
+        Raises errors (JobNotFound, ...) when iterated.
+        """
+        request = pb.StreamOutputRequest(job_id=job_id, offset=offset, follow=follow)
+        return OutputStream(self._stub.StreamOutput(request), self, job_id, offset)
+
+    def wait(self, job_id: str, *, out: OutputSink | None = None, offset: int = 0) -> Job:
+        """Copy the job's output from `offset` to `out` (default: stdout) until it ends; return the job."""
+        write = _sync_writer(out)
+        backoff = 0.05
+        while True:
+            with self.output(job_id, offset=offset, follow=True) as stream:
+                for chunk in stream:
+                    write(chunk)
+                    backoff = 0.05
+            offset = stream.offset
+            job = self.status(job_id)
+            if job.ended:
+                return job
+            # The stream ended early (e.g. the server is restarting): follow again, gently.
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        limits: Limits | None = None,
+        isolation: Isolation | None = None,
+        out: OutputSink | None = None,
+    ) -> Job:
+        """Start a job, copy its output to `out` (default: sys.stdout.buffer) live, return it once ended."""
+        job = self.start(argv, env=env, cwd=cwd, limits=limits, isolation=isolation)
+        if job.state is JobState.FAILED_TO_START:
+            return job
+        return self.wait(job.id, out=out)
+
+    def close(self) -> None:
+        """Close the channel (cancels streams in progress)."""
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class AsyncOutputStream(AsyncIterator[bytes]):
+    """A job's output as an async iterator of byte chunks; `aclose()` (or `async with`) cancels it."""
+
+    def __init__(self, call: Any, client: AsyncClient, job_id: str, offset: int) -> None:
+        self._call = call
+        self._client = client
+        self._closed = False
+        self.job_id = job_id
+        self.offset = offset
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while True:
+            try:
+                response: Any = await self._call.read()
+            except asyncio.CancelledError:
+                if self._closed:  # grpc.aio reports our own cancel() this way
+                    raise StopAsyncIteration from None
+                self._call.cancel()
+                raise
+            except grpc.RpcError as e:
+                if self._closed:
+                    raise StopAsyncIteration from None
+                raise self._client._error(e, self.job_id) from e
+            if response is grpc.aio.EOF:
+                raise StopAsyncIteration
+            if response.data:
+                self.offset = response.offset + len(response.data)
+                return bytes(response.data)
+
+    async def aclose(self) -> None:
+        """Stop streaming; safe to call more than once."""
+        self._closed = True
+        self._call.cancel()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class AsyncClient(_BaseClient):
+    """The asyncio twin of `Client` (grpc.aio): the same methods, awaited. Use `async with` or `aclose()`."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        credentials: Credentials,
+        timeout: float | None = DEFAULT_TIMEOUT,
+    ) -> None:
+        super().__init__(target, credentials, timeout)
+        self._channel = grpc.aio.secure_channel(target, credentials.channel_credentials(), _CHANNEL_OPTIONS)
+        self._stub = pb_grpc.JobWorkerStub(self._channel)
+
+    async def start(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        limits: Limits | None = None,
+        isolation: Isolation | None = None,
+    ) -> Job:
+        """See `Client.start`."""
+        request = conv.start_request(argv, env, cwd, limits, isolation)
+        try:
+            response: pb.StartJobResponse = await self._stub.StartJob(request, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise self._error(e) from e
+        return conv.job_from_proto(response.job)
+
+    async def stop(self, job_id: str, *, grace: float | None = None) -> Job:
+        """See `Client.stop`."""
+        request = conv.stop_request(job_id, grace)
+        try:
+            response: pb.StopJobResponse = await self._stub.StopJob(
+                request, timeout=self._stop_timeout(grace)
+            )
+        except grpc.RpcError as e:
+            raise self._error(e, job_id) from e
+        return conv.job_from_proto(response.job)
+
+    async def status(self, job_id: str) -> Job:
+        """See `Client.status`."""
+        try:
+            response: pb.GetJobResponse = await self._stub.GetJob(
+                pb.GetJobRequest(job_id=job_id), timeout=self.timeout
+            )
+        except grpc.RpcError as e:
+            raise self._error(e, job_id) from e
+        return conv.job_from_proto(response.job)
+
+    async def list(self, *, all_users: bool = False, user: str | None = None) -> builtins.list[Job]:
+        """See `Client.list`."""
+        request = conv.list_request(all_users, user)
+        try:
+            response: pb.ListJobsResponse = await self._stub.ListJobs(request, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise self._error(e) from e
+        return [conv.job_from_proto(job) for job in response.jobs]
+
+    def output(self, job_id: str, *, offset: int = 0, follow: bool = True) -> AsyncOutputStream:
+        """See `Client.output`; iterate with `async for`."""
+        request = pb.StreamOutputRequest(job_id=job_id, offset=offset, follow=follow)
+        return AsyncOutputStream(self._stub.StreamOutput(request), self, job_id, offset)
+
+    async def wait(self, job_id: str, *, out: OutputSink | None = None, offset: int = 0) -> Job:
+        """See `Client.wait`; `out` may also be a coroutine function."""
+        write = _sync_writer(out)
+        backoff = 0.05
+        while True:
+            async with self.output(job_id, offset=offset, follow=True) as stream:
+                async for chunk in stream:
+                    result = write(chunk)
+                    if inspect.isawaitable(result):
+                        await result
+                    backoff = 0.05
+            offset = stream.offset
+            job = await self.status(job_id)
+            if job.ended:
+                return job
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        limits: Limits | None = None,
+        isolation: Isolation | None = None,
+        out: OutputSink | Callable[[bytes], Awaitable[object]] | None = None,
+    ) -> Job:
+        """See `Client.run`."""
+        job = await self.start(argv, env=env, cwd=cwd, limits=limits, isolation=isolation)
+        if job.state is JobState.FAILED_TO_START:
+            return job
+        return await self.wait(job.id, out=out)
+
+    async def aclose(self) -> None:
+        """Close the channel (cancels streams in progress)."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()

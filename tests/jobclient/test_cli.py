@@ -1,0 +1,447 @@
+"""The installed `jobctl` executable, run as a subprocess against the fake server over real mTLS."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import grpc
+import pytest
+from conftest import Jobctl
+from fake_jobworker import CERTS, FakeJobWorker, Plan
+from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
+
+NASTY = b"line\n\x00\x00NUL\x00\xff\xfe\xc3(not utf-8\x80\r\n\x1b[0m"
+COMMANDS = ["start", "run", "status", "logs", "stop", "list"]
+
+
+def add_job(servicer: FakeJobWorker, job_id: str = "j1", output: bytes = b"", **fields: object) -> None:
+    fields.setdefault("state", pb.JOB_STATE_EXITED)
+    servicer.add_job(pb.Job(id=job_id, owner="alice", argv=["echo", "hi there"], **fields), output)  # type: ignore[arg-type]
+
+
+# --- help -------------------------------------------------------------------------------------------
+
+
+def test_main_help_documents_environment_exit_codes_and_examples(jobctl: Jobctl) -> None:
+    result = jobctl("--help")
+    assert result.returncode == 0
+    for text in ["examples:", "exit status:", "JOBCTL_SERVER", "JOBCTL_USER", "JOBCTL_CERT", "JOBCTL_KEY",
+                 "JOBCTL_CA", "JOBCTL_CERTS", "JOBCTL_JSON", "125", *COMMANDS]:  # fmt: skip
+        assert text in result.text, text
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_examples(jobctl: Jobctl, command: str) -> None:
+    result = jobctl(command, "--help")
+    assert result.returncode == 0
+    assert f"usage: jobctl {command}" in result.text
+    assert "examples:" in result.text
+    assert f"jobctl --user alice {command}" in result.text or f"jobctl --user carl {command}" in result.text
+
+
+# --- start ------------------------------------------------------------------------------------------
+
+
+def test_start_prints_only_the_job_id_and_sends_every_option(jobctl: Jobctl, servicer: FakeJobWorker) -> None:
+    servicer.plan = Plan(hold=True)
+    result = jobctl(
+        "start", "--cpu", "0.5", "--memory", "512M", "--io-read", "10M/s", "--io-write", "1G",
+        "--io-read-iops", "100", "--io-write-iops", "200", "--pids", "64",
+        "--env", "A=1", "--env", "B=x=y", "--cwd", "/tmp",
+        "--host-network", "--no-pid-ns", "--no-mount-ns", "--no-uts-ns", "--no-ipc-ns",
+        "--", "sh", "-c", "echo -- $A", "--", "-x",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (request,) = servicer.calls("StartJob")
+    assert result.stdout == (next(iter(servicer.jobs)) + "\n").encode()
+    assert result.stderr == ""
+    assert list(request.argv) == ["sh", "-c", "echo -- $A", "--", "-x"]
+    assert dict(request.env) == {"A": "1", "B": "x=y"}
+    assert request.cwd == "/tmp"
+    assert request.limits == pb.Limits(
+        cpu=0.5, memory_bytes=512 << 20, io_read_bps=10 << 20, io_write_bps=1 << 30,
+        io_read_iops=100, io_write_iops=200, pids=64,
+    )  # fmt: skip
+    assert request.isolation == pb.Isolation(
+        host_network=True, disable_pid=True, disable_mount=True, disable_uts=True, disable_ipc=True
+    )
+
+
+def test_start_json_prints_the_job(jobctl: Jobctl, servicer: FakeJobWorker) -> None:
+    servicer.plan = Plan(hold=True)
+    result = jobctl("start", "--json", "--", "sleep", "5")
+    data = json.loads(result.stdout)
+    assert (data["state"], data["argv"], data["owner"]) == ("running", ["sleep", "5"], "alice")
+
+
+def test_start_of_a_command_that_cannot_run_exits_127(jobctl: Jobctl, servicer: FakeJobWorker) -> None:
+    servicer.plan = Plan(
+        start_state=pb.JOB_STATE_FAILED_TO_START, reason="exec nope: no such file or directory"
+    )
+    result = jobctl("start", "--", "nope")
+    assert result.returncode == 127
+    assert result.stderr.endswith("failed to start: exec nope: no such file or directory\n")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["start", "--memory", "12X", "--", "ls"], "invalid size '12X'"),
+        (["start", "--cpu", "lots", "--", "ls"], "invalid CPU amount 'lots'"),
+        (["start", "--cpu", "-1", "--", "ls"], "cpu must be a positive number"),
+        (["start", "--pids", "0", "--", "ls"], "'0' is not a positive integer"),
+        (["start", "--env", "NOVALUE", "--", "ls"], "--env takes NAME=VALUE"),
+        (["start"], "the following arguments are required"),
+        (["frobnicate"], "invalid choice"),
+        (["stop", "--grace", "-3", "j1"], "not a number of seconds"),
+        (["list", "--all", "--user", "bob"], "not allowed with argument"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(
+    jobctl: Jobctl, servicer: FakeJobWorker, args: list[str], message: str
+) -> None:
+    result = jobctl(*args)
+    assert result.returncode == 2
+    assert result.stderr.startswith("jobctl: ")
+    assert message in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert servicer.requests == []
+
+
+# --- run --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("plan", "expected"),
+    [
+        (Plan(exit_code=0), 0),
+        (Plan(exit_code=3), 3),
+        (Plan(exit_code=255), 255),
+        (Plan(state=pb.JOB_STATE_KILLED, exit_code=None, signal=9), 137),
+        (Plan(state=pb.JOB_STATE_KILLED, exit_code=None, signal=15), 143),
+    ],
+)
+def test_run_streams_output_byte_exact_and_exits_with_the_jobs_status(
+    jobctl: Jobctl, servicer: FakeJobWorker, plan: Plan, expected: int
+) -> None:
+    plan.chunks = [NASTY[:7], NASTY[7:]]
+    servicer.plan = plan
+    result = jobctl("run", "--", "sh", "-c", "...")
+    assert result.returncode == expected
+    assert result.stdout == NASTY
+
+
+def test_run_reports_an_oom_kill_on_stderr(jobctl: Jobctl, servicer: FakeJobWorker) -> None:
+    servicer.plan = Plan(state=pb.JOB_STATE_KILLED, exit_code=None, signal=9, oom_killed=True)
+    result = jobctl("run", "--memory", "64M", "--", "hog")
+    assert result.returncode == 137
+    assert "ran out of memory" in result.stderr
+
+
+def test_run_of_a_command_that_cannot_start_exits_127(jobctl: Jobctl, servicer: FakeJobWorker) -> None:
+    servicer.plan = Plan(start_state=pb.JOB_STATE_FAILED_TO_START, reason="exec nope: not found")
+    result = jobctl("run", "--", "nope")
+    assert result.returncode == 127
+    assert "failed to start: exec nope: not found" in result.stderr
+
+
+def test_run_of_a_lost_job_exits_125(jobctl: Jobctl, servicer: FakeJobWorker) -> None:
+    servicer.plan = Plan(state=pb.JOB_STATE_LOST, exit_code=None, reason="the shim vanished")
+    result = jobctl("run", "--", "x")
+    assert result.returncode == 125
+    assert "the shim vanished" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "fail"),
+    [
+        (["run", "--memory", "lots", "--", "x"], None),
+        (["run", "--", "x"], (grpc.StatusCode.RESOURCE_EXHAUSTED, "alice already runs 10 jobs")),
+        (["run", "--", "x"], (grpc.StatusCode.INTERNAL, "database is locked")),
+    ],
+)
+def test_run_uses_125_when_jobctl_itself_fails(
+    jobctl: Jobctl, servicer: FakeJobWorker, args: list[str], fail: tuple[grpc.StatusCode, str] | None
+) -> None:
+    if fail:
+        servicer.fail["StartJob"] = fail
+    result = jobctl(*args)
+    assert result.returncode == 125
+    assert result.stderr.startswith("jobctl: ")
+    assert result.stderr.count("\n") == 1
+
+
+def test_run_with_the_server_down_exits_125(jobctl: Jobctl, free_port: int) -> None:
+    result = jobctl("run", "--", "true", JOBCTL_SERVER=f"127.0.0.1:{free_port}")
+    assert result.returncode == 125
+    assert "cannot reach the job server" in result.stderr
+
+
+def wait_for_output(proc: subprocess.Popen[bytes], expected: bytes) -> None:
+    assert proc.stdout is not None
+    got = b""
+    while len(got) < len(expected):
+        chunk = os.read(proc.stdout.fileno(), len(expected) - len(got))
+        assert chunk, f"jobctl ended early: {got!r}"
+        got += chunk
+    assert got == expected
+
+
+def test_ctrl_c_stops_the_job_and_exits_with_its_status(jobctl: Jobctl, servicer: FakeJobWorker) -> None:
+    servicer.plan = Plan(chunks=[b"started\n"], hold=True, after_stop=[b"got SIGTERM\n"])
+    proc = jobctl.popen("run", "--", "server")
+    try:
+        wait_for_output(proc, b"started\n")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143
+    assert out == b"got SIGTERM\n"  # resumed where it stopped: nothing repeated, nothing lost
+    assert "stopping job" in err.decode()
+    (stop,) = servicer.calls("StopJob")
+    assert stop.job_id == next(iter(servicer.jobs))
+    assert servicer.calls("StreamOutput")[-1].offset == len(b"started\n")
+
+
+def test_a_second_ctrl_c_stops_waiting(jobctl: Jobctl, servicer: FakeJobWorker) -> None:
+    servicer.plan = Plan(chunks=[b"started\n"], hold=True)
+    servicer.stop_released.clear()  # StopJob hangs
+    proc = jobctl.popen("run", "--", "server")
+    try:
+        wait_for_output(proc, b"started\n")
+        proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 10
+        while not servicer.calls("StopJob") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert servicer.calls("StopJob"), "jobctl did not ask to stop the job"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+        servicer.stop_released.set()
+    assert proc.returncode == 130
+    assert "no longer waiting" in err.decode()
+
+
+def test_run_output_closed_early_exits_quietly_and_stops_the_job(
+    jobctl: Jobctl, servicer: FakeJobWorker
+) -> None:
+    servicer.plan = Plan(chunks=[b"x" * 65536] * 64, hold=True)
+    proc = jobctl.popen("run", "--", "yes")
+    try:
+        wait_for_output(proc, b"x" * 10)
+        assert proc.stdout is not None
+        proc.stdout.close()
+        proc.wait(timeout=20)
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+    finally:
+        proc.kill()
+    assert proc.returncode == 141
+    assert err == b""
+    assert servicer.calls("StopJob")[0].grace_seconds == 0
+
+
+# --- status, logs, stop, list -----------------------------------------------------------------------
+
+
+def test_status_shows_the_job_for_humans(jobctl: Jobctl, servicer: FakeJobWorker) -> None:
+    add_job(
+        servicer, state=pb.JOB_STATE_KILLED, signal=9, oom_killed=True,
+        started_at=1_700_000_000, ended_at=1_700_000_090,
+        limits=pb.Limits(memory_bytes=64 << 20, cpu=0.5), usage=pb.ResourceUsage(memory_peak_bytes=64 << 20),
+        controller="cgroup1", namespaces=["pid", "net"], output_bytes=2048, reason="OOM",
+    )  # fmt: skip
+    result = jobctl("status", "j1")
+    assert result.returncode == 0
+    text = result.text
+    for expected in ["j1", "alice", "echo 'hi there'", "killed (signal 9 SIGKILL, OOM-killed)", "OOM",
+                     "2023-11-14 22:13:20 UTC", "1m30s", "memory 64M", "cpu 0.5 cores", "memory peak 64M",
+                     "cgroup1", "pid, net", "2K"]:  # fmt: skip
+        assert expected in text, expected
+
+
+@pytest.mark.parametrize("args", [["--json", "status", "j1"], ["status", "--json", "j1"]])
+def test_status_json_parses(jobctl: Jobctl, servicer: FakeJobWorker, args: list[str]) -> None:
+    add_job(servicer, exit_code=3, started_at=1_700_000_000)
+    data = json.loads(jobctl(*args).stdout)
+    assert (data["id"], data["state"], data["exit_code"], data["exit_status"]) == ("j1", "exited", 3, 3)
+    assert data["started_at"] == "2023-11-14T22:13:20+00:00"
+
+
+def test_json_can_come_from_the_environment(jobctl: Jobctl, servicer: FakeJobWorker) -> None:
+    add_job(servicer)
+    assert json.loads(jobctl("status", "j1", JOBCTL_JSON="1").stdout)["id"] == "j1"
+    assert jobctl("status", "j1", JOBCTL_JSON="maybe").returncode == 2
+
+
+@pytest.mark.parametrize("follow", [False, True])
+def test_logs_writes_the_output_byte_for_byte(jobctl: Jobctl, servicer: FakeJobWorker, follow: bool) -> None:
+    add_job(servicer, output=NASTY * 100)
+    result = jobctl("logs", *(["-f"] if follow else []), "j1")
+    assert result.returncode == 0
+    assert result.stdout == NASTY * 100
+    (request,) = servicer.calls("StreamOutput")
+    assert (request.offset, request.follow) == (0, follow)
+
+
+def test_logs_into_a_closed_pipe_exits_quietly(jobctl: Jobctl, servicer: FakeJobWorker) -> None:
+    add_job(servicer, output=b"y\n" * (4 << 20))
+    proc = jobctl.popen("logs", "j1")
+    try:
+        wait_for_output(proc, b"y\n")
+        assert proc.stdout is not None
+        proc.stdout.close()
+        proc.wait(timeout=20)
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+    finally:
+        proc.kill()
+    assert (proc.returncode, err) == (141, b"")
+
+
+def test_stop_prints_the_final_state(jobctl: Jobctl, servicer: FakeJobWorker) -> None:
+    servicer.plan = Plan(hold=True)
+    job_id = jobctl("start", "--", "sleep", "100").text.strip()
+    result = jobctl("stop", "--grace", "1.5", job_id)
+    assert result.returncode == 0
+    assert result.text == f"{job_id} killed (signal 15 SIGTERM)\n"
+    assert servicer.calls("StopJob")[0].grace_seconds == 1.5
+    assert json.loads(jobctl("--json", "stop", job_id).stdout)["state"] == "killed"
+
+
+def test_list_prints_a_table(jobctl: Jobctl, servicer: FakeJobWorker) -> None:
+    add_job(servicer, "j1", exit_code=0, started_at=1_700_000_000)
+    add_job(servicer, "j2-longer-id", state=pb.JOB_STATE_RUNNING, pid=7)
+    lines = jobctl("list").text.splitlines()
+    assert lines[0].split() == ["ID", "OWNER", "STATE", "STARTED", "COMMAND"]
+    assert lines[1].split() == [
+        "j1",
+        "alice",
+        "exited(0)",
+        "2023-11-14",
+        "22:13:20",
+        "UTC",
+        "echo",
+        "'hi",
+        "there'",
+    ]
+    assert lines[2].split()[:4] == ["j2-longer-id", "alice", "running", "-"]
+    assert lines[1].index("alice") == lines[2].index("alice")  # aligned columns
+
+
+@pytest.mark.parametrize(
+    ("args", "scope", "user"),
+    [
+        ([], pb.LIST_SCOPE_OWN, ""),
+        (["--all"], pb.LIST_SCOPE_ALL, ""),
+        (["--user", "bob"], pb.LIST_SCOPE_USER, "bob"),
+    ],
+)
+def test_list_scopes(jobctl: Jobctl, servicer: FakeJobWorker, args: list[str], scope: int, user: str) -> None:
+    add_job(servicer)
+    data = json.loads(jobctl("--user", "carl", "list", "--json", *args, JOBCTL_USER="").stdout)
+    assert [job["id"] for job in data] == ["j1"]
+    (request,) = servicer.calls("ListJobs")
+    assert (request.scope, request.user) == (scope, user)
+    assert servicer.requests[0][1] == "Carl"
+
+
+def test_an_empty_list_says_so_on_stderr(jobctl: Jobctl) -> None:
+    result = jobctl("list")
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"", "jobctl: no jobs\n")
+
+
+# --- errors -----------------------------------------------------------------------------------------
+
+STATUS_EXITS = [
+    (grpc.StatusCode.NOT_FOUND, 4),
+    (grpc.StatusCode.PERMISSION_DENIED, 4),
+    (grpc.StatusCode.UNAUTHENTICATED, 4),
+    (grpc.StatusCode.INVALID_ARGUMENT, 4),
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, 4),
+    (grpc.StatusCode.FAILED_PRECONDITION, 4),
+    (grpc.StatusCode.UNAVAILABLE, 3),
+    (grpc.StatusCode.DEADLINE_EXCEEDED, 3),
+    (grpc.StatusCode.INTERNAL, 5),
+    (grpc.StatusCode.UNKNOWN, 5),
+]
+
+
+@pytest.mark.parametrize(("code", "exit_code"), STATUS_EXITS, ids=[c.name for c, _ in STATUS_EXITS])
+def test_each_server_error_is_one_line_with_its_exit_code(
+    jobctl: Jobctl, servicer: FakeJobWorker, code: grpc.StatusCode, exit_code: int
+) -> None:
+    servicer.fail["GetJob"] = (code, f"scripted {code.name.lower()}")
+    result = jobctl("status", "j1")
+    assert result.returncode == exit_code
+    assert result.stdout == b""
+    assert result.stderr.startswith("jobctl: ")
+    assert f"scripted {code.name.lower()}" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unknown_job_is_reported_by_id(jobctl: Jobctl) -> None:
+    result = jobctl("status", "1234")
+    assert (result.returncode, result.stderr) == (4, "jobctl: job 1234 not found\n")
+
+
+def test_server_down_exits_3(jobctl: Jobctl, free_port: int) -> None:
+    result = jobctl("list", JOBCTL_SERVER=f"127.0.0.1:{free_port}")
+    assert result.returncode == 3
+    assert result.stderr.startswith(f"jobctl: cannot reach the job server at 127.0.0.1:{free_port}")
+    assert result.stderr.count("\n") == 1
+
+
+def test_server_flag_wins_over_the_environment(jobctl: Jobctl, free_port: int) -> None:
+    result = jobctl("--server", jobctl.target, "list", JOBCTL_SERVER=f"127.0.0.1:{free_port}")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("name", ["expired", "untrusted", "no-client-auth"])
+def test_a_refused_client_certificate_exits_3(jobctl: Jobctl, servicer: FakeJobWorker, name: str) -> None:
+    test_certs = CERTS / "test"
+    result = jobctl(
+        "--cert", str(test_certs / f"{name}.crt"), "--key", str(test_certs / f"{name}.key"),
+        "--ca", str(CERTS / "ca.crt"),
+        "list", JOBCTL_USER="",
+    )  # fmt: skip
+    assert result.returncode == 3
+    assert servicer.requests == []
+
+
+def test_explicit_files_from_the_environment(jobctl: Jobctl, servicer: FakeJobWorker) -> None:
+    result = jobctl(
+        "list", JOBCTL_USER="", JOBCTL_CERT=str(CERTS / "bob.crt"), JOBCTL_KEY=str(CERTS / "bob.key"),
+        JOBCTL_CA=str(CERTS / "ca.crt"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert servicer.requests[0][1] == "Bob"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--cert", "/nonexistent/a.crt", "--key", "/x.key", "--ca", "/ca.crt"], {"JOBCTL_USER": ""},
+         "certificate /nonexistent/a.crt does not exist"),
+        (["--user", "mallory"], {}, "mallory.crt does not exist"),
+        (["--cert", str(CERTS / "alice.crt")], {"JOBCTL_USER": ""}, "missing --key, --ca"),
+        (["--user", "bob", "--cert", str(CERTS / "bob.crt")], {}, "either --user or --cert"),
+        ([], {"JOBCTL_USER": ""}, "who are you?"),
+        ([], {"JOBCTL_CERTS": "/nonexistent"}, "certificates folder /nonexistent"),
+    ],
+)  # fmt: skip
+def test_credential_problems_are_usage_errors_naming_the_file(
+    jobctl: Jobctl, servicer: FakeJobWorker, args: list[str], env: dict[str, str], message: str
+) -> None:
+    result = jobctl(*args, "list", **env)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert servicer.requests == []
