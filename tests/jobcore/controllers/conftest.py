@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -351,15 +351,6 @@ def children() -> Iterator[Children]:
         yield c
     finally:
         c.close()
-
-
-@pytest.fixture
-def jobs() -> Iterator[Callable[[Handle], Handle]]:
-    """Register a handle to be destroyed at the end of the test, even when it fails."""
-    handles: list[Handle] = []
-    yield lambda h: (handles.append(h), h)[1]
-    for h in handles:
-        h.destroy()
 
 
 def process_gone(pid: int) -> bool:

@@ -57,7 +57,7 @@ def test_probe_reports_a_usable_backend(backend: Backend) -> None:
         assert caps.job_roots
 
 
-def test_state_is_plain_json_and_attaches_to_the_same_job(backend: Backend, jobs: object) -> None:
+def test_state_is_plain_json_and_attaches_to_the_same_job(backend: Backend) -> None:
     limits = limits_for(backend)
     handle = backend.controller.create(OWNER, "state1", limits, REPO)
     try:
@@ -78,6 +78,39 @@ def test_a_process_entered_is_listed_and_the_handle_counts_it(backend: Backend, 
             assert handle.pids() == []
         else:
             assert proc.pid in handle.pids()
+    finally:
+        handle.destroy()
+
+
+ENTER_SELF = """
+import json, sys
+from jobcore.controllers import available_backends
+state = json.loads(sys.argv[1])
+available_backends()[state["backend"]]().attach(state).enter(0)
+sys.stdout.write(open("/proc/self/cgroup").read())
+"""
+
+
+def test_another_process_attaches_the_state_and_enters_itself(backend: Backend) -> None:
+    need_kernel(backend)
+    handle = backend.controller.create(OWNER, "self1", limits_for(backend), REPO)
+    try:
+        # What the job's init does: rebuild the handle from JSON in a new process, enter(0).
+        out = subprocess.run(
+            [sys.executable, "-c", ENTER_SELF, json.dumps(handle.to_state())],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        assert f"/remote-jobs/{OWNER}/self1" in out
+        if backend.id == "cgroup1":
+            joined = [line for line in out.splitlines() if line.endswith(f"/remote-jobs/{OWNER}/self1")]
+            assert {h for line in joined for h in line.split(":")[1].split(",")} >= {
+                "memory",
+                "pids",
+                "freezer",
+            }
     finally:
         handle.destroy()
 
@@ -105,10 +138,9 @@ def test_kill_kills_a_daemonized_grandchild(backend: Backend, children: Children
 
 def test_destroy_removes_every_directory_and_is_idempotent(backend: Backend, children: Children) -> None:
     handle = backend.controller.create(OWNER, "destroy1", limits_for(backend), REPO)
-    if backend.real_kernel:
+    if backend.id != "none":
+        # On the fake, cgroup.kill SIGKILLs the pids listed in cgroup.procs, as the kernel would.
         children.spawn_in(handle, ["sleep", "300"])
-    elif backend.fake is not None:
-        children.spawn_in(handle, ["sleep", "300"])  # the fake's cgroup.kill kills the listed pid
     paths = [p for p in _state_paths(handle) if p]
     assert all(os.path.isdir(p) for p in paths)
     handle.destroy()

@@ -259,11 +259,18 @@ class CgroupV1Controller:
                 if not is_live(*key):
                     stale[key] = None
         removed: list[str] = []
+        failed: list[str] = []
         for owner, job_id in stale:
             paths = {c: os.path.join(p, JOBS_DIR, owner, job_id) for c, p in parents.items()}
             paths = {c: d for c, d in paths.items() if files.exists(d)}
-            CgroupV1Handle(files, paths, Limits(), None).destroy()
+            try:
+                CgroupV1Handle(files, paths, Limits(), None).destroy()
+            except ControllerError as e:
+                failed.append(str(e))  # one stuck job must not keep the others alive
+                continue
             removed.extend(dict.fromkeys(paths.values()))
+        if failed:
+            raise ControllerError(f"sweep removed {len(removed)} cgroups but failed: " + "; ".join(failed))
         return removed
 
 

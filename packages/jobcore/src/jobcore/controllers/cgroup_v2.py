@@ -321,12 +321,19 @@ class CgroupV2Controller:
         if layout.problem:
             return []
         jobs_root = os.path.join(layout.own, JOBS_DIR)
-        removed = []
+        removed: list[str] = []
+        failed: list[str] = []
         for owner, job_id in job_dirs(self._files, jobs_root):
             if not is_live(owner, job_id):
                 path = os.path.join(jobs_root, owner, job_id)
-                CgroupV2Handle(self._files, path, Limits(), None).destroy()
+                try:
+                    CgroupV2Handle(self._files, path, Limits(), None).destroy()
+                except ControllerError as e:
+                    failed.append(str(e))  # one stuck job must not keep the others alive
+                    continue
                 removed.append(path)
+        if failed:
+            raise ControllerError(f"sweep removed {len(removed)} cgroups but failed: " + "; ".join(failed))
         return removed
 
 
