@@ -254,3 +254,31 @@ def test_loopback_is_up() -> None:
         c.sendall(b"ping")
         assert conn.recv(4) == b"ping"
         conn.close()
+
+
+def test_the_runner_leaf_can_be_turned_into_a_delegated_parent() -> None:
+    """What a library that uses its own cgroup as `<own>` does in the VM: move the processes of
+    /harness/runner into a leaf below it, then enable the controllers in runner itself."""
+    runner = HARNESS / "runner"
+    sup = runner / "jobcore-supervisor"
+    jobs = runner / "remote-jobs"
+    sup.mkdir()
+    try:
+        for pid in read(runner / "cgroup.procs").split():
+            (sup / "cgroup.procs").write_text(pid)
+        assert read(runner / "cgroup.procs") == ""
+        assert read(Path("/proc/self/cgroup")) == "0::/harness/runner/jobcore-supervisor"
+        (runner / "cgroup.subtree_control").write_text("+cpu +memory +io +pids")
+        jobs.mkdir()
+        assert set(read(jobs / "cgroup.controllers").split()) >= CONTROLLERS
+        (jobs / "pids.max").write_text("7")
+        r = run_in(jobs, ["cat", "/proc/self/cgroup"])
+        assert r.stdout.decode().strip() == "0::/harness/runner/remote-jobs"
+    finally:
+        if jobs.exists():
+            jobs.rmdir()
+        (runner / "cgroup.subtree_control").write_text("-cpu -memory -io -pids")
+        for pid in read(sup / "cgroup.procs").split():
+            (runner / "cgroup.procs").write_text(pid)
+        sup.rmdir()
+    assert read(Path("/proc/self/cgroup")) == "0::/harness/runner"
