@@ -45,6 +45,8 @@ class FakeCgroup2Kernel(CgroupFiles):
         self.root = root
         self.cgroup_kill = cgroup_kill
         self.writes: list[tuple[str, str]] = []
+        #: Interface file name -> errno the fake kernel answers writes to it with.
+        self.refuse: dict[str, int] = {}
         # As on a host: the root delegates every controller it has.
         files = {"cgroup.controllers": controllers, "cgroup.subtree_control": controllers, "cgroup.procs": ""}
         for name, text in files.items():
@@ -120,6 +122,8 @@ class FakeCgroup2Kernel(CgroupFiles):
     def _apply(self, p: Path, value: str) -> None:
         if not p.exists():
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(p))
+        if p.name in self.refuse:
+            raise OSError(self.refuse[p.name], os.strerror(self.refuse[p.name]), str(p))
         cgroup = p.parent
         if p.name == "cgroup.subtree_control":
             available = (cgroup / "cgroup.controllers").read_text().split()

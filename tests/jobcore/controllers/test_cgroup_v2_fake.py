@@ -5,6 +5,7 @@ and limit tests in the VM harness."""
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -215,4 +216,11 @@ def test_sweep_only_removes_jobs_that_are_not_live(fake: FakeCgroup2Kernel) -> N
     removed = c.sweep(lambda owner, job_id: job_id == "a")
     assert removed == [os.path.join(fake.root, "svc/remote-jobs", OWNER, "b")]
     assert c.sweep(lambda owner, job_id: False) == [os.path.join(fake.root, "svc/remote-jobs", OWNER, "a")]
+    assert not (fake.root / "svc" / "remote-jobs" / OWNER).exists()
+
+
+def test_a_refused_limit_names_the_file_and_value_and_leaves_nothing_behind(fake: FakeCgroup2Kernel) -> None:
+    fake.refuse["pids.max"] = errno.EINVAL
+    with pytest.raises(ControllerError, match=r"cannot write '50' to .*/job1/pids.max: Invalid argument"):
+        controller(fake).create(OWNER, "job1", Limits(memory=64 * MiB, pids=50), REPO)
     assert not (fake.root / "svc" / "remote-jobs" / OWNER).exists()

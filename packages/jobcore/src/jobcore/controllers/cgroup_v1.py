@@ -232,6 +232,7 @@ class CgroupV1Controller:
         except BaseException:
             for directory in created:
                 rmdir_retrying(files, directory, time.monotonic() + 1.0)
+                remove_if_empty(files, os.path.dirname(directory))
             raise
         return CgroupV1Handle(files, paths, limits, device)
 

@@ -243,30 +243,34 @@ class CgroupV2Controller:
         controllers = self._available_controllers(own)
         path = os.path.join(own, JOBS_DIR, owner, job_id)
         for _attempt in range(3):
-            self._enable(own, controllers)
-            jobs_root = os.path.join(own, JOBS_DIR)
-            files.mkdir(jobs_root)
-            self._enable(jobs_root, controllers)
-            owner_dir = os.path.join(jobs_root, owner)
-            files.mkdir(owner_dir)
-            self._enable(owner_dir, controllers)
             try:
-                if not files.mkdir(path):
-                    raise ControllerError(f"cgroup {path} already exists: is job {job_id} running?")
+                self._make_job_dir(own, owner, path, controllers)
                 break
             except ControllerError as e:
                 # A concurrent destroy() removed the (then empty) owner directory meanwhile.
-                if isinstance(e.__cause__, FileNotFoundError):
-                    continue
-                raise
+                if not _vanished(e):
+                    raise
         else:
             raise ControllerError(f"cannot create cgroup {path}: its owner directory keeps disappearing")
         try:
             _write_limits(files, path, limits, device)
         except BaseException:
             rmdir_retrying(files, path, time.monotonic() + 1.0)
+            remove_if_empty(files, os.path.dirname(path))
             raise
         return CgroupV2Handle(files, path, limits, device)
+
+    def _make_job_dir(self, own: str, owner: str, path: str, controllers: list[str]) -> None:
+        files = self._files
+        self._enable(own, controllers)
+        jobs_root = os.path.join(own, JOBS_DIR)
+        files.mkdir(jobs_root)
+        self._enable(jobs_root, controllers)
+        owner_dir = os.path.join(jobs_root, owner)
+        files.mkdir(owner_dir)
+        self._enable(owner_dir, controllers)
+        if not files.mkdir(path):
+            raise ControllerError(f"cgroup {path} already exists: is job {os.path.basename(path)} running?")
 
     def _enable(self, directory: str, controllers: list[str]) -> None:
         control = os.path.join(directory, "cgroup.subtree_control")
@@ -335,6 +339,13 @@ class CgroupV2Controller:
         if failed:
             raise ControllerError(f"sweep removed {len(removed)} cgroups but failed: " + "; ".join(failed))
         return removed
+
+
+def _vanished(e: ControllerError) -> bool:
+    """Whether `e` is a directory having disappeared under us (ENOENT)."""
+    if isinstance(e, CgroupWriteError):
+        return e.errno == errno.ENOENT
+    return isinstance(e.__cause__, FileNotFoundError)
 
 
 def _write_limits(files: CgroupFiles, path: str, limits: Limits, device: tuple[int, int] | None) -> None:
