@@ -72,9 +72,9 @@ class Jobctl:
         env.update(extra)
         return {k: v for k, v in env.items() if v != ""}
 
-    def __call__(self, *args: str, timeout: float = 30, **env: str) -> Result:
+    def __call__(self, *args: str, **env: str) -> Result:
         done = subprocess.run(
-            [str(JOBCTL), *args], env=self.env(**env), capture_output=True, timeout=timeout, check=False
+            [str(JOBCTL), *args], env=self.env(**env), capture_output=True, timeout=60, check=False
         )
         return Result(done.returncode, done.stdout, done.stderr.decode())
 

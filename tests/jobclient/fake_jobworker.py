@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import grpc
+import grpc  # type: ignore[import-untyped]
 from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
 from jobclient._proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 
@@ -31,7 +31,7 @@ class Plan:
 
     chunks: list[bytes] = attrs.Factory(list)
     """Output produced by the job (sent in these chunk boundaries)."""
-    state: int = pb.JOB_STATE_EXITED
+    state: pb.JobState = pb.JOB_STATE_EXITED
     """Final state once the output is produced (or once stopped, with hold)."""
     exit_code: int | None = 0
     signal: int | None = None
@@ -41,7 +41,7 @@ class Plan:
     """Keep running after the output until StopJob is called."""
     after_stop: list[bytes] = attrs.Factory(list)
     """Output produced while stopping (only with hold)."""
-    start_state: int = pb.JOB_STATE_RUNNING
+    start_state: pb.JobState = pb.JOB_STATE_RUNNING
     """State StartJob reports (FAILED_TO_START for a command that cannot run)."""
 
 

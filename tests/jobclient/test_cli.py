@@ -8,7 +8,7 @@ import signal
 import subprocess
 import time
 
-import grpc
+import grpc  # type: ignore[import-untyped]
 import pytest
 from conftest import Jobctl
 from fake_jobworker import CERTS, FakeJobWorker, Plan
@@ -93,6 +93,7 @@ def test_start_of_a_command_that_cannot_run_exits_127(jobctl: Jobctl, servicer: 
         (["start", "--memory", "12X", "--", "ls"], "invalid size '12X'"),
         (["start", "--cpu", "lots", "--", "ls"], "invalid CPU amount 'lots'"),
         (["start", "--cpu", "-1", "--", "ls"], "cpu must be a positive number"),
+        (["start", "--cpu", "nan", "--", "ls"], "cpu must be a positive number"),
         (["start", "--pids", "0", "--", "ls"], "'0' is not a positive integer"),
         (["start", "--env", "NOVALUE", "--", "ls"], "--env takes NAME=VALUE"),
         (["start"], "the following arguments are required"),
@@ -197,7 +198,7 @@ def test_ctrl_c_stops_the_job_and_exits_with_its_status(jobctl: Jobctl, servicer
     try:
         wait_for_output(proc, b"started\n")
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=20)
+        out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == 143
@@ -220,7 +221,7 @@ def test_a_second_ctrl_c_stops_waiting(jobctl: Jobctl, servicer: FakeJobWorker) 
             time.sleep(0.02)
         assert servicer.calls("StopJob"), "jobctl did not ask to stop the job"
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=20)
+        _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
         servicer.stop_released.set()
@@ -237,7 +238,7 @@ def test_run_output_closed_early_exits_quietly_and_stops_the_job(
         wait_for_output(proc, b"x" * 10)
         assert proc.stdout is not None
         proc.stdout.close()
-        proc.wait(timeout=20)
+        proc.wait(timeout=60)
         assert proc.stderr is not None
         err = proc.stderr.read()
     finally:
@@ -297,7 +298,7 @@ def test_logs_into_a_closed_pipe_exits_quietly(jobctl: Jobctl, servicer: FakeJob
         wait_for_output(proc, b"y\n")
         assert proc.stdout is not None
         proc.stdout.close()
-        proc.wait(timeout=20)
+        proc.wait(timeout=60)
         assert proc.stderr is not None
         err = proc.stderr.read()
     finally:
