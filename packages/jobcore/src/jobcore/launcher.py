@@ -3,14 +3,19 @@
 A threaded program must not fork and run Python in the child, and a fresh interpreter per job costs
 tens of milliseconds; so the Worker starts this process once, and each job costs one fork() of it.
 
-Protocol on the Unix socket given as argv[1] (SOCK_SEQPACKET, one message per job): the job
-directory's path as bytes, with the write end of the job's report pipe attached (SCM_RIGHTS). The
-launcher answers nothing: the shim reports on the pipe. The launcher exits when the socket closes.
+Protocol on the Unix socket given as argv[1] (SOCK_SEQPACKET, one message per job): b"P" (the job
+gets a PID namespace) or b"-", then the job directory's path, with the write end of the job's report
+pipe attached (SCM_RIGHTS). The launcher answers nothing: the shim reports on the pipe. The launcher
+exits when the socket closes.
+
+For a job with a PID namespace the launcher unshares CLONE_NEWPID before it forks, so that the shim is
+PID 1 of the job's namespace — the job's init — and no separate init process is needed.
 """
 
 from __future__ import annotations
 
 import array
+import gc
 import os
 import signal
 import socket
@@ -18,12 +23,36 @@ import sys
 from pathlib import Path
 
 # Imported before any fork so that every shim starts with them loaded (a fork shares them for free).
-from jobcore import shim
-from jobcore.shim import load_controller_class
+from jobcore import linux, shim
+from jobcore.shim import StartError, describe, load_controller_class
+
+
+class _PidNamespaces:
+    """Makes the launcher's next child PID 1 of a new PID namespace, or of ours again."""
+
+    def __init__(self) -> None:
+        self._own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        self._changed = False
+
+    def prepare(self, new: bool) -> StartError | None:
+        try:
+            if self._changed:
+                # unshare(CLONE_NEWPID) only works while children still go to our own namespace.
+                linux.setns(self._own, linux.CLONE_NEWPID)
+                self._changed = False
+            if new:
+                linux.unshare(linux.CLONE_NEWPID)
+                self._changed = True
+        except OSError as exc:
+            return StartError(
+                "namespaces", f"the host refused a new PID namespace: {describe(exc)}", exc.errno
+            )
+        return None
 
 
 def _serve(sock: socket.socket) -> None:
     fd_size = array.array("i").itemsize
+    namespaces = _PidNamespaces()
     while True:
         try:
             data, ancdata, _flags, _addr = sock.recvmsg(4096, socket.CMSG_SPACE(fd_size))
@@ -40,11 +69,12 @@ def _serve(sock: socket.socket) -> None:
                 os.close(fd)
             continue
         report_fd = fds[0]
+        error = namespaces.prepare(new=data[:1] == b"P")
         pid = os.fork()
         if pid == 0:
             sock.close()
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            shim.run_shim(Path(os.fsdecode(data)), report_fd)
+            shim.run_shim(Path(os.fsdecode(data[1:])), report_fd, error)
         os.close(report_fd)
 
 
@@ -55,6 +85,9 @@ def main() -> None:
     # Shims are reaped by the kernel (we never wait for them): they outlive us anyway.
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Everything imported so far is shared with every shim; keep the collector from touching (and so
+    # copying) those pages in each shim.
+    gc.freeze()
     sock.send(b"ready")
     try:
         _serve(sock)

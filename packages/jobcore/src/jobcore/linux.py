@@ -133,6 +133,20 @@ def process_start_ticks(pid: int) -> int | None:
     return int(fields[19])
 
 
+def setns(fd: int, nstype: int) -> None:
+    """setns(2). Uses os.setns where Python provides it (3.12+)."""
+    native = getattr(os, "setns", None)
+    if native is not None:
+        native(fd, nstype)
+        return
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)))
+
+
+def child_pids_of_self() -> list[int]:
+    """Direct children of the calling process, as pids of /proc's (the host's) PID namespace."""
+    return child_pids(int(os.readlink("/proc/self")))
+
+
 def child_pids(pid: int) -> list[int]:
     """Direct children of `pid` from /proc/PID/task/*/children (needs CONFIG_PROC_CHILDREN)."""
     children: list[int] = []

@@ -1,14 +1,18 @@
-"""The per-job shim (the conmon pattern) and the job's init.
+"""The per-job shim (the conmon pattern), which is also the job's init (PID 1 of its PID namespace).
 
-The launcher forks; the child calls `run_shim`, which never returns. Each duty is one function:
+The launcher forks — into a fresh PID namespace when the job has one — and the child calls
+`run_shim`, which never returns. Each duty is one function:
 
-    shim:  detach → unshare namespaces → fork init → wait for exec → copy output → handle stop
-           requests → reap → kill leftovers → record exit → destroy cgroup
-    init:  join cgroup → private mounts, /proc, lo, hostname → fork+exec the command → forward
-           signals → reap orphans → report the command's wait status → exit with it
+    detach → record itself → spawn the command → report → copy output → forward signals and handle
+    stop requests → reap orphans → kill leftovers → record the exit → destroy the cgroup
 
-The shim talks to the Worker only through files in the job directory, the one-shot report pipe
-(a JSON line: started or failed), and signals: SIGTERM = "read stop.json and stop the job".
+The command's process, between fork and exec, joins the job's cgroup(s) before anything else, then
+enters new mount/network/UTS/IPC namespaces, mounts a private /proc (and /sys), brings `lo` up and sets
+the hostname (`_enter_job`). The shim itself stays outside the cgroup and in the host's mount and
+network namespaces: it must survive `cgroup.kill` and the OOM killer to record how the job ended.
+
+The shim talks to the Worker only through files in the job directory, the one-shot report pipe (a
+JSON line: started or failed), and signals: SIGTERM with a stop.json present = "stop the job".
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -34,7 +37,8 @@ from jobcore.output_log import STDERR, STDOUT, OutputWriter
 PIPE_SIZE = 1 << 20
 #: After the command ends, how long leftovers may keep the output pipes open before they are dropped.
 DRAIN_TIMEOUT = 5.0
-_FORWARDED_SIGNALS = (
+#: Signals the shim passes on to the command (SIGTERM only when it is not a stop request).
+FORWARDED_SIGNALS = (
     signal.SIGTERM,
     signal.SIGINT,
     signal.SIGHUP,
@@ -59,7 +63,8 @@ class StartError(Exception):
         self.errno = err
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
+    """An OS error in words a user can act on: "No such file or directory (ENOENT): /x"."""
     if isinstance(exc, OSError) and exc.errno is not None:
         text = exc.strerror or os.strerror(exc.errno)
         where = f": {exc.filename}" if exc.filename else ""
@@ -67,34 +72,29 @@ def _describe(exc: BaseException) -> str:
     return str(exc)
 
 
-# --------------------------------------------------------------------------------------------- init
+# ---------------------------------------------------------------- in the command's process, before exec
 
 
-def _init_setup(spec: dict[str, Any], handle: Handle) -> None:
-    """Everything the job's first process does before the command exists. Raises StartError."""
+def _enter_job(spec: dict[str, Any], handle: Handle) -> None:
+    """Everything the command's process does between fork and exec. Raises StartError."""
     try:
         handle.enter(0)
     except Exception as exc:
-        raise StartError("cgroup", f"cannot join the job's cgroup: {_describe(exc)}") from exc
+        raise StartError("cgroup", f"cannot join the job's cgroup: {describe(exc)}") from exc
     namespaces = set(spec["namespaces"])
-    # The PID namespace was made by the shim (it applies to children); the rest we enter ourselves, so
-    # that the shim stays in the host's mount namespace and keeps seeing the host's /proc.
     flags = 0
-    for name in namespaces - {"pid"}:
+    for name in namespaces - {"pid"}:  # the PID namespace is the shim's own, made by the launcher
         flags |= linux.NAMESPACE_FLAGS[name]
     if flags:
         try:
             linux.unshare(flags)
         except OSError as exc:
-            asked = ", ".join(sorted(namespaces - {"pid"}))
+            asked = ", ".join(n for n in linux.NAMESPACE_FLAGS if n in namespaces and n != "pid")
             raise StartError(
-                "namespaces", f"the host refused new namespaces ({asked}): {_describe(exc)}", exc.errno
+                "namespaces", f"the host refused new namespaces ({asked}): {describe(exc)}", exc.errno
             ) from exc
     try:
         linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
-        if "pid" not in namespaces:
-            # Without a PID namespace, orphans of the command re-parent to us instead of the host's init.
-            linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
         if "mount" in namespaces:
             linux.make_mounts_private()
             if "pid" in namespaces:
@@ -107,13 +107,24 @@ def _init_setup(spec: dict[str, Any], handle: Handle) -> None:
             socket.sethostname(spec["id"])
     except OSError as exc:
         raise StartError(
-            "namespaces", f"cannot set up the job's namespaces: {_describe(exc)}", exc.errno
+            "namespaces", f"cannot set up the job's namespaces: {describe(exc)}", exc.errno
         ) from exc
 
 
-def _spawn_command(spec: dict[str, Any], out_w: int, err_w: int) -> subprocess.Popen[bytes]:
-    """Start the command with vfork+exec (subprocess does that when it can): far cheaper than a fork
-    of this Python process. Raises StartError with the OS error when it cannot be executed."""
+def _spawn_command(spec: dict[str, Any], handle: Handle, out_w: int, err_w: int) -> subprocess.Popen[bytes]:
+    """Fork and exec the command with `_enter_job` run in between. The shim is single-threaded, so
+    running Python in the forked child is safe here. Raises StartError with the OS error."""
+    error_r, error_w = os.pipe2(os.O_CLOEXEC)
+
+    def enter_job() -> None:
+        try:
+            _enter_job(spec, handle)
+        except StartError as exc:
+            os.write(
+                error_w, json.dumps({"stage": exc.stage, "errno": exc.errno, "message": str(exc)}).encode()
+            )
+            raise
+
     try:
         return subprocess.Popen(
             spec["argv"],
@@ -124,85 +135,27 @@ def _spawn_command(spec: dict[str, Any], out_w: int, err_w: int) -> subprocess.P
             stderr=err_w,
             close_fds=True,
             restore_signals=True,
+            preexec_fn=enter_job,  # noqa: PLW1509 - single-threaded process, see the docstring
         )
+    except subprocess.SubprocessError as exc:
+        os.close(error_w)
+        error_w = -1
+        detail = _read_all(error_r)
+        if detail:
+            info = json.loads(detail)
+            raise StartError(info["stage"], info["message"], info["errno"]) from exc
+        raise StartError("setup", f"cannot set up the job: {exc}") from exc
     except OSError as exc:
         if exc.filename == spec["cwd"] and exc.filename != spec["argv"][0]:
-            raise StartError("cwd", f"cannot enter {spec['cwd']!r}: {_describe(exc)}", exc.errno) from exc
-        raise StartError("exec", f"cannot run {spec['argv'][0]!r}: {_describe(exc)}", exc.errno) from exc
+            raise StartError("cwd", f"cannot enter {spec['cwd']!r}: {describe(exc)}", exc.errno) from exc
+        raise StartError("exec", f"cannot run {spec['argv'][0]!r}: {describe(exc)}", exc.errno) from exc
+    finally:
+        if error_w >= 0:
+            os.close(error_w)
+        os.close(error_r)
 
 
-def _kill_descendants(pid: int, reap: Callable[[], None]) -> None:
-    """SIGKILL every descendant of `pid` (children first found, repeated until none is left); `reap`
-    collects the dead children of the calling process."""
-    for _ in range(1000):
-        children = linux.child_pids(pid)
-        if not children:
-            return
-        stack = list(children)
-        while stack:
-            child = stack.pop()
-            stack.extend(linux.child_pids(child))
-            try:
-                os.kill(child, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        reap()
-
-
-def _reap_all() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
-def run_init(spec: dict[str, Any], handle: Handle, pipes: dict[str, int]) -> NoReturn:
-    """The job's first process (PID 1 in its PID namespace)."""
-    command_pid = 0
-
-    def forward(signum: int, _frame: object) -> None:
-        if command_pid:
-            try:
-                os.kill(command_pid, signum)
-            except ProcessLookupError:
-                pass
-
-    # Handlers (not SIG_IGN) so that exec gives the command default dispositions for all of them.
-    for sig in _FORWARDED_SIGNALS:
-        signal.signal(sig, forward)
-    try:
-        _init_setup(spec, handle)
-        command = _spawn_command(spec, pipes["out_w"], pipes["err_w"])
-    except StartError as exc:
-        os.write(
-            pipes["exec_w"],
-            json.dumps({"stage": exc.stage, "errno": exc.errno, "message": str(exc)}).encode(),
-        )
-        os._exit(127)
-    command_pid = command.pid
-    for name in ("out_w", "err_w", "exec_w"):
-        os.close(pipes[name])
-    status = 0
-    while True:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        if pid == command_pid:
-            command.returncode = os.waitstatus_to_exitcode(status)
-            break
-    # Whatever the command left behind dies with it: in a PID namespace the kernel kills the rest when
-    # we exit; without one, we are their subreaper and kill them ourselves.
-    if "pid" not in spec["namespaces"]:
-        _kill_descendants(os.getpid(), _reap_all)
-    os.write(pipes["status_w"], str(status).encode())
-    os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
-
-
-# --------------------------------------------------------------------------------------------- shim
+# ---------------------------------------------------------------------------------------------- shim
 
 
 class Shim:
@@ -216,24 +169,29 @@ class Shim:
         if spec is None:
             raise RuntimeError(f"{directory}: no spec.json")
         self.spec: dict[str, Any] = spec
+        # kill(-1) is our way to empty the job's PID namespace; it must never run outside one, where it
+        # would signal every process of the host. Being PID 1 is the proof.
+        self.in_pid_namespace = os.getpid() == 1
         controller = load_controller_class(spec["controller_class"])()
         self.handle = controller.attach(spec["cgroup"])
-        self.init_pid = 0
-        self.init_status: int | None = None
+        #: The command's pid as the shim sees it (in the job's PID namespace when it has one).
+        self.command_pid = 0
         self.command_status: int | None = None
         self.kill_deadline: float | None = None
         self.killed_hard = False
         self.reason: str | None = None
         self.writer: OutputWriter | None = None
-        self._stop_seen = False
+        self._stopping = False
 
     # -- start
 
-    def _record_self(self) -> None:
-        me = os.getpid()
+    def record_self(self) -> None:
+        # /proc is the host's (we keep the host's mount namespace), so /proc/self is our host pid even
+        # when os.getpid() says 1.
+        me = int(os.readlink("/proc/self"))
         jobdir.write_json(self.dir / jobdir.SHIM, {"pid": me, "start_ticks": linux.process_start_ticks(me)})
 
-    def _report(self, message: dict[str, Any]) -> None:
+    def report(self, message: dict[str, Any]) -> None:
         if self.report_fd < 0:
             return
         try:
@@ -243,85 +201,83 @@ class Shim:
         os.close(self.report_fd)
         self.report_fd = -1
 
-    def start(self) -> dict[str, int]:
-        """Unshare, fork the init, wait for exec. Returns the pipes the shim keeps. Raises StartError."""
-        if "pid" in self.spec["namespaces"]:
-            # Our next child (the init) becomes PID 1 of a new PID namespace; we stay where we are.
-            try:
-                linux.unshare(linux.CLONE_NEWPID)
-            except OSError as exc:
-                raise StartError(
-                    "namespaces", f"the host refused a new PID namespace: {_describe(exc)}", exc.errno
-                ) from exc
+    def start(self) -> tuple[dict[str, int], dict[str, Any]]:
+        """Spawn the command. Returns the output pipes and run.json's content. Raises StartError."""
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        exec_r, exec_w = os.pipe2(os.O_CLOEXEC)
-        status_r, status_w = os.pipe2(os.O_CLOEXEC)
         linux.set_pipe_size(out_r, PIPE_SIZE)
-        pipes = {"out_w": out_w, "err_w": err_w, "exec_w": exec_w, "status_w": status_w}
-        pid = os.fork()
-        if pid == 0:
-            try:
-                # The shim's signal wake-up fd must not hear the init's signals.
-                old_wakeup = signal.set_wakeup_fd(-1)
-                for fd in (out_r, err_r, exec_r, status_r, old_wakeup, self.wake_r):
-                    if fd >= 0:
-                        os.close(fd)
-                if self.report_fd >= 0:
-                    os.close(self.report_fd)
-                run_init(self.spec, self.handle, pipes)
-            finally:
-                os._exit(127)
-        self.init_pid = pid
-        for fd in (out_w, err_w, exec_w, status_w):
-            os.close(fd)
-        failure = _read_all(exec_r)
-        os.close(exec_r)
-        kept = {"out": out_r, "err": err_r, "status": status_r}
-        if failure:
-            info = json.loads(failure)
-            for fd in kept.values():
+        try:
+            command = _spawn_command(self.spec, self.handle, out_w, err_w)
+        except StartError:
+            for fd in (out_r, err_r):
                 os.close(fd)
-            _, self.init_status = os.waitpid(pid, 0)
-            raise StartError(info["stage"], info["message"], info["errno"])
-        return kept
+            raise
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        command.returncode = 0  # we reap it ourselves (waitpid(-1) also collects orphans)
+        self.command_pid = command.pid
+        host_pid = next(iter(linux.child_pids_of_self()), command.pid)
+        run = {
+            "pid": host_pid,
+            "pid_start_ticks": linux.process_start_ticks(host_pid),
+            "started_at": time.time(),
+        }
+        return {"out": out_r, "err": err_r}, run
 
     # -- running
 
-    def _on_stop_request(self) -> None:
-        request = jobdir.read_json(self.dir / jobdir.STOP) or {"grace": 0}
-        deadline = time.monotonic() + max(0.0, float(request.get("grace", 0)))
+    def on_signal(self, signum: int) -> None:
+        if signum == signal.SIGCHLD:
+            return
+        if signum == signal.SIGTERM and (self.dir / jobdir.STOP).exists():
+            self.on_stop_request()
+        elif self.command_status is None:
+            try:
+                os.kill(self.command_pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def on_stop_request(self) -> None:
+        request = jobdir.read_json(self.dir / jobdir.STOP) or {"grace": 0, "requested_at": time.time()}
+        remaining = request["requested_at"] + request["grace"] - time.time()
+        deadline = time.monotonic() + max(0.0, remaining)
         if self.kill_deadline is None or deadline < self.kill_deadline:
             self.kill_deadline = deadline
-        if not self._stop_seen:
-            self._stop_seen = True
+        if not self._stopping:
+            self._stopping = True
             self.reason = "stopped by request"
-            if self.init_status is None:
+            if self.command_status is None:
                 try:
-                    os.kill(self.init_pid, signal.SIGTERM)
+                    os.kill(self.command_pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
 
     def kill_job(self) -> None:
-        """SIGKILL every process of the job: through the cgroup, the init (whose death empties a PID
-        namespace) and, as the shim is their subreaper, any orphan that escaped both."""
+        """SIGKILL every process of the job (a hard stop)."""
         self.killed_hard = True
         self.kill_leftovers()
 
     def kill_leftovers(self) -> None:
+        """SIGKILL every process of the job: through the cgroup, and through the process tree — as
+        PID 1 of the job's PID namespace (kill(-1) reaches everything in it) or as the job's subreaper
+        (every orphan re-parents to us) — so even a job without cgroups leaves nothing behind."""
         self.kill_deadline = None
         try:
             self.handle.kill()
         except Exception as exc:
             print(f"jobcore shim {self.spec['id']}: cgroup kill failed: {exc}", file=sys.stderr)
-        if self.init_status is None:
+        if self.in_pid_namespace:
             try:
-                os.kill(self.init_pid, signal.SIGKILL)
+                os.kill(-1, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        _kill_descendants(os.getpid(), self._reap)
+            self.reap()
+        else:
+            kill_descendants(self.reap)
 
-    def _reap(self) -> None:
+    def reap(self) -> None:
+        """Collect every dead child: the command (its status is the job's) and adopted orphans."""
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -329,29 +285,27 @@ class Shim:
                 return
             if pid == 0:
                 return
-            if pid == self.init_pid:
-                self.init_status = status
+            if pid == self.command_pid:
+                self.command_status = status
 
     def supervise(self, pipes: dict[str, int]) -> None:
-        """Copy output until the command has ended and the pipes are drained; handle stops."""
+        """Copy output until the command has ended and the pipes are drained; handle signals."""
         assert self.writer is not None
         poller = select.poll()
         streams = {pipes["out"]: STDOUT, pipes["err"]: STDERR}
         for fd in streams:
             poller.register(fd, select.POLLIN)
-        wake_r = self.wake_r
-        poller.register(wake_r, select.POLLIN)
+        poller.register(self.wake_r, select.POLLIN)
         open_fds = set(streams)
         drain_deadline: float | None = None
-        while open_fds:
+        while open_fds or self.command_status is None:
             now = time.monotonic()
             deadlines = [d for d in (self.kill_deadline, drain_deadline) if d is not None]
             timeout = None if not deadlines else max(0, int((min(deadlines) - now) * 1000) + 1)
             for fd, _event in poller.poll(timeout):
-                if fd == wake_r:
-                    for signum in os.read(wake_r, 512):
-                        if signum == signal.SIGTERM:
-                            self._on_stop_request()
+                if fd == self.wake_r:
+                    for signum in os.read(self.wake_r, 512):
+                        self.on_signal(signum)
                     continue
                 if self.writer.drain_pipe(fd, streams[fd]) == 0:
                     poller.unregister(fd)
@@ -360,11 +314,11 @@ class Shim:
                 elif self.writer.capped and not self.killed_hard:
                     self.reason = f"output reached the cap of {self.writer.cap} bytes"
                     self.kill_job()
-            self._reap()
+            self.reap()
             now = time.monotonic()
             if self.kill_deadline is not None and now >= self.kill_deadline:
                 self.kill_job()
-            if self.init_status is not None and drain_deadline is None:
+            if self.command_status is not None and drain_deadline is None:
                 # The command is gone; whatever it left running (still holding the pipes, perhaps) dies.
                 self.kill_leftovers()
                 drain_deadline = now + DRAIN_TIMEOUT
@@ -373,25 +327,11 @@ class Shim:
                     os.close(fd)
                 open_fds.clear()
 
-    def wait_init(self) -> None:
-        while self.init_status is None:
-            try:
-                pid, status = os.waitpid(-1, 0)
-            except ChildProcessError:
-                raise RuntimeError("the job's init was reaped without its status being recorded") from None
-            if pid == self.init_pid:
-                self.init_status = status
-
     # -- end
 
-    def finish(self, status_fd: int) -> dict[str, Any]:
+    def finish(self) -> dict[str, Any]:
         """Collect the verdict, clean up the cgroup, and return exit.json's content."""
-        self.wait_init()
-        _kill_descendants(os.getpid(), self._reap)
-        raw = _read_all(status_fd)
-        os.close(status_fd)
-        # The init reports the command's exact wait status; if the init itself was killed, its own is it.
-        status = int(raw) if raw else self.init_status
+        status = self.command_status
         assert status is not None
         oom = _safe(self.handle.oom_killed, False)
         usage = _safe(self.handle.stats, None)
@@ -425,7 +365,26 @@ class Shim:
             "errno": exc.errno,
         }
         jobdir.write_json(self.dir / jobdir.EXIT, exit_info, durable=True)
-        self._report({"ok": False, "exit": exit_info})
+        self.report({"ok": False, "exit": exit_info})
+
+
+def kill_descendants(reap: Any) -> None:
+    """SIGKILL every descendant of the calling process, repeated until none is left (a process may
+    fork while we walk); `reap` collects the dead. For use outside a PID namespace, where /proc's
+    pids are the caller's."""
+    for _ in range(1000):
+        children = linux.child_pids_of_self()
+        if not children:
+            return
+        stack = list(children)
+        while stack:
+            child = stack.pop()
+            stack.extend(linux.child_pids(child))
+            try:
+                os.kill(child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        reap()
 
 
 def _safe(fn: Any, default: Any) -> Any:
@@ -452,11 +411,10 @@ def _read_all(fd: int) -> bytes:
 
 
 def _detach() -> int:
-    """New session, default signal dispositions, a wake-up fd for the signals the shim handles."""
+    """New session; every signal the shim handles arrives on a wake-up fd, read by its poll loop."""
     os.setsid()
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
-    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGQUIT):
-        signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     wake_r, wake_w = socket.socketpair()
     wake_r.setblocking(False)
     wake_w.setblocking(False)
@@ -465,37 +423,33 @@ def _detach() -> int:
     def noop(_signum: int, _frame: object) -> None:
         return None
 
-    signal.signal(signal.SIGCHLD, noop)
-    signal.signal(signal.SIGTERM, noop)
+    # Handlers, not SIG_IGN: the command then starts with default dispositions for all of them.
+    for sig in (signal.SIGCHLD, *FORWARDED_SIGNALS):
+        signal.signal(sig, noop)
+    # Outside a PID namespace, orphans of the job re-parent to us instead of the host's init.
     linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
     return wake_r.detach()
 
 
-def run_shim(directory: Path, report_fd: int) -> NoReturn:
+def run_shim(directory: Path, report_fd: int, launch_error: StartError | None = None) -> NoReturn:
     """Entry point in the launcher's forked child. Never returns."""
     code = 0
     try:
         wake_r = _detach()
         shim = Shim(directory, report_fd, wake_r)
-        shim._record_self()
+        shim.record_self()
         try:
-            pipes = shim.start()
+            if launch_error is not None:
+                raise launch_error
+            pipes, run = shim.start()
         except StartError as exc:
             shim.fail(exc)
         else:
             shim.writer = OutputWriter(directory, shim.spec.get("output_cap"))
-            run = {
-                "pid": shim.init_pid,
-                "pid_start_ticks": linux.process_start_ticks(shim.init_pid),
-                "started_at": time.time(),
-            }
             jobdir.write_json(directory / jobdir.RUN, run)
-            shim._report({"ok": True, "run": run})
-            # A stop may have been requested before the wake-up fd existed: honour it now.
-            if (directory / jobdir.STOP).exists():
-                shim._on_stop_request()
+            shim.report({"ok": True, "run": run})
             shim.supervise(pipes)
-            exit_info = shim.finish(pipes["status"])
+            exit_info = shim.finish()
             shim.writer.close()
             jobdir.write_json(directory / jobdir.EXIT, exit_info, durable=True)
     except BaseException as exc:  # the shim must never die silently: leave a trace in the job dir

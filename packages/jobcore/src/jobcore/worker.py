@@ -352,8 +352,9 @@ class Worker:
         try:
             try:
                 with self._send_lock:
+                    pid_namespace = b"P" if "pid" in job.spec["namespaces"] else b"-"
                     self._launcher_sock.sendmsg(
-                        [os.fsencode(job.dir)],
+                        [pid_namespace + os.fsencode(job.dir)],
                         [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [report_w]))],
                     )
             except OSError as exc:
