@@ -59,6 +59,15 @@ def test_memory_hog_is_oom_killed_and_reported(real_backend: Backend, children: 
         handle.destroy()
 
 
+def procs_running() -> int:
+    """Runnable tasks on the whole host right now (/proc/stat's procs_running)."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("procs_running "):
+                return int(line.split()[1])
+    return 0
+
+
 @needs_stress
 def test_cpu_is_held_to_half_a_core(real_backend: Backend, children: Children) -> None:
     handle = real_backend.controller.create(OWNER, "cpu1", Limits(cpu=0.5), str(REPO))
@@ -71,12 +80,24 @@ def test_cpu_is_held_to_half_a_core(real_backend: Backend, children: Children) -
         )
         time.sleep(0.5)  # let both workers start
         used0, t0 = handle.stats().cpu_seconds, time.monotonic()
-        time.sleep(3.0)
+        running = []
+        for _ in range(30):
+            time.sleep(0.1)
+            running.append(procs_running())
         used1, t1 = handle.stats().cpu_seconds, time.monotonic()
         assert used0 is not None and used1 is not None
         ratio = (used1 - used0) / (t1 - t0)
-        print(f"cpu limit 0.5: the cgroup used {ratio:.3f} CPU over {t1 - t0:.2f}s")
-        assert 0.4 <= ratio <= 0.6, ratio
+        load = sum(running) / len(running)
+        print(
+            f"cpu limit 0.5: the cgroup used {ratio:.3f} CPU over {t1 - t0:.2f}s (host runnable: {load:.1f})"
+        )
+        assert ratio <= 0.6, ratio
+        ncpus = os.cpu_count() or 1
+        if ratio < 0.4 and load > 2 * ncpus:
+            # Other work (about as many runnable tasks as CPUs besides ours) saturated the host: the job
+            # could not get its quota, so only the upper bound was measurable this time.
+            pytest.skip(f"host saturated ({load:.1f} runnable on {ncpus} CPUs): used {ratio:.3f} <= 0.6")
+        assert ratio >= 0.4, ratio
     finally:
         handle.destroy()
 
