@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from jobcore import Worker, jobdir, linux
 from jobcore.status import JobState
 

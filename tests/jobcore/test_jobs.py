@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CONTROLLER, job_pids, requires_root, wait_until
+
 from jobcore import JobSpec, JobState, Worker, WorkerError, jobdir
 
 pytestmark = requires_root

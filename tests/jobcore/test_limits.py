@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CONTROLLER, requires_root
+
 from jobcore import InvalidLimit, JobSpec, JobState, Limits, Worker
 from jobcore.controllers.block_device import resolve_block_device
 

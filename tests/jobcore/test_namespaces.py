@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import requires_root, wait_until
+
 from jobcore import Isolation, JobSpec, JobState, Worker
 
 pytestmark = requires_root

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from jobcore import InvalidJobId, InvalidLimit, InvalidSpec, JobNotFound, JobSpec, Limits, Worker
 from jobcore.units import parse_cpu, parse_rate, parse_size
 

@@ -10,13 +10,12 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import OWNER, FakeCgroup2Kernel
 
 from jobcore.controllers.block_device import resolve_block_device
 from jobcore.controllers.cgroup_v2 import SUPERVISOR_LEAF, CgroupV2Controller
 from jobcore.errors import ControllerError, InvalidLimit
 from jobcore.spec import Limits
-
-from conftest import OWNER, FakeCgroup2Kernel
 
 MiB = 1 << 20
 REPO = str(Path(__file__).resolve().parents[3])

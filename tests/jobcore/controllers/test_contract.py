@@ -11,12 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import OWNER, Backend, Children, process_gone
 
 from jobcore.controllers import Handle, ResourceController, available_backends
 from jobcore.errors import ControllerError, InvalidLimit
 from jobcore.spec import Limits
-
-from conftest import OWNER, Backend, Children, process_gone
 
 REPO = str(Path(__file__).resolve().parents[3])
 pytestmark = pytest.mark.cgroup

@@ -14,14 +14,13 @@ from pathlib import Path
 
 import attrs
 import pytest
+from conftest import OWNER, Backend, Children, process_gone
 
 from jobcore.controllers import load_controller
 from jobcore.controllers.block_device import resolve_block_device
 from jobcore.controllers.cgroup_v2 import SUPERVISOR_LEAF, CgroupV2Controller
 from jobcore.errors import InvalidLimit, UnknownController
 from jobcore.spec import Limits
-
-from conftest import OWNER, Backend, Children, process_gone
 
 MiB = 1 << 20
 REPO = Path(__file__).resolve().parents[3]
