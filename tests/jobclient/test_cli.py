@@ -388,9 +388,24 @@ def test_each_server_error_is_one_line_with_its_exit_code(
     assert "Traceback" not in result.stderr
 
 
-def test_an_unknown_job_is_reported_by_id(jobctl: Jobctl) -> None:
-    result = jobctl("status", "1234")
-    assert (result.returncode, result.stderr) == (4, "jobctl: job 1234 not found\n")
+@pytest.mark.parametrize("command", [["status"], ["logs"], ["logs", "-f"], ["stop"]])
+def test_an_unknown_job_is_reported_by_id(jobctl: Jobctl, command: list[str]) -> None:
+    result = jobctl(*command, "1234")
+    assert (result.returncode, result.stdout, result.stderr) == (4, b"", "jobctl: job 1234 not found\n")
+
+
+def test_ctrl_c_during_logs_follow_exits_130_quietly(jobctl: Jobctl, servicer: FakeJobWorker) -> None:
+    servicer.plan = Plan(chunks=[b"tick\n"], hold=True)
+    job_id = jobctl("start", "--", "ticker").text.strip()
+    proc = jobctl.popen("logs", "-f", job_id)
+    try:
+        wait_for_output(proc, b"tick\n")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert (proc.returncode, out, err) == (130, b"", b"")
+    assert servicer.calls("StopJob") == []  # logs never stops the job
 
 
 def test_server_down_exits_3(jobctl: Jobctl, free_port: int) -> None:
@@ -414,6 +429,22 @@ def test_a_refused_client_certificate_exits_3(jobctl: Jobctl, servicer: FakeJobW
         "list", JOBCTL_USER="",
     )  # fmt: skip
     assert result.returncode == 3
+    assert result.stderr.startswith(f"jobctl: cannot reach the job server at {jobctl.target}")
+    assert "refused the TLS handshake" in result.stderr
+    assert result.stderr.count("\n") == 1  # grpc's own log lines are silenced
+    assert servicer.requests == []
+
+
+def test_a_server_certificate_from_another_ca_exits_3_in_one_line(
+    jobctl: Jobctl, servicer: FakeJobWorker
+) -> None:
+    result = jobctl(
+        "--cert", str(CERTS / "alice.crt"), "--key", str(CERTS / "alice.key"),
+        "--ca", str(CERTS / "test" / "untrusted-ca.crt"), "list", JOBCTL_USER="",
+    )  # fmt: skip
+    assert result.returncode == 3
+    assert "does not verify against the CA file" in result.stderr
+    assert result.stderr.count("\n") == 1
     assert servicer.requests == []
 
 

@@ -7,32 +7,71 @@
         print(job.state, job.exit_code)
 
 Every error is a `jobclient.errors.JobClientError` (re-exported here).
+
+The names below are imported on first use (PEP 562), so that `import jobclient.cli` can configure grpc
+(its C core reads GRPC_VERBOSITY once, at import) before anything imports it.
 """
 
 from __future__ import annotations
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
-from jobclient.client import DEFAULT_TARGET, AsyncClient, AsyncOutputStream, Client, OutputSink, OutputStream
-from jobclient.credentials import Credentials
-from jobclient.errors import (
-    CredentialsError,
-    DeadlineExceeded,
-    FailedPrecondition,
-    InvalidArgument,
-    JobClientError,
-    JobNotFound,
-    PermissionDenied,
-    ResourceExhausted,
-    ServerError,
-    Unavailable,
-)
-from jobclient.models import Isolation, Job, JobState, Limits, ResourceUsage
+if TYPE_CHECKING:
+    from jobclient.client import (
+        DEFAULT_TARGET,
+        AsyncClient,
+        AsyncOutputStream,
+        Client,
+        OutputSink,
+        OutputStream,
+    )
+    from jobclient.credentials import Credentials
+    from jobclient.errors import (
+        CredentialsError,
+        DeadlineExceeded,
+        FailedPrecondition,
+        InvalidArgument,
+        JobClientError,
+        JobNotFound,
+        PermissionDenied,
+        ResourceExhausted,
+        ServerError,
+        Unavailable,
+    )
+    from jobclient.models import Isolation, Job, JobState, Limits, ResourceUsage
 
 try:
     __version__ = version("jobclient")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
+
+_HOMES = {
+    "jobclient.client": [
+        "DEFAULT_TARGET",
+        "AsyncClient",
+        "AsyncOutputStream",
+        "Client",
+        "OutputSink",
+        "OutputStream",
+    ],
+    "jobclient.credentials": ["Credentials"],
+    "jobclient.errors": [
+        "CredentialsError",
+        "DeadlineExceeded",
+        "FailedPrecondition",
+        "InvalidArgument",
+        "JobClientError",
+        "JobNotFound",
+        "PermissionDenied",
+        "ResourceExhausted",
+        "ServerError",
+        "Unavailable",
+    ],
+    "jobclient.models": ["Isolation", "Job", "JobState", "Limits", "ResourceUsage"],
+}
+_MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
 
 __all__ = [
     "DEFAULT_TARGET",
@@ -59,3 +98,16 @@ __all__ = [
     "Unavailable",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'jobclient' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

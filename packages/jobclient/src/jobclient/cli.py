@@ -11,6 +11,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+# grpc's C core logs some failures (a refused TLS handshake...) to stderr by itself, and reads this
+# once, when grpc is imported: set it first, so that every jobctl error is the one line jobctl prints.
+# Set GRPC_VERBOSITY yourself to see grpc's logs.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
 from jobclient import _conversions as conv
 from jobclient import _render as render
 from jobclient.client import DEFAULT_TARGET, Client, write_all

@@ -98,6 +98,14 @@ def from_rpc_error(error: grpc.RpcError, *, target: str, job_id: str | None = No
     cls = _BY_CODE.get(code, ServerError)
     if cls is Unavailable:
         message = f"cannot reach the job server at {target}: {details or 'unavailable'}"
+        lowered = details.lower()
+        if "socket closed" in lowered:
+            message += (
+                " (the server closed the connection: if it is a job server, it refused the TLS handshake,"
+                " e.g. a client certificate that is expired, from another CA or not for client auth)"
+            )
+        elif "certificate_verify_failed" in lowered:
+            message += " (the server's certificate does not verify against the CA file)"
     elif cls is DeadlineExceeded:
         message = f"the job server at {target} did not answer in time: {details or 'deadline exceeded'}"
     elif details:
