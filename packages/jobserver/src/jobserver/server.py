@@ -29,6 +29,17 @@ from jobserver.jobs import Jobs
 from jobserver.service import SERVICE_NAME, JobWorkerService
 from jobserver.store import JobStore, StoreError
 
+#: The OS-level name of the threads that serve calls (visible in `top -H`, /proc/<pid>/task/*/comm).
+RPC_THREAD_NAME = "jobserver-rpc"
+
+
+def _name_os_thread() -> None:
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", "w") as f:
+            f.write(RPC_THREAD_NAME)
+    except OSError:
+        pass  # only a name
+
 
 class StartupError(Exception):
     """The server cannot start; the message names the file, address or setting at fault."""
@@ -79,7 +90,7 @@ class JobServer:
         self.worker: Any = None
 
     def _make_worker(self, store: JobStore) -> Any:
-        from jobcore import Worker  # noqa: PLC0415 (kept local: the Worker is the heavy part)
+        from jobcore import Worker
 
         factory = self._worker_factory or Worker
         config = self.config
@@ -133,7 +144,9 @@ class JobServer:
         )
         self._service = JobWorkerService(worker, jobs, config)
         workers = config.max_concurrent_streams + config.unary_threads
-        self._executor = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jobserver-rpc")
+        self._executor = futures.ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix=RPC_THREAD_NAME, initializer=_name_os_thread
+        )
         self._stack.callback(self._executor.shutdown, wait=True, cancel_futures=True)
         server = grpc.server(
             self._executor,
