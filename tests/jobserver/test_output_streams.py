@@ -50,7 +50,9 @@ def test_fifty_concurrent_followers_receive_identical_output(server: RunningServ
 def test_follow_from_an_offset_and_without_follow(server: RunningServer) -> None:
     client = server.client("alice")
     job = client.start(["sh", "-c", "echo one; sleep 0.3; echo two"])
-    first = next(iter(client.stub.StreamOutput(pb.StreamOutputRequest(job_id=job.id), timeout=30)))
+    first = next(
+        iter(client.stub.StreamOutput(pb.StreamOutputRequest(job_id=job.id, follow=True), timeout=30))
+    )
     assert first.data.startswith(b"one")
     assert client.output(job.id, offset=4, follow=True) == b"two\n"
     assert client.output(job.id, offset=0, follow=False) == b"one\ntwo\n"
