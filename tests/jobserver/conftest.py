@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from server_harness import IS_ROOT, RunningServer, ServerProcess, test_config
+
 from jobserver.logs import configure_logging
 from jobserver.server import JobServer
-from server_harness import IS_ROOT, RunningServer, ServerProcess, test_config
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 import grpc
 import pytest
+
 from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
 from jobclient._proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from jobserver.config import ServerConfig

@@ -6,8 +6,9 @@ import uuid
 
 import grpc
 import pytest
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
 from server_harness import RunningServer, processes_with, rpc_error
+
+from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
 
 
 @pytest.fixture

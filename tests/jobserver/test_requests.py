@@ -8,9 +8,10 @@ from typing import Any
 
 import grpc
 import pytest
+from server_harness import RunningServer, rpc_error
+
 from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
 from jobcore.spec import Limits
-from server_harness import RunningServer, rpc_error
 
 MIB = 1024 * 1024
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from jobserver.health import ServingStatus, decode_check_response, encode_check_request
 from server_harness import CERTS, Client, RunningServer, ServerProcess, rpc_error, wait_for
+
+from jobserver.health import ServingStatus, decode_check_response, encode_check_request
 
 
 def _handshake(port: int, version: ssl.TLSVersion, cert: str = "alice") -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+
 from jobcore.errors import InvalidLimit
 from jobcore.spec import Limits, host_cpu_count, host_memory_bytes
 from jobcore.units import parse_cpu, parse_rate, parse_size

@@ -15,7 +15,6 @@ from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
 from jobcore.errors import InvalidSpec
 from jobcore.spec import Isolation, JobSpec, Limits
 from jobcore.status import JobState, JobStatus
-
 from jobserver.config import ServerConfig
 from jobserver.errors import invalid
 

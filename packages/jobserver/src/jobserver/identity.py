@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 
 import attrs
 import grpc
-from jobcore.spec import OWNER_RE
 
+from jobcore.spec import OWNER_RE
 from jobserver.certinfo import (
     OID_CLIENT_AUTH,
     OID_COMMON_NAME,

@@ -21,8 +21,8 @@ from typing import Any
 import attrs
 import grpc
 import structlog
-from jobcore.errors import ControllerError, InvalidJobId, InvalidSpec, JobNotFound, WorkerError
 
+from jobcore.errors import ControllerError, InvalidJobId, InvalidSpec, JobNotFound, WorkerError
 from jobserver.errors import RpcStatusError
 from jobserver.identity import Identity, identity_from_auth_context
 

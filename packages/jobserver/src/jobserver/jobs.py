@@ -23,10 +23,10 @@ from typing import Any
 
 import attrs
 import grpc
+
 from jobcore.errors import JobNotFound
 from jobcore.spec import JobSpec
 from jobcore.status import JobState, JobStatus
-
 from jobserver.errors import RpcStatusError, job_not_found
 from jobserver.identity import Identity
 from jobserver.store import JobStore

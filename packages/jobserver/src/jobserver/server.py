@@ -17,10 +17,10 @@ from typing import Any
 
 import grpc
 import structlog
-from jobclient._proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
-from jobcore.errors import JobError
 
 import jobserver
+from jobclient._proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
+from jobcore.errors import JobError
 from jobserver.certinfo import OID_EC_PUBLIC_KEY, CertificateError, parse_pem
 from jobserver.config import ServerConfig
 from jobserver.health import HealthService, ServingStatus

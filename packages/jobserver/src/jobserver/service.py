@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
+
 from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
 from jobclient._proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from jobcore.errors import JobNotFound
 from jobcore.spec import OWNER_RE
-
 from jobserver import convert
 from jobserver.config import ServerConfig
 from jobserver.errors import RpcStatusError, invalid

@@ -18,6 +18,7 @@ from typing import Any
 
 import attrs
 import cattrs
+
 from jobcore.spec import Limits
 from jobcore.status import JobStatus
 
