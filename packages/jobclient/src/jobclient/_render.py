@@ -67,7 +67,7 @@ def _duration(job: Job) -> str:
 def limits_text(limits: Limits) -> str:
     parts = []
     if limits.cpu is not None:
-        parts.append(f"cpu {limits.cpu:g} cores")
+        parts.append(f"cpu {limits.cpu:g} {'core' if limits.cpu == 1 else 'cores'}")
     if limits.memory is not None:
         parts.append(f"memory {format_size(limits.memory)}")
     if limits.pids is not None:
