@@ -227,3 +227,10 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 30, interval: float
         if time.monotonic() > deadline:
             return False
         time.sleep(interval)
+
+
+def marked_job(marker: str, first_line: str = "") -> list[str]:
+    """argv of a job that prints `first_line` (if any) then runs until stopped, and whose shell keeps
+    `marker` in its command line (for `processes_with`)."""
+    echo = f'echo "{first_line}"; ' if first_line else ""
+    return ["sh", "-c", echo + "while :; do sleep 1; done", marker]

@@ -6,7 +6,7 @@ import uuid
 
 import grpc
 import pytest
-from server_harness import RunningServer, processes_with, rpc_error
+from server_harness import RunningServer, marked_job, processes_with, rpc_error
 
 from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
 
@@ -14,7 +14,7 @@ from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
 @pytest.fixture
 def alice_job(server: RunningServer) -> tuple[RunningServer, pb.Job, str]:
     marker = f"authz-{uuid.uuid4().hex}"
-    job = server.client("alice").start(["sh", "-c", 'echo "$0"; exec sleep 300', marker])
+    job = server.client("alice").start(marked_job(marker, marker))
     return server, job, marker
 
 
@@ -78,6 +78,7 @@ def test_stop_job_other_user_not_found_owner_stops(alice_job: tuple[RunningServe
     server, job, marker = alice_job
     _not_found_like_missing(rpc_error(lambda: server.client("bob").stop(job.id)), job.id)
     assert server.client("alice").get(job.id).state == pb.JOB_STATE_RUNNING
+    assert processes_with(marker), "the job's processes are there before the stop"
     stopped = server.client("alice").stop(job.id, grace=1)
     assert stopped.state == pb.JOB_STATE_KILLED
     assert stopped.stop_requested
@@ -86,6 +87,7 @@ def test_stop_job_other_user_not_found_owner_stops(alice_job: tuple[RunningServe
 
 def test_admin_may_stop_anyones_job(alice_job: tuple[RunningServer, pb.Job, str]) -> None:
     server, job, marker = alice_job
+    assert processes_with(marker)
     stopped = server.client("carl").stop(job.id, grace=1)
     assert stopped.state == pb.JOB_STATE_KILLED
     assert stopped.owner == "alice"
