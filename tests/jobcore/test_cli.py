@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import CONTROLLER, requires_root
+from jobcore_testing import CONTROLLER, requires_root
 
 pytestmark = requires_root
 

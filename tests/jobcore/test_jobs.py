@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CONTROLLER, job_pids, requires_root, wait_until
+from jobcore_testing import CONTROLLER, job_pids, requires_root, wait_until
 
 from jobcore import JobSpec, JobState, Worker, WorkerError, jobdir
 

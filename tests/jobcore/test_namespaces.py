@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import requires_root, wait_until
+from jobcore_testing import requires_root, wait_until
 
 from jobcore import Isolation, JobSpec, JobState, Worker
 
