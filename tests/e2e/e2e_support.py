@@ -1,0 +1,334 @@
+"""Helpers for the whole-stack tests: the real `jobserver` and `jobctl` executables as subprocesses,
+the real certificates, real sockets on 127.0.0.1, and /proc and cgroupfs probes for leaks.
+
+Standalone on purpose: nothing here imports from the per-distribution test folders.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CERTS = REPO / "certs"
+BIN = Path(sys.executable).parent
+JOBSERVER = BIN / "jobserver"
+JOBCTL = BIN / "jobctl"
+IS_ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(
+    not IS_ROOT,
+    reason="the server's jobs run in cgroups and namespaces (and the tests mount tmpfs): needs root",
+)
+#: Thread names of the two pools that keep idle threads for later calls (see thread_counts).
+RPC_THREAD_NAME = "jobserver-rpc"
+GRPC_POOL_THREAD_NAME = "event_engine"
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 30, interval: float = 0.05) -> bool:
+    """Poll `predicate` until it is true or `timeout` passed (a bound for settling, not a speed check)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """`jobserver` as an operator runs it, on a state directory that outlives the process.
+
+    `restart()` starts a new process on the same state directory and the same port, so clients that
+    hold the address keep working once it is back.
+    """
+
+    def __init__(self, state_dir: Path, work_dir: Path, *args: str) -> None:
+        self.state_dir = state_dir
+        self.work_dir = work_dir
+        self.args = args
+        self.port = 0
+        self.generation = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
+        self.log_paths: list[Path] = []
+        self.start()
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float = 60) -> None:
+        self.generation += 1
+        port_file = self.work_dir / f"port-{self.generation}"
+        log_path = self.work_dir / f"server-{self.generation}.log"
+        self.log_paths.append(log_path)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("JOBSERVER_", "GRPC_", "JOBCTL_"))}
+        self._log = open(log_path, "wb")  # noqa: SIM115 (closed in _reap)
+        self.proc = subprocess.Popen(
+            [
+                str(JOBSERVER),
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--cert",
+                str(CERTS / "server.crt"),
+                "--key",
+                str(CERTS / "server.key"),
+                "--ca",
+                str(CERTS / "ca.crt"),
+                "--state-dir",
+                str(self.state_dir),
+                "--port-file",
+                str(port_file),
+                "--log-format",
+                "json",
+                *self.args,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if port_file.exists():
+                self.port = int(port_file.read_text())
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.kill()
+        raise AssertionError(f"jobserver did not start:\n{self.log_text()[-5000:]}")
+
+    def restart(self) -> None:
+        """Start again on the same state directory and port (the previous process must be gone)."""
+        assert not self.running
+        self.start()
+
+    def log_text(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in self.log_paths if p.exists())
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, as in a crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self._reap()
+
+    def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM (a graceful stop); returns the exit status."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._reap()
+        return self.proc.returncode
+
+    def _reap(self) -> None:
+        if self.proc is not None:
+            self.proc.wait(30)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def jobctl_env(server: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JOBCTL_", "GRPC_"))}
+    env.update(JOBCTL_SERVER=server, JOBCTL_CERTS=str(CERTS))
+    env.update(extra)
+    return env
+
+
+def jobctl(
+    server: str, user: str, *args: str, timeout: float = 120, input: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the real `jobctl --user USER ARGS...`; stdout and stderr captured as bytes."""
+    return subprocess.run(
+        [str(JOBCTL), "--user", user, *args],
+        env=jobctl_env(server),
+        stdin=subprocess.DEVNULL if input is None else None,
+        input=input,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def popen_jobctl(server: str, user: str, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [str(JOBCTL), "--user", user, *args],
+        env=jobctl_env(server),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def assert_one_line_diagnostic(stderr: bytes, *needles: str) -> str:
+    """stderr is exactly one `jobctl: ...` line (no traceback) containing every needle."""
+    text = stderr.decode(errors="replace")
+    lines = text.splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{text}"
+    assert lines[0].startswith("jobctl: "), text
+    assert "Traceback" not in text, text
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------- /proc probes
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat (start time in clock ticks since boot), or None if no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its last ")".
+    fields = data[data.rindex(b")") + 2 :].split()
+    if fields[0] == b"Z":
+        return None  # a zombie is dead; only its parent's wait is missing
+    return int(fields[19])
+
+
+def thread_counts(pid: int) -> tuple[int, int, int]:
+    """(threads outside the two pools, RPC pool threads, gRPC event_engine threads) of a process.
+
+    The RPC pool (bounded by the server's config) and gRPC's own event_engine pool keep idle threads
+    for later calls, so only the other threads must return exactly to where they were.
+    """
+    other = rpc = engine = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+        except OSError:
+            continue  # the thread just ended
+        if name == RPC_THREAD_NAME:
+            rpc += 1
+        elif name == GRPC_POOL_THREAD_NAME:
+            engine += 1
+        else:
+            other += 1
+    return other, rpc, engine
+
+
+def thread_names(pid: int) -> list[str]:
+    names = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            names.append(Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip())
+        except OSError:
+            continue
+    return sorted(names)
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def fd_targets(pid: int) -> list[str]:
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            continue
+    return sorted(out)
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS in /proc/{pid}/status")
+
+
+# ---------------------------------------------------------------------------- leftovers
+
+
+def cgroup_dirs_of(job_ids: Iterable[str]) -> list[str]:
+    """Directories under /sys/fs/cgroup in a `remote-jobs` subtree named after one of `job_ids`."""
+    wanted = set(job_ids)
+    found = []
+    for root, dirs, _files in os.walk("/sys/fs/cgroup"):
+        for d in dirs:
+            if d in wanted and "remote-jobs" in root:
+                found.append(os.path.join(root, d))
+    return sorted(found)
+
+
+def live_job_processes(jobs_dir: Path, job_ids: Iterable[str] | None = None) -> list[str]:
+    """Shims and job init processes recorded in `jobs_dir/<id>/{shim,run}.json` that are still alive
+    (pid and start time both match, so a reused pid is not mistaken for a survivor)."""
+    import json
+
+    wanted = set(job_ids) if job_ids is not None else None
+    alive = []
+    if not jobs_dir.exists():
+        return alive
+    for entry in sorted(jobs_dir.iterdir()):
+        if not entry.is_dir() or (wanted is not None and entry.name not in wanted):
+            continue
+        for name, ticks_key in (("shim.json", "start_ticks"), ("run.json", "pid_start_ticks")):
+            try:
+                record = json.loads((entry / name).read_text())
+            except (FileNotFoundError, ValueError):
+                continue
+            pid = record.get("pid")
+            if pid and process_start_ticks(pid) == record.get(ticks_key):
+                alive.append(f"{entry.name}/{name}: pid {pid}")
+    return alive
+
+
+def kill_job_processes(jobs_dir: Path) -> None:
+    """Last-resort teardown: SIGKILL every job init and shim still alive under `jobs_dir`."""
+    import json
+
+    if not jobs_dir.exists():
+        return
+    for entry in jobs_dir.iterdir():
+        if not entry.is_dir():
+            continue
+        for name, ticks_key in (("run.json", "pid_start_ticks"), ("shim.json", "start_ticks")):
+            try:
+                record = json.loads((entry / name).read_text())
+            except (FileNotFoundError, ValueError, OSError):
+                continue
+            pid = record.get("pid")
+            if pid and process_start_ticks(pid) == record.get(ticks_key):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def seq_output(n: int) -> bytes:
+    """What `seq 1 N` prints."""
+    return b"".join(b"%d\n" % i for i in range(1, n + 1))
