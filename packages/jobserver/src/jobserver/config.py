@@ -12,7 +12,7 @@ import argparse
 import math
 import os
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +116,7 @@ _REQUEST_KEYS = {
     "default_stop_grace_seconds": float,
     "max_stop_grace_seconds": float,
 }
-_LIMIT_PARSERS = {
+_LIMIT_PARSERS: dict[str, Callable[[str], int | float]] = {
     "cpu": parse_cpu,
     "memory": parse_size,
     "pids": int,
@@ -141,6 +141,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 
 def _convert(where: str, kind: Any, value: Any) -> Any:
+    result: int | float
     try:
         if kind == "size":
             if isinstance(value, bool) or not isinstance(value, int | str):

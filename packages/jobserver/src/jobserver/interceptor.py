@@ -70,13 +70,14 @@ def failure_for(exc: Exception) -> RpcStatusError | None:
 
 
 def _request_job_id(request: Any) -> str | None:
-    raw = getattr(request, "job_id", None)
+    raw = str(getattr(request, "job_id", "") or "")
     if not raw:
         return None
     return raw if len(raw) <= 64 else raw[:64] + "..."
 
 
-class GuardInterceptor(grpc.ServerInterceptor):
+# grpc ships no type stubs, so its base class is Any to mypy.
+class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, log: Any = None) -> None:
         self._log = log or structlog.get_logger("jobserver.audit")
         self._errors = structlog.get_logger("jobserver")
@@ -97,8 +98,8 @@ class GuardInterceptor(grpc.ServerInterceptor):
 
             return grpc.unary_unary_rpc_method_handler(refuse)
         if handler.response_streaming:
-            return handler._replace(unary_stream=self._guard_stream(method, handler.unary_stream))  # type: ignore[attr-defined]
-        return handler._replace(unary_unary=self._guard_unary(method, handler.unary_unary))  # type: ignore[attr-defined]
+            return handler._replace(unary_stream=self._guard_stream(method, handler.unary_stream))
+        return handler._replace(unary_unary=self._guard_unary(method, handler.unary_unary))
 
     def _authenticate(self, call: CallInfo, context: grpc.ServicerContext) -> None:
         call.identity = identity_from_auth_context(context.auth_context())

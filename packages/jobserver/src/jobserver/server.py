@@ -160,7 +160,7 @@ class JobServer:
         pb_grpc.add_JobWorkerServicer_to_server(self._service, server)
         server.add_generic_rpc_handlers([self._health.handler()])
         try:
-            port = server.add_secure_port(config.listen, credentials)
+            port: int = server.add_secure_port(config.listen, credentials)
         except RuntimeError as exc:
             raise StartupError(f"cannot listen on {config.listen}: {exc}") from None
         if not port:
