@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
-import attrs
 import pytest
 from fake_jobworker import CERTS, FakeJobWorker, FakeServer
-from jobclient import Client, Credentials
+from jobctl_runner import JOBCTL, Jobctl
 
-JOBCTL = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "jobctl"
+from jobclient import Client, Credentials
 
 
 @pytest.fixture
@@ -47,41 +43,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@attrs.frozen
-class Result:
-    returncode: int
-    stdout: bytes
-    stderr: str
-
-    @property
-    def text(self) -> str:
-        return self.stdout.decode()
-
-
-class Jobctl:
-    """Runs the installed jobctl executable against a server, as alice unless told otherwise."""
-
-    def __init__(self, target: str) -> None:
-        self.target = target
-
-    def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("JOBCTL_")}
-        env.update({"JOBCTL_SERVER": self.target, "JOBCTL_USER": "alice", "JOBCTL_CERTS": str(CERTS)})
-        env.update(extra)
-        return {k: v for k, v in env.items() if v != ""}
-
-    def __call__(self, *args: str, **env: str) -> Result:
-        done = subprocess.run(
-            [str(JOBCTL), *args], env=self.env(**env), capture_output=True, timeout=60, check=False
-        )
-        return Result(done.returncode, done.stdout, done.stderr.decode())
-
-    def popen(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [str(JOBCTL), *args], env=self.env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
 
 
 @pytest.fixture

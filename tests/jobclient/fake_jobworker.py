@@ -18,6 +18,7 @@ from typing import Any
 
 import attrs
 import grpc  # type: ignore[import-untyped]
+
 from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
 from jobclient._proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 

@@ -9,6 +9,7 @@ from typing import TypeVar
 
 import pytest
 from fake_jobworker import FakeJobWorker, FakeServer, Plan
+
 from jobclient import AsyncClient, Client, Credentials, Isolation, JobNotFound, JobState, Limits
 from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
 

@@ -8,6 +8,7 @@ import threading
 
 import pytest
 from fake_jobworker import FakeJobWorker, FakeServer, Plan
+
 from jobclient import Client, Credentials, Isolation, Job, JobNotFound, JobState, Limits
 from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from fake_jobworker import CERTS
+
 from jobclient import Credentials, CredentialsError
 from jobclient.credentials import default_certs_dir
 

@@ -9,6 +9,7 @@ from typing import Any
 import grpc  # type: ignore[import-untyped]
 import pytest
 from fake_jobworker import FakeJobWorker, FakeServer
+
 from jobclient import (
     AsyncClient,
     Client,

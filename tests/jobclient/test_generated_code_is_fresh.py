@@ -10,6 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+
 from jobclient._proto.jobworker.v1 import jobworker_pb2, jobworker_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,6 +6,7 @@ import datetime
 import json
 
 import pytest
+
 from jobclient import Isolation, Job, JobState, Limits, ResourceUsage
 from jobclient import _conversions as conv
 from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from fake_jobworker import CERTS, FakeJobWorker, FakeServer
+
 from jobclient import Client, Credentials, Unavailable
 
 TEST_CERTS = CERTS / "test"

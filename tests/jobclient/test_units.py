@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from jobclient.units import format_size, parse_cpu, parse_rate, parse_size
 
 

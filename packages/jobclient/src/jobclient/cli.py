@@ -443,6 +443,9 @@ def cmd_run(client: Client, args: argparse.Namespace) -> int:
             except KeyboardInterrupt:
                 _diag(f"no longer waiting; job {job.id} may still be running")
                 return EXIT_INTERRUPTED
+    except JobClientError as e:
+        e.message += f"; job {job.id} may still be running (see `jobctl status {job.id}`)"
+        raise
     except BrokenPipeError:
         # Like a local command whose reader went away: the job is stopped too.
         _silence_stdout()

@@ -117,8 +117,6 @@ class OutputStream(Iterator[bytes]):
         while True:
             try:
                 response: pb.StreamOutputResponse = next(self._call)
-            except StopIteration:
-                raise
             except grpc.RpcError as e:
                 if self._closed:
                     raise StopIteration from None

@@ -10,8 +10,9 @@ import time
 
 import grpc  # type: ignore[import-untyped]
 import pytest
-from conftest import Jobctl
-from fake_jobworker import CERTS, FakeJobWorker, Plan
+from fake_jobworker import CERTS, FakeJobWorker, FakeServer, Plan
+from jobctl_runner import Jobctl
+
 from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
 
 NASTY = b"line\n\x00\x00NUL\x00\xff\xfe\xc3(not utf-8\x80\r\n\x1b[0m"
@@ -227,6 +228,23 @@ def test_a_second_ctrl_c_stops_waiting(jobctl: Jobctl, servicer: FakeJobWorker) 
         servicer.stop_released.set()
     assert proc.returncode == 130
     assert "no longer waiting" in err.decode()
+
+
+def test_run_losing_the_server_midway_exits_125_naming_the_job(
+    jobctl: Jobctl, server: FakeServer, servicer: FakeJobWorker
+) -> None:
+    servicer.plan = Plan(chunks=[b"started\n"], hold=True)
+    proc = jobctl.popen("run", "--", "server")
+    try:
+        wait_for_output(proc, b"started\n")
+        server.server.stop(grace=None).wait(10)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    job_id = next(iter(servicer.jobs))
+    assert proc.returncode == 125
+    assert err.decode().endswith(f"; job {job_id} may still be running (see `jobctl status {job_id}`)\n")
+    assert err.decode().count("\n") == 1
 
 
 def test_run_output_closed_early_exits_quietly_and_stops_the_job(
