@@ -1,0 +1,140 @@
+"""A throwaway OpenSSH server on 127.0.0.1 with one multiplexed client connection: the bench's baseline.
+
+A Python port of /work/shared/bench/ssh-anchor.sh (the team's shared script), copied here so that
+`bench/run_all.py` does not depend on the shared folder at run time. Same behaviour: everything lives in
+one directory (host and user keys, sshd_config, pid file, control socket); the only change outside it is
+the throwaway public key appended to root's authorized_keys, which `stop()` removes again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+AUTHORIZED_KEYS = Path("/root/.ssh/authorized_keys")
+SSHD = "/usr/sbin/sshd"
+
+
+class SshUnavailable(Exception):
+    """No sshd/ssh here (and not installable): the ssh baselines are skipped."""
+
+
+def ensure_installed(install: bool) -> None:
+    """openssh-server/-client present, installing them with apt-get (as root) when allowed."""
+    if os.path.exists(SSHD) and shutil.which("ssh"):
+        return
+    if not install or os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise SshUnavailable("openssh-server is not installed (run as root, or apt-get install it)")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "openssh-server", "openssh-client"],
+    ):
+        subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, timeout=600)
+    if not os.path.exists(SSHD):
+        raise SshUnavailable("apt-get ran but /usr/sbin/sshd is still missing")
+
+
+class SshAnchor:
+    """`start()` runs sshd on 127.0.0.1:`port` and opens the multiplexing master; `argv` is the prefix."""
+
+    def __init__(self, directory: Path, port: int) -> None:
+        self.dir = directory
+        self.port = port
+        self.pid: int | None = None
+        self._key_added = False
+        self.argv: list[str] = [
+            "ssh",
+            "-p",
+            str(port),
+            "-i",
+            str(directory / "userkey"),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            f"ControlPath={directory / 'cm'}",
+            "root@127.0.0.1",
+        ]
+
+    def _pubkey(self) -> str:
+        return (self.dir / "userkey.pub").read_text().strip()
+
+    def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for name in ("hostkey", "userkey"):
+            if not (self.dir / name).exists():
+                subprocess.run(
+                    ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.dir / name)],
+                    check=True,
+                    timeout=30,
+                )
+        Path("/run/sshd").mkdir(parents=True, exist_ok=True)
+        AUTHORIZED_KEYS.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        AUTHORIZED_KEYS.touch(mode=0o600, exist_ok=True)
+        pub = self._pubkey()
+        if pub not in AUTHORIZED_KEYS.read_text():
+            with AUTHORIZED_KEYS.open("a") as f:
+                f.write(pub + "\n")
+        self._key_added = True
+        config = self.dir / "sshd_config"
+        config.write_text(
+            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {self.dir / 'hostkey'}\n"
+            "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+            f"PidFile {self.dir / 'sshd.pid'}\nUsePAM no\n"
+        )
+        subprocess.run([SSHD, "-f", str(config)], check=True, timeout=30)
+        for _ in range(50):  # bounded: 50 x 0.1 s
+            if (self.dir / "sshd.pid").exists():
+                self.pid = int((self.dir / "sshd.pid").read_text().split()[0])
+                break
+            time.sleep(0.1)
+        master = [*self.argv[:-1], "-o", "ControlMaster=yes", "-o", "ControlPersist=900", "-fN"]
+        for _ in range(10):  # bounded, as the shell script: 10 tries, 0.3 s apart
+            if (
+                subprocess.run(
+                    [*master, self.argv[-1]], timeout=30, stderr=subprocess.DEVNULL, check=False
+                ).returncode
+                == 0
+            ):
+                break
+            time.sleep(0.3)
+        check = subprocess.run([*self.argv, "-O", "check"], capture_output=True, timeout=30, check=False)
+        if check.returncode != 0:
+            raise SshUnavailable(f"ssh multiplexing master did not come up: {check.stderr.decode().strip()}")
+
+    def stop(self) -> None:
+        """Close the master, stop sshd, remove our key from authorized_keys; each step best effort."""
+        if (self.dir / "cm").exists():
+            subprocess.run(
+                [*self.argv, "-O", "exit"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=30,
+                check=False,
+            )
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            self.pid = None
+        if self._key_added and (self.dir / "userkey.pub").exists() and AUTHORIZED_KEYS.exists():
+            pub = self._pubkey()
+            lines = AUTHORIZED_KEYS.read_text().splitlines(keepends=True)
+            kept = [line for line in lines if line.strip() != pub]
+            if len(kept) != len(lines):
+                tmp = AUTHORIZED_KEYS.with_name(AUTHORIZED_KEYS.name + ".bench-tmp")
+                tmp.write_text("".join(kept))
+                os.chmod(tmp, 0o600)
+                os.replace(tmp, AUTHORIZED_KEYS)
+            self._key_added = False
