@@ -6,7 +6,8 @@ import uuid
 
 import grpc
 import pytest
-from server_harness import RunningServer, marked_job, processes_with, rpc_error
+import structlog.testing
+from server_harness import RunningServer, cert_paths, marked_job, processes_with, rpc_error
 
 from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
 
@@ -100,3 +101,22 @@ def test_start_job_is_owned_by_the_caller(server: RunningServer) -> None:
     carl_job = server.client("carl").start(["true"])
     assert carl_job.owner == "carl"
     _not_found_like_missing(rpc_error(lambda: server.client("alice").get(carl_job.id)), carl_job.id)
+
+
+def test_one_audit_record_per_request(server: RunningServer) -> None:
+    alice, bob = server.client("alice"), server.client("bob")
+    with structlog.testing.capture_logs() as logged:
+        job = alice.start(["echo", "audited"])
+        alice.output(job.id)
+        rpc_error(lambda: bob.get(job.id))
+        rpc_error(lambda: server.client(None, *cert_paths("test/no-ou")).list())
+    audit = [e for e in logged if e["event"] == "rpc"]
+    assert [(e["method"].rsplit("/", 1)[-1], e["user"], e["job_id"], e["code"]) for e in audit] == [
+        ("StartJob", "alice", job.id, "OK"),
+        ("StreamOutput", "alice", job.id, "OK"),
+        ("GetJob", "bob", job.id, "NOT_FOUND"),
+        ("ListJobs", None, None, "PERMISSION_DENIED"),
+    ]
+    assert all(isinstance(e["duration_ms"], float) and e["peer"].startswith("ipv4:127.0.0.1:") for e in audit)
+    assert audit[0]["role"] == "user"
+    assert "OU" in audit[3]["detail"]

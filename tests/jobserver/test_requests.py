@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from server_harness import RunningServer, rpc_error
+import structlog.testing
+from server_harness import IS_ROOT, Client, RunningServer, rpc_error, test_config
 
 from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
+from jobcore import Worker
 from jobcore.spec import Limits
+from jobcore.status import JobStatus
+from jobserver.server import JobServer
 
 MIB = 1024 * 1024
 
@@ -191,3 +196,49 @@ def test_job_fields_round_trip(server: RunningServer) -> None:
     assert ended.HasField("ended_at")
     assert client.output(job.id) == b"bar\n"
     assert ended.cwd == "/tmp"
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b"\xff\xff\xff", "not a valid StartJob message"),
+        (b"\x0a\x02\xff\xfe", "not a valid StartJob message"),  # argv[0] is not UTF-8
+    ],
+)
+def test_undecodable_request_is_invalid_argument(server: RunningServer, payload: bytes, message: str) -> None:
+    client = server.client("alice")
+    raw = client.channel.unary_unary("/jobworker.v1.JobWorker/StartJob")
+    exc = rpc_error(lambda: raw(payload, timeout=10))
+    assert exc.code() == INVALID
+    assert message in exc.details()
+    assert client.list() == []
+
+
+def test_unexpected_error_is_internal_with_a_log_reference_not_a_traceback(tmp_path: Path) -> None:
+    if not IS_ROOT:
+        pytest.skip("the server's jobs run in cgroups and namespaces: needs root")
+
+    class BrokenListWorker(Worker):
+        def list(self, owner: str | None = None) -> list[JobStatus]:
+            if owner == "alice":
+                raise RuntimeError("secret internal detail")
+            return super().list(owner)
+
+    server = JobServer(test_config(tmp_path / "state"), worker_factory=BrokenListWorker)
+    port = server.start()
+    client = Client(port, "alice")
+    try:
+        with structlog.testing.capture_logs() as logged:
+            exc = rpc_error(lambda: client.start(["true"]))
+        assert exc.code() == grpc.StatusCode.INTERNAL
+        assert exc.details().startswith("internal error (server log reference ")
+        assert "secret" not in exc.details()
+        assert "Traceback" not in exc.details()
+        ref = exc.details().rsplit(" ", 1)[-1].rstrip(")")
+        assert client.list() == []  # the server goes on serving
+    finally:
+        client.close()
+        server.stop(grace=2)
+    [error] = [e for e in logged if e.get("ref") == ref]
+    assert error["event"] == "unexpected error"
+    assert "secret internal detail" in str(error["exc_info"])

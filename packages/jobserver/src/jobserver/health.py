@@ -131,19 +131,13 @@ class HealthService:
         def check(request: str, context: grpc.ServicerContext) -> ServingStatus:
             return self.check(request, context)
 
-        def decode(data: bytes) -> str:
-            # A malformed request becomes a deserialization failure, which gRPC answers INTERNAL
-            # without calling the handler; accept it and let Check say which service is unknown.
-            try:
-                return decode_check_request(data)
-            except MalformedMessageError:
-                return "\x00malformed"
-
         return grpc.method_handlers_generic_handler(
             SERVICE_NAME,
             {
                 "Check": grpc.unary_unary_rpc_method_handler(
-                    check, request_deserializer=decode, response_serializer=encode_check_response
+                    check,
+                    request_deserializer=decode_check_request,
+                    response_serializer=encode_check_response,
                 )
             },
         )

@@ -69,6 +69,26 @@ def failure_for(exc: Exception) -> RpcStatusError | None:
     return None
 
 
+@attrs.frozen
+class MalformedRequest:
+    """Stands for a request that could not be decoded, so that the guard answers INVALID_ARGUMENT
+    (gRPC itself would answer INTERNAL, before any handler or audit)."""
+
+    error: str
+
+
+def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    def decode(data: bytes) -> Any:
+        if deserialize is None:
+            return data
+        try:
+            return deserialize(data)
+        except Exception as exc:
+            return MalformedRequest(str(exc)[:200] or type(exc).__name__)
+
+    return decode
+
+
 def _request_job_id(request: Any) -> str | None:
     raw = str(getattr(request, "job_id", "") or "")
     if not raw:
@@ -97,12 +117,23 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not served")
 
             return grpc.unary_unary_rpc_method_handler(refuse)
+        deserializer = _lenient(handler.request_deserializer)
         if handler.response_streaming:
-            return handler._replace(unary_stream=self._guard_stream(method, handler.unary_stream))
-        return handler._replace(unary_unary=self._guard_unary(method, handler.unary_unary))
+            return handler._replace(
+                request_deserializer=deserializer,
+                unary_stream=self._guard_stream(method, handler.unary_stream),
+            )
+        return handler._replace(
+            request_deserializer=deserializer, unary_unary=self._guard_unary(method, handler.unary_unary)
+        )
 
-    def _authenticate(self, call: CallInfo, context: grpc.ServicerContext) -> None:
+    def _authenticate(self, call: CallInfo, request: Any, context: grpc.ServicerContext) -> None:
         call.identity = identity_from_auth_context(context.auth_context())
+        if isinstance(request, MalformedRequest):  # only after authentication: no probing without a cert
+            raise RpcStatusError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request is not a valid {call.method.rsplit('/', 1)[-1]} message: {request.error}",
+            )
 
     def _fail(self, exc: Exception, call: CallInfo, context: grpc.ServicerContext) -> grpc.StatusCode:
         """Abort the call for `exc` (raises)."""
@@ -126,7 +157,9 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             return grpc.StatusCode.INTERNAL, "unexpected error"
         return failure.code, failure.message
 
-    def _audit(self, call: CallInfo, code: grpc.StatusCode, started: float, detail: str | None) -> None:
+    def _audit(
+        self, call: CallInfo, code: grpc.StatusCode, started: float, detail: str | None, peer: str
+    ) -> None:
         level = self._log.debug if call.method in QUIET_METHODS else self._log.info
         identity = call.identity
         level(
@@ -137,6 +170,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             job_id=call.job_id,
             code=code.name,
             duration_ms=round((time.monotonic() - started) * 1000, 2),
+            peer=peer,
             **({"detail": detail} if detail else {}),
         )
 
@@ -147,14 +181,14 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             code, detail = grpc.StatusCode.OK, None
             token = _current.set(call)
             try:
-                self._authenticate(call, context)
+                self._authenticate(call, request, context)
                 return inner(request, context)
             except Exception as exc:
                 code, detail = self._outcome(exc, context)
                 self._fail(exc, call, context)
             finally:
                 _current.reset(token)
-                self._audit(call, code, started, detail)
+                self._audit(call, code, started, detail, context.peer())
 
         return guarded
 
@@ -167,7 +201,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             try:
                 token = _current.set(call)
                 try:
-                    self._authenticate(call, context)
+                    self._authenticate(call, request, context)
                     responses = iter(inner(request, context))
                 finally:
                     _current.reset(token)
@@ -192,6 +226,6 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 close = getattr(responses, "close", None)
                 if close is not None:
                     close()
-                self._audit(call, code, started, detail)
+                self._audit(call, code, started, detail, context.peer())
 
         return guarded
