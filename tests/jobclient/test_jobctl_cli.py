@@ -484,7 +484,8 @@ def test_explicit_files_from_the_environment(jobctl: Jobctl, servicer: FakeJobWo
         (["--cert", str(CERTS / "alice.crt")], {"JOBCTL_USER": ""}, "missing --key, --ca"),
         (["--user", "bob", "--cert", str(CERTS / "bob.crt")], {}, "either --user or --cert"),
         ([], {"JOBCTL_USER": ""}, "who are you?"),
-        ([], {"JOBCTL_CERTS": "/nonexistent"}, "certificates folder /nonexistent"),
+        ([], {"JOBCTL_CERTS": "/nonexistent"}, "certificates folder /nonexistent (from $JOBCTL_CERTS)"),
+        (["--certs", "/elsewhere"], {}, "certificates folder /elsewhere (given) does not exist"),
     ],
 )  # fmt: skip
 def test_credential_problems_are_usage_errors_naming_the_file(

@@ -315,12 +315,11 @@ def _credentials(args: argparse.Namespace) -> Credentials:
         if args.user is None and not any(files):
             raise UsageError("who are you? give --user NAME (or set $JOBCTL_USER), or --cert, --key and --ca")
     if args.user is not None:
-        return Credentials.for_user(args.user, args.certs or os.environ.get(CERTS_ENV) or None)
+        return Credentials.for_user(args.user, args.certs)
     cert, key, ca = files
-    missing = [flag for flag, value in zip(("--cert", "--key", "--ca"), files, strict=True) if not value]
-    if missing:
+    if not (cert and key and ca):
+        missing = [flag for flag, value in zip(("--cert", "--key", "--ca"), files, strict=True) if not value]
         raise UsageError(f"--cert, --key and --ca go together: missing {', '.join(missing)}")
-    assert cert and key and ca
     return Credentials.from_files(cert=cert, key=key, ca=ca)
 
 
