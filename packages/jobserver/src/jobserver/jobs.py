@@ -60,10 +60,6 @@ class Jobs:
         )
         self._locks_lock = threading.Lock()
 
-    # The Worker's on_job_ended callback (runs on the Worker's watcher thread).
-    def job_ended(self, status: JobStatus) -> None:
-        self._store.put(status)
-
     def reconcile(self) -> ReconcileReport:
         known = self._store.ids()
         live = {status.id: status for status in self._worker.list()}
@@ -121,7 +117,7 @@ class Jobs:
             return JobView(status=record.status, cwd=record.cwd, live=False)
         if not identity.may_access(status.owner):
             raise job_not_found(job_id)
-        if record is None:  # started by another program on this Worker's state dir: adopt it
+        if record is None:  # StartJob has not recorded it yet (it will add the cwd)
             self._store.put(status)
         return JobView(status=status, cwd=record.cwd if record else "", live=True)
 
