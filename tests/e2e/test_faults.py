@@ -7,6 +7,7 @@ replays a run.
 
 from __future__ import annotations
 
+import collections
 import errno
 import os
 import random
@@ -211,9 +212,10 @@ def test_sigkilled_server_restarted_on_the_same_state_loses_no_job_or_byte(
                 continue
             assert job.state is not JobState.LOST, (seed, job)
             check_job_complete(admin, job, seed)
+        states = collections.Counter(job.state.value for job in listed.values())
         print(
-            f"{len(listed)} jobs ({len(acknowledged)} acknowledged) across {kills} SIGKILLs, "
-            f"{sum(load.calls for load in loads)} calls"
+            f"{len(listed)} jobs ({len(acknowledged)} acknowledged; states when listed: {dict(states)}) "
+            f"across {kills} SIGKILLs, {sum(load.calls for load in loads)} calls"
         )
     jobs_dir = server.state_dir / "jobs"
     assert wait_for(lambda: not live_job_processes(jobs_dir), 30), live_job_processes(jobs_dir)
@@ -249,6 +251,7 @@ def test_a_stream_nobody_reads_neither_grows_the_server_nor_blocks_the_job(
         assert final.state is JobState.EXITED and final.exit_code == 0, final
         assert final.output_bytes == size
         # Generous: a server buffering what the stalled readers do not take would need ~1 GiB here.
+        print(f"server RSS: {baseline // MIB} MiB before, at most {peak // MIB} MiB while the job wrote")
         assert peak - baseline < 128 * MIB, f"server RSS grew by {(peak - baseline) // MIB} MiB"
         with c.output(job.id, offset=size - 4096, follow=False) as tail:
             assert b"".join(tail) == bytes(4096)
