@@ -368,3 +368,16 @@ def test_on_job_ended_is_called_once_with_the_final_status(state_dir: Path) -> N
         worker.wait(status.id)
         wait_until(lambda: len(ended) == 1, 5, "the callback")
     assert [(s.id, s.exit_code) for s in ended] == [(status.id, 7)]  # type: ignore[attr-defined]
+
+
+def test_running_count_counts_only_running_jobs_per_owner(worker: Worker) -> None:
+    long = worker.start(JobSpec(["sleep", "30"], owner="alice"))
+    done = worker.start(JobSpec(["true"], owner="alice"))
+    worker.wait(done.id)
+    other = worker.start(JobSpec(["sleep", "30"], owner="bob"))
+    assert worker.running_count("alice") == 1
+    assert worker.running_count("bob") == 1
+    assert worker.running_count() == 2
+    worker.stop(long.id, grace=0)
+    worker.stop(other.id, grace=0)
+    assert worker.running_count() == 0

@@ -6,6 +6,7 @@ anything is created on disk or in a cgroup.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -31,14 +32,17 @@ ENV_NAME_RE = re.compile(r"^[^=\x00]+$")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
+@functools.cache
 def host_cpu_count() -> int:
     return os.cpu_count() or 1
 
 
+@functools.cache
 def host_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+@functools.cache
 def host_pid_max() -> int:
     try:
         with open("/proc/sys/kernel/pid_max") as f:

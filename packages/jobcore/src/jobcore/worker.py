@@ -403,6 +403,15 @@ class Worker:
         jobs.sort(key=lambda j: j.spec.get("created_at", 0))
         return [self._status(j) for j in jobs]
 
+    def running_count(self, owner: str | None = None) -> int:
+        """How many jobs (of `owner`) are running; cheaper than `list()`, which reads usage."""
+        with self._lock:
+            return sum(
+                1
+                for j in self._jobs.values()
+                if j.exit is None and (owner is None or j.spec["owner"] == owner)
+            )
+
     def wait(self, job_id: str, timeout: float | None = None) -> JobStatus:
         """Wait until the job has ended (or `timeout` seconds passed); return its status."""
         job = self._get(job_id)
