@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 import ssl
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from jobserver.health import (
     encode_check_response,
 )
 from jobserver.identity import Identity, Role, identity_from_auth_context
+from jobserver.interceptor import failure_for
 from jobserver.store import JobStore
 
 
@@ -149,3 +152,15 @@ def test_store_round_trips_and_never_downgrades_an_ended_record(tmp_path: Path) 
         assert reopened.ids() == {"1", "2"}
     finally:
         reopened.close()
+
+
+def test_full_state_disk_maps_to_resource_exhausted() -> None:
+    enospc = OSError(errno.ENOSPC, "No space left on device", "/var/lib/jobworker/jobs/x/spec.json")
+    sqlite_full = sqlite3.OperationalError("database or disk is full")
+    sqlite_full.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+    for exc in (enospc, sqlite_full):
+        failure = failure_for(exc)
+        assert failure is not None
+        assert failure.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "no space left" in failure.message
+    assert failure_for(OSError(errno.EIO, "I/O error")) is None  # stays INTERNAL, with a log reference

@@ -13,6 +13,8 @@ that names a job uses; list scopes by `jobserver.service`. Both read the identit
 from __future__ import annotations
 
 import contextvars
+import errno
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -66,7 +68,21 @@ def failure_for(exc: Exception) -> RpcStatusError | None:
         return RpcStatusError(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
     if isinstance(exc, WorkerError):
         return RpcStatusError(grpc.StatusCode.UNAVAILABLE, str(exc))
+    if _disk_full(exc):
+        return RpcStatusError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "no space left in the server's state directory; try again once space is freed",
+        )
     return None
+
+
+def _disk_full(exc: Exception) -> bool:
+    """ENOSPC/EDQUOT from jobcore's state files, or SQLite's "database or disk is full"."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    return False
 
 
 @attrs.frozen
