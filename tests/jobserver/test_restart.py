@@ -160,3 +160,20 @@ def test_job_directory_without_a_record_is_adopted(
     assert rpc_error(lambda: second.client("alice").get(job.id)).code() == grpc.StatusCode.NOT_FOUND
     assert bob.output(job.id, follow=False) == b"adopted\n"
     assert bob.stop(job.id, grace=0).state == pb.JOB_STATE_KILLED
+
+
+def test_sigint_is_a_graceful_stop_too(server_processes: list[ServerProcess], tmp_path: Path) -> None:
+    proc = ServerProcess(tmp_path / "state", tmp_path)
+    server_processes.append(proc)
+    client = proc.client("alice")
+    marker = f"sigint-{uuid.uuid4().hex}"
+    job = client.start(marked_job(marker))
+    client.close()
+    proc.proc.send_signal(signal.SIGINT)
+    assert proc.proc.wait(60) == 0
+    proc.kill()
+    assert '"signal": "SIGINT"' in proc.log_text()
+    assert processes_with(marker), "a graceful stop must leave jobs running"
+    with Worker(tmp_path / "state" / "jobs") as worker:
+        worker.stop(job.id, grace=0)
+    assert processes_with(marker) == []
