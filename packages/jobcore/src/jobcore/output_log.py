@@ -10,6 +10,7 @@ writer, so it tracks the file size itself and never needs O_APPEND (which splice
 
 from __future__ import annotations
 
+import fcntl
 import os
 import struct
 import time
@@ -36,6 +37,7 @@ class OutputWriter:
         #: True once output was dropped because the cap was reached.
         self.capped = False
         self._splice_ok = True
+        self._index = bytearray()
 
     def _room(self, want: int) -> int:
         if self.cap is None:
@@ -43,26 +45,46 @@ class OutputWriter:
         return max(0, min(want, self.cap - self.size))
 
     def _record(self, stream: int, length: int) -> None:
-        os.write(self._idx, INDEX_RECORD.pack(self.size, length, stream, time.time_ns()))
+        # Buffered: one write of the index per round of the shim's loop (flush_index), not per chunk.
+        self._index.extend(INDEX_RECORD.pack(self.size, length, stream, time.time_ns()))
         self.size += length
 
-    def drain_pipe(self, fd: int, stream: int, max_bytes: int = 1 << 20) -> int:
-        """Move what is readable on pipe `fd` into the log. Returns the bytes taken from the pipe
-        (0 at end of file). Bytes past the cap are read and dropped, and `capped` is set."""
-        room = self._room(max_bytes)
-        if room and self._splice_ok:
+    def flush_index(self) -> None:
+        if self._index:
+            os.write(self._idx, self._index)
+            self._index.clear()
+
+    def drain_pipe(self, fd: int, stream: int, max_bytes: int = 8 << 20) -> tuple[int, bool]:
+        """Move what the pipe `fd` holds into the log, up to `max_bytes` in this call, without
+        blocking. Returns (bytes taken, end of file reached). Bytes past the cap are read and
+        dropped, and `capped` is set."""
+        taken = 0
+        while taken < max_bytes:
+            room = self._room(max_bytes - taken)
             try:
-                moved = os.splice(fd, self._out, room, offset_dst=self.size)
-            except OSError:
-                self._splice_ok = False  # e.g. a file system without splice support: copy instead
-            else:
-                if moved:
-                    self._record(stream, moved)
-                return moved
-        data = os.read(fd, max_bytes)
-        if data:
-            self.append(stream, data)
-        return len(data)
+                if room and self._splice_ok:
+                    try:
+                        moved = os.splice(
+                            fd, self._out, room, offset_dst=self.size, flags=os.SPLICE_F_NONBLOCK
+                        )
+                    except BlockingIOError:
+                        raise
+                    except OSError:
+                        self._splice_ok = False  # a file system without splice support: copy instead
+                        continue
+                    if moved:
+                        self._record(stream, moved)
+                else:
+                    data = _read_nonblocking(fd, max_bytes - taken)
+                    moved = len(data)
+                    if data:
+                        self.append(stream, data)
+            except BlockingIOError:
+                return taken, False
+            if moved == 0:
+                return taken, True
+            taken += moved
+        return taken, False
 
     def append(self, stream: int, data: bytes) -> None:
         """Append `data`, dropping (and flagging) what does not fit under the cap."""
@@ -77,10 +99,18 @@ class OutputWriter:
             self._record(stream, keep)
 
     def close(self, *, durable: bool = True) -> None:
+        self.flush_index()
         for fd in (self._out, self._idx):
             if durable:
                 os.fsync(fd)
             os.close(fd)
+
+
+def _read_nonblocking(fd: int, size: int) -> bytes:
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    if not flags & os.O_NONBLOCK:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+    return os.read(fd, size)
 
 
 def read_index(directory: Path) -> list[tuple[int, int, int, int]]:

@@ -302,19 +302,24 @@ class Shim:
             now = time.monotonic()
             deadlines = [d for d in (self.kill_deadline, drain_deadline) if d is not None]
             timeout = None if not deadlines else max(0, int((min(deadlines) - now) * 1000) + 1)
+            signalled = False
             for fd, _event in poller.poll(timeout):
                 if fd == self.wake_r:
+                    signalled = True
                     for signum in os.read(self.wake_r, 512):
                         self.on_signal(signum)
                     continue
-                if self.writer.drain_pipe(fd, streams[fd]) == 0:
+                _taken, eof = self.writer.drain_pipe(fd, streams[fd])
+                if eof:
                     poller.unregister(fd)
                     open_fds.discard(fd)
                     os.close(fd)
-                elif self.writer.capped and not self.killed_hard:
+                if self.writer.capped and not self.killed_hard:
                     self.reason = f"output reached the cap of {self.writer.cap} bytes"
                     self.kill_job()
-            self.reap()
+            self.writer.flush_index()
+            if signalled:
+                self.reap()
             now = time.monotonic()
             if self.kill_deadline is not None and now >= self.kill_deadline:
                 self.kill_job()
