@@ -151,8 +151,8 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 f"the request is not a valid {call.method.rsplit('/', 1)[-1]} message: {request.error}",
             )
 
-    def _fail(self, exc: Exception, call: CallInfo, context: grpc.ServicerContext) -> grpc.StatusCode:
-        """Abort the call for `exc` (raises)."""
+    def _fail(self, exc: Exception, call: CallInfo, context: grpc.ServicerContext) -> None:
+        """Abort the call for `exc` (context.abort raises)."""
         if context.code() not in (None, grpc.StatusCode.OK):
             raise exc  # the handler called context.abort() itself: its status stands
         failure = failure_for(exc)
@@ -160,9 +160,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             ref = uuid.uuid4().hex[:12]
             self._errors.error("unexpected error", method=call.method, ref=ref, exc_info=exc)
             failure = RpcStatusError(grpc.StatusCode.INTERNAL, f"internal error (server log reference {ref})")
-        call_code = failure.code
-        context.abort(call_code, failure.message)
-        return call_code  # not reached: abort raises
+        context.abort(failure.code, failure.message)
 
     def _outcome(self, exc: Exception, context: grpc.ServicerContext) -> tuple[grpc.StatusCode, str]:
         aborted = context.code()
@@ -198,7 +196,10 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             token = _current.set(call)
             try:
                 self._authenticate(call, request, context)
-                return inner(request, context)
+                response = inner(request, context)
+                if not context.is_active():  # the client left (or its deadline passed) meanwhile
+                    code = grpc.StatusCode.CANCELLED
+                return response
             except Exception as exc:
                 code, detail = self._outcome(exc, context)
                 self._fail(exc, call, context)

@@ -1,4 +1,4 @@
-# ruff: noqa: N802  (the handlers carry the gRPC method names)
+# ruff: noqa: N802 -- the handlers carry the gRPC method names
 """`JobWorkerService`: the handlers of `jobworker.v1.JobWorker`.
 
 Each handler runs under `GuardInterceptor`, which has authenticated the caller (`caller()`) and turns
