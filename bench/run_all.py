@@ -131,7 +131,19 @@ def machine() -> dict[str, str]:
         ["stat", "-fc", "%T", "/sys/fs/cgroup"], capture_output=True, text=True, check=False
     ).stdout
     mode = {"cgroup2fs": "cgroup v2 (unified)", "tmpfs": "cgroup v1 / hybrid"}.get(fs.strip(), fs.strip())
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    )
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "--", "packages"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    changed = [line[3:] for line in dirty.stdout.splitlines() if line[:2].strip()]
     return {
+        "source": f"commit {head.stdout.strip() or '?'}"
+        + (f" + uncommitted changes in {', '.join(changed)}" if changed else " (packages/ clean)"),
         "cpu": model.group(1).strip() if model else platform.processor() or "?",
         "cores": str(os.cpu_count()),
         "ram": f"{int(mem.group(1)) / (1 << 20):.1f} GiB" if mem else "?",
@@ -978,6 +990,7 @@ def render(report: Report, info: dict[str, str], argv: list[str], jobcore: str |
         f"command: {' '.join(argv)}",
         f"machine: {info['cpu']}, {info['cores']} cores, {info['ram']} RAM, Linux {info['kernel']}, "
         f"Python {info['python']}, {info['cgroup']} (jobcore backend: {info.get('backend', '?')})",
+        f"code measured: {info['source']}",
         "load average (1/5/15 min) per phase: " + "; ".join(f"{p} {v}" for p, v in report.loads),
         "",
         "| " + " | ".join(head) + " |",
@@ -1114,11 +1127,12 @@ def main() -> int:
         print("interrupted: everything started was stopped", file=sys.stderr)
         return 130
     report.load("end (whole-stack)")
+    argv = [".venv/bin/python", "bench/run_all.py", *sys.argv[1:]]
     jobcore = None
     if not args.skip_jobcore:
+        print("\n" + render(report, info, argv, None), flush=True)  # in case jobcore_bench is interrupted
         print(f"[{time.monotonic() - t_begin:6.0f} s] bench/jobcore_bench.py ...", flush=True)
         jobcore = run_jobcore_bench(args.quick)
-    argv = [".venv/bin/python", "bench/run_all.py", *sys.argv[1:]]
     text = render(report, info, argv, jobcore)
     print()
     print(text)
