@@ -3,6 +3,7 @@ a graceful stop leaves jobs running; the database and the job directories are re
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import threading
@@ -11,11 +12,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-from server_harness import RunningServer, ServerProcess, marked_job, processes_with, rpc_error, wait_for
+import pytest
+from server_harness import (
+    IS_ROOT,
+    Client,
+    RunningServer,
+    ServerProcess,
+    marked_job,
+    processes_with,
+    rpc_error,
+    test_config,
+    wait_for,
+)
 
 from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
 from jobcore import Worker
 from jobserver.jobs import VANISHED_REASON
+from jobserver.server import JobServer
 
 
 def test_sigkill_and_restart_serves_finished_and_reattaches_running_jobs(
@@ -177,3 +190,37 @@ def test_sigint_is_a_graceful_stop_too(server_processes: list[ServerProcess], tm
     with Worker(tmp_path / "state" / "jobs") as worker:
         worker.stop(job.id, grace=0)
     assert processes_with(marker) == []
+
+
+def _own_threads_and_fds() -> tuple[list[str], int]:
+    tasks = Path("/proc/self/task")
+    names = []
+    for tid in os.listdir(tasks):
+        try:
+            name = (tasks / tid / "comm").read_text().strip()
+        except OSError:
+            continue
+        if name != "event_engine":  # gRPC's C-core pool: sized and trimmed by gRPC itself
+            names.append(name)
+    return sorted(names), len(os.listdir("/proc/self/fd"))
+
+
+def test_stopped_server_leaves_no_threads_or_fds_behind(tmp_path: Path) -> None:
+    if not IS_ROOT:
+        pytest.skip("the server's jobs run in cgroups and namespaces: needs root")
+
+    def one_server_lifetime(state: Path) -> None:
+        server = JobServer(test_config(state))
+        client = Client(server.start(), "alice")
+        try:
+            job = client.start(["sh", "-c", "echo hi; sleep 0.2; echo bye"])
+            assert client.output(job.id) == b"hi\nbye\n"
+            client.list()
+        finally:
+            client.close()
+            server.stop(grace=2)
+
+    one_server_lifetime(tmp_path / "warm-up")  # gRPC creates some process-wide resources once
+    before = _own_threads_and_fds()
+    one_server_lifetime(tmp_path / "state")
+    assert wait_for(lambda: _own_threads_and_fds() == before, 30), f"{_own_threads_and_fds()} != {before}"
