@@ -126,6 +126,15 @@ class ServerProcess:
     def restart(self) -> None:
         """Start again on the same state directory and port (the previous process must be gone)."""
         assert not self.running
+        for _attempt in range(4):
+            try:
+                self.start()
+                return
+            except AssertionError:
+                # The port may not be free again at once (a socket of the dead server lingering).
+                if "cannot listen" not in self.log_text():
+                    raise
+                time.sleep(0.5)
         self.start()
 
     def log_text(self) -> str:

@@ -257,6 +257,14 @@ def test_a_stream_nobody_reads_neither_grows_the_server_nor_blocks_the_job(
             assert b"".join(tail) == bytes(4096)
         reading.close()
         never.close()
+    # Both stalled streams were open on the server (each is audited when it ends: cancelled).
+    cancelled = '"method": "/jobworker.v1.JobWorker/StreamOutput"'
+    assert wait_for(
+        lambda: (
+            sum('"CANCELLED"' in line and cancelled in line for line in server.log_text().splitlines()) == 2
+        ),
+        30,
+    ), server.log_text()[-3000:]
     assert wait_for(lambda: rss_bytes(server.pid) - baseline < 128 * MIB, 30)
 
 
