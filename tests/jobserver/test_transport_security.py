@@ -163,7 +163,9 @@ def test_health_check_needs_a_valid_identity_too(server: RunningServer) -> None:
     assert rpc_error(lambda: check("", timeout=10)).code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-def test_unknown_method_is_unimplemented(server: RunningServer) -> None:
+def test_unknown_method_and_health_watch_are_unimplemented(server: RunningServer) -> None:
     client: Client = server.client("alice")
     call = client.channel.unary_unary("/jobworker.v1.JobWorker/NoSuchMethod")
     assert rpc_error(lambda: call(b"", timeout=10)).code() == grpc.StatusCode.UNIMPLEMENTED
+    watch = client.channel.unary_stream("/grpc.health.v1.Health/Watch")
+    assert rpc_error(lambda: list(watch(b"", timeout=10))).code() == grpc.StatusCode.UNIMPLEMENTED
