@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from server_harness import IS_ROOT, RunningServer, ServerProcess, test_config
 
+from jobcore import Worker
 from jobserver.logs import configure_logging
 from jobserver.server import JobServer
 
@@ -59,10 +60,15 @@ def server(make_server: Callable[..., RunningServer]) -> RunningServer:
 
 @pytest.fixture
 def server_processes() -> Iterator[list[ServerProcess]]:
-    """Collects ServerProcess objects and kills any still running at the end of the test."""
+    """Collects ServerProcess objects; at the end of the test kills any still running and stops every
+    job they left running (also when the test failed half-way)."""
     if not IS_ROOT:
         pytest.skip("the server's jobs run in cgroups and namespaces: needs root")
     procs: list[ServerProcess] = []
     yield procs
     for proc in procs:
         proc.kill()
+    for jobs_dir in {proc.state_dir / "jobs" for proc in procs}:
+        if jobs_dir.is_dir():
+            with Worker(jobs_dir) as worker:
+                stop_all_jobs(worker)
