@@ -107,6 +107,8 @@ class LoadClient:
     acknowledged: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
     long_running: list[str] = attrs.field(factory=list)
     unavailable: int = 0
+    #: Attempts to resume a follow at its offset after a server death mid-output.
+    resumed: int = 0
     calls: int = 0
     errors: list[str] = attrs.field(factory=list)
 
@@ -146,6 +148,40 @@ def drive(server: ServerProcess, load: LoadClient, stop: threading.Event, max_lo
                 load.errors.append(f"{type(exc).__name__}: {exc}")
 
 
+def follow_through_restarts(
+    server: ServerProcess, load: LoadClient, rng: random.Random, stop: threading.Event, followed: list[str]
+) -> None:
+    """Follows slow jobs to their end across server deaths, resuming each time at the offset reached:
+    the bytes put together must be the job's output exactly (nothing lost, nothing repeated)."""
+    with client(server, load.user, timeout=10) as c:
+        while not stop.is_set():
+            candidates = [
+                job_id for job_id, argv in list(load.acknowledged.items()) if argv[2].startswith("i=0;")
+            ]
+            if not candidates:
+                time.sleep(0.1)
+                continue
+            job_id = rng.choice(candidates[-3:])  # the latest: most likely still running
+            data = bytearray()
+            while True:
+                try:
+                    with c.output(job_id, offset=len(data)) as stream:
+                        for chunk in stream:
+                            data += chunk
+                    break
+                except (Unavailable, ServerError):
+                    load.unavailable += 1
+                    if data:
+                        load.resumed += 1
+                    time.sleep(0.1)
+                except JobClientError as exc:
+                    load.errors.append(f"following {job_id}: {type(exc).__name__}: {exc}")
+                    return
+            if bytes(data) != expected_output(load.acknowledged[job_id]):
+                load.errors.append(f"job {job_id}: a follow resumed across restarts got {len(data)} bytes")
+            followed.append(job_id)
+
+
 def check_job_complete(c: Client, job: Job, seed: int) -> None:
     """An ended job exited 0 with exactly the output its command prints; a running one is controllable."""
     expected = expected_output(job.argv)
@@ -179,6 +215,10 @@ def test_sigkilled_server_restarted_on_the_same_state_loses_no_job_or_byte(
         threading.Thread(target=drive, args=(server, load, stop, 3), name=f"load-{i}")
         for i, load in enumerate(loads)
     ]
+    followed: list[str] = []
+    for i, load in enumerate(loads[:2]):
+        args = (server, load, random.Random(rng.random()), stop, followed)
+        threads.append(threading.Thread(target=follow_through_restarts, args=args, name=f"follow-{i}"))
     for t in threads:
         t.start()
     kills = 4
@@ -199,6 +239,7 @@ def test_sigkilled_server_restarted_on_the_same_state_loses_no_job_or_byte(
     acknowledged = {job_id: argv for load in loads for job_id, argv in load.acknowledged.items()}
     assert sum(load.unavailable for load in loads) > 0, "the kills never interrupted a call"
     assert len(acknowledged) >= 10, f"too little load to prove anything (seed {seed})"
+    assert followed, "no job was followed to its end"
 
     with client(server, "carl") as admin:
         listed = {job.id: job for job in admin.list(all_users=True)}
@@ -215,7 +256,9 @@ def test_sigkilled_server_restarted_on_the_same_state_loses_no_job_or_byte(
         states = collections.Counter(job.state.value for job in listed.values())
         print(
             f"{len(listed)} jobs ({len(acknowledged)} acknowledged; states when listed: {dict(states)}) "
-            f"across {kills} SIGKILLs, {sum(load.calls for load in loads)} calls"
+            f"across {kills} SIGKILLs, {sum(load.calls for load in loads)} calls, "
+            f"{len(followed)} follows to a job's end, "
+            f"{sum(x.resumed for x in loads)} retries after a server death mid-output"
         )
     jobs_dir = server.state_dir / "jobs"
     assert wait_for(lambda: not live_job_processes(jobs_dir), 30), live_job_processes(jobs_dir)
