@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import signal
@@ -9,12 +11,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from jobcore_testing import CONTROLLER, job_pids, requires_root, wait_until
 
-from jobcore import JobSpec, JobState, Worker, WorkerError, jobdir
+from jobcore import JobSpec, JobState, StateError, Worker, WorkerError, jobdir
 
 pytestmark = requires_root
 
@@ -386,3 +389,44 @@ def test_running_count_counts_only_running_jobs_per_owner(worker: Worker) -> Non
     worker.stop(long.id, grace=0)
     worker.stop(other.id, grace=0)
     assert worker.running_count() == 0
+
+
+@pytest.fixture
+def small_state_dir(tmp_path: Path) -> Iterator[Path]:
+    """A state directory on an 8 MiB tmpfs, to fill up."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_full_state_disk_stops_the_job_with_a_clear_reason_and_the_worker_recovers(
+    small_state_dir: Path,
+) -> None:
+    with Worker(small_state_dir, controller=CONTROLLER) as worker:
+        status = worker.start(JobSpec(["head", "-c", "20M", "/dev/zero"]))
+        final = worker.wait(status.id, timeout=30)
+        assert final.state is JobState.KILLED
+        assert final.reason is not None
+        assert "could not be stored (No space left on device)" in final.reason
+        stored = (small_state_dir / status.id / jobdir.OUTPUT).stat().st_size
+        assert 0 < stored < 20 << 20
+        assert final.output_bytes == stored
+        assert b"".join(worker.output(status.id)) == b"\0" * stored
+        # Starting on the full disk is refused clearly, with the errno kept.
+        filler = small_state_dir / "filler"
+        with open(filler, "wb") as f, contextlib.suppress(OSError):
+            f.write(b"x" * (8 << 20))
+        with pytest.raises(StateError, match="No space left on device") as refused:
+            worker.start(JobSpec(["true"]))
+        assert refused.value.errno == errno.ENOSPC
+        # Space freed: the same Worker (its watcher still alive) runs jobs again.
+        filler.unlink()
+        (small_state_dir / status.id / jobdir.OUTPUT).unlink()
+        again = worker.start(JobSpec(["echo", "recovered"]))
+        assert worker.wait(again.id, timeout=30).exit_code == 0
+        assert b"".join(worker.output(again.id)) == b"recovered\n"
+    wait_until(lambda: not job_pids(small_state_dir), 10, "every shim to exit")

@@ -14,6 +14,8 @@ from jobcore.errors import (
     InvalidSpec,
     JobError,
     JobNotFound,
+    StateError,
+    StopTimeout,
     UnknownController,
     WorkerError,
 )
@@ -37,6 +39,8 @@ __all__ = [
     "Limits",
     "OutputReader",
     "ResourceUsage",
+    "StateError",
+    "StopTimeout",
     "UnknownController",
     "Worker",
     "WorkerError",

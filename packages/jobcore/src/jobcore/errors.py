@@ -37,3 +37,19 @@ class UnknownController(ControllerError, ValueError):
 
 class WorkerError(JobError):
     """The Worker itself cannot run: its state directory is locked or unusable, or its launcher died."""
+
+
+class StateError(JobError, OSError):
+    """The Worker could not write a job's state (e.g. its disk is full). Also an OSError carrying the
+    errno (ENOSPC, EDQUOT, EACCES...), so callers can tell a full disk from other failures."""
+
+    def __init__(self, err: int, message: str) -> None:
+        super().__init__(err, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class StopTimeout(WorkerError):
+    """A stopped job did not end in time (its processes could not be killed, or its shim hangs)."""

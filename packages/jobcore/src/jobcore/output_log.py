@@ -10,6 +10,7 @@ writer, so it tracks the file size itself and never needs O_APPEND (which splice
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import struct
@@ -36,10 +37,14 @@ class OutputWriter:
         self.cap = cap
         #: True once output was dropped because the cap was reached.
         self.capped = False
+        #: The errno (ENOSPC, EDQUOT, EIO...) once the log could not be written: output is then dropped.
+        self.write_error: int | None = None
         self._splice_ok = True
         self._index = bytearray()
 
     def _room(self, want: int) -> int:
+        if self.write_error is not None:
+            return 0
         if self.cap is None:
             return want
         return max(0, min(want, self.cap - self.size))
@@ -51,7 +56,10 @@ class OutputWriter:
 
     def flush_index(self) -> None:
         if self._index:
-            os.write(self._idx, self._index)
+            try:
+                os.write(self._idx, self._index)
+            except OSError as exc:
+                self.write_error = exc.errno
             self._index.clear()
 
     def drain_pipe(self, fd: int, stream: int, max_bytes: int = 8 << 20) -> tuple[int, bool]:
@@ -69,8 +77,11 @@ class OutputWriter:
                         )
                     except BlockingIOError:
                         raise
-                    except OSError:
-                        self._splice_ok = False  # a file system without splice support: copy instead
+                    except OSError as exc:
+                        if exc.errno == errno.EINVAL:
+                            self._splice_ok = False  # no splice support here: copy instead
+                        else:
+                            self.write_error = exc.errno  # e.g. ENOSPC: drop output from now on
                         continue
                     if moved:
                         self._record(stream, moved)
@@ -89,21 +100,28 @@ class OutputWriter:
     def append(self, stream: int, data: bytes) -> None:
         """Append `data`, dropping (and flagging) what does not fit under the cap."""
         keep = self._room(len(data))
-        if keep < len(data):
+        if keep < len(data) and self.write_error is None:
             self.capped = True
         view = memoryview(data)[:keep]
         written = 0
-        while written < keep:
-            written += os.pwrite(self._out, view[written:], self.size + written)
-        if keep:
-            self._record(stream, keep)
+        try:
+            while written < keep:
+                written += os.pwrite(self._out, view[written:], self.size + written)
+        except OSError as exc:
+            self.write_error = exc.errno
+        if written:
+            self._record(stream, written)
 
     def close(self, *, durable: bool = True) -> None:
         self.flush_index()
         for fd in (self._out, self._idx):
-            if durable:
-                os.fsync(fd)
-            os.close(fd)
+            try:
+                if durable:
+                    os.fsync(fd)
+            except OSError as exc:
+                self.write_error = self.write_error or exc.errno
+            finally:
+                os.close(fd)
 
 
 def _read_nonblocking(fd: int, size: int) -> bytes:

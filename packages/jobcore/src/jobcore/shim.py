@@ -314,8 +314,8 @@ class Shim:
                     poller.unregister(fd)
                     open_fds.discard(fd)
                     os.close(fd)
-                if self.writer.capped and not self.killed_hard:
-                    self.reason = f"output reached the cap of {self.writer.cap} bytes"
+                if not self.killed_hard and (self.writer.capped or self.writer.write_error is not None):
+                    self.reason = self._output_stopped_reason()
                     self.kill_job()
             self.writer.flush_index()
             if signalled:
@@ -331,6 +331,15 @@ class Shim:
                 for fd in open_fds:
                     os.close(fd)
                 open_fds.clear()
+
+    def _output_stopped_reason(self) -> str:
+        assert self.writer is not None
+        if self.writer.write_error is not None:
+            return (
+                f"the job's output could not be stored ({os.strerror(self.writer.write_error)}): "
+                f"it was stopped after {self.writer.size} bytes"
+            )
+        return f"output reached the cap of {self.writer.cap} bytes"
 
     # -- end
 
@@ -351,6 +360,8 @@ class Shim:
             "output_bytes": self.writer.size if self.writer else 0,
             "output_capped": bool(self.writer and self.writer.capped),
         }
+        if self.writer is not None and self.writer.write_error is not None and self.reason is None:
+            self.reason = self._output_stopped_reason()
         if os.WIFSIGNALED(status):
             result.update(state="killed", exit_code=None, signal=os.WTERMSIG(status))
             if oom and self.reason is None:
@@ -436,6 +447,38 @@ def _detach() -> int:
     return wake_r.detach()
 
 
+#: Space set aside at start so that exit.json can be written even once the state disk is full.
+RESERVE_BYTES = 64 * 1024
+
+
+def _reserve_space(directory: Path) -> Path | None:
+    path = directory / ".reserve"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, RESERVE_BYTES)
+        finally:
+            os.close(fd)
+    except OSError:
+        return None  # best effort: without it, a full disk may cost the exit record
+    return path
+
+
+def _write_exit(directory: Path, exit_info: dict[str, Any], reserve: Path | None) -> None:
+    """Record how the job ended; on a full disk, give back the reserve and try again."""
+    try:
+        jobdir.write_json(directory / jobdir.EXIT, exit_info, durable=True)
+    except OSError as exc:
+        if reserve is None or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        reserve.unlink()
+        reserve = None
+        jobdir.write_json(directory / jobdir.EXIT, exit_info, durable=True)
+    finally:
+        if reserve is not None:
+            reserve.unlink(missing_ok=True)
+
+
 def run_shim(directory: Path, report_fd: int, launch_error: StartError | None = None) -> NoReturn:
     """Entry point in the launcher's forked child. Never returns."""
     code = 0
@@ -450,13 +493,14 @@ def run_shim(directory: Path, report_fd: int, launch_error: StartError | None = 
         except StartError as exc:
             shim.fail(exc)
         else:
+            reserve = _reserve_space(directory)
             shim.writer = OutputWriter(directory, shim.spec.get("output_cap"))
             jobdir.write_json(directory / jobdir.RUN, run)
             shim.report({"ok": True, "run": run})
             shim.supervise(pipes)
-            exit_info = shim.finish()
             shim.writer.close()
-            jobdir.write_json(directory / jobdir.EXIT, exit_info, durable=True)
+            exit_info = shim.finish()
+            _write_exit(directory, exit_info, reserve)
     except BaseException as exc:  # the shim must never die silently: leave a trace in the job dir
         code = 1
         try:

@@ -43,6 +43,8 @@ class JobStatus:
     owner: str
     argv: tuple[str, ...]
     state: JobState
+    #: The job's working directory.
+    cwd: str = "/"
     #: Host pid of the job's top process (its init when it has a PID namespace); None before exec.
     pid: int | None = None
     exit_code: int | None = None

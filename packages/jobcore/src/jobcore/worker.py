@@ -25,7 +25,7 @@ import attrs
 
 from jobcore import jobdir, linux
 from jobcore.controllers import Capabilities, Handle, ResourceController, load_controller
-from jobcore.errors import InvalidSpec, JobNotFound, WorkerError
+from jobcore.errors import InvalidSpec, JobNotFound, StateError, StopTimeout, WorkerError
 from jobcore.spec import JobSpec, Limits
 from jobcore.status import JobState, JobStatus, ResourceUsage
 
@@ -306,9 +306,9 @@ class Worker:
         self.controller.check(limits, spec.cwd)
         job_id = jobdir.new_job_id()
         staging = self.state_dir / f".{job_id}.new"
-        staging.mkdir(mode=0o700)
         handle: Handle | None = None
         try:
+            staging.mkdir(mode=0o700)
             handle = self.controller.create(spec.owner, job_id, limits, spec.cwd)
             record = {
                 "id": job_id,
@@ -327,10 +327,14 @@ class Worker:
             jobdir.write_json(staging / jobdir.SPEC, record)
             directory = self.state_dir / job_id
             os.rename(staging, directory)
-        except BaseException:
+        except BaseException as exc:
             if handle is not None:
                 handle.destroy()
             shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(exc, OSError) and not isinstance(exc, StateError) and exc.errno is not None:
+                raise StateError(
+                    exc.errno, f"cannot write the state of a new job in {self.state_dir}: {exc.strerror}"
+                ) from exc
             raise
         job = _Job(job_id, directory, record)
         report = self._launch(job)
@@ -439,7 +443,7 @@ class Worker:
         with job.cond:
             job.cond.wait_for(lambda: job.exit is not None or self.closed, max(0.0, deadline - time.time()))
         if not job.ended:
-            raise WorkerError(f"job {job_id} did not end within {KILL_TIMEOUT:.0f} s of its grace period")
+            raise StopTimeout(f"job {job_id} did not end within {KILL_TIMEOUT:.0f} s of its grace period")
         return self._status(job)
 
     def output(
@@ -499,6 +503,7 @@ class Worker:
             owner=spec["owner"],
             argv=tuple(spec["argv"]),
             state=state,
+            cwd=spec["cwd"],
             pid=run["pid"] if run else None,
             exit_code=ended.get("exit_code"),
             signal=ended.get("signal"),
@@ -534,11 +539,16 @@ class Worker:
             job.handle(self.controller).destroy()
         except Exception as exc:
             log.warning("cleanup of lost job %s: %s", job.id, exc)
+        recorded = jobdir.read_json(job.dir / jobdir.EXIT)
+        if recorded is not None:
+            job.exit = recorded
+            return
         job.exit = {"state": JobState.LOST.value, "ended_at": time.time(), "reason": reason}
-        if jobdir.read_json(job.dir / jobdir.EXIT) is None:
+        try:
             jobdir.write_json(job.dir / jobdir.EXIT, job.exit, durable=True)
-        else:
-            job.exit = jobdir.read_json(job.dir / jobdir.EXIT)
+        except OSError as exc:
+            # Known in memory; a later Worker finds the shim gone and decides the same again.
+            log.error("cannot record that job %s is lost: %s", job.id, exc)
 
     def _load_existing(self, sweep_unknown: bool) -> None:
         """Re-attach to the jobs of an earlier Worker; mark those whose shim vanished as LOST."""
@@ -673,9 +683,19 @@ class Worker:
                         if job is not None:
                             changed[job.id] = job
                     for job in changed.values():
-                        self._job_changed(job)
-                elif (job := current.get(fd)) is not None:
-                    self._job_changed(job, shim_gone=True)
+                        self._job_changed_safely(job, shim_gone=False)
+                elif (job := current.get(fd)) is not None and not self._job_changed_safely(job, True):
+                    with self._lock:  # a pidfd stays readable: never handle it again
+                        self._by_pidfd.pop(fd, None)
+
+    def _job_changed_safely(self, job: _Job, shim_gone: bool) -> bool:
+        """`_job_changed`, but one job's trouble (a full disk...) never ends the watching."""
+        try:
+            self._job_changed(job, shim_gone=shim_gone)
+        except Exception:
+            log.exception("jobcore watcher: handling a change of job %s failed", job.id)
+            return False
+        return True
 
 
 def _check_grace(grace: float) -> float:
