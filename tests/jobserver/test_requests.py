@@ -15,7 +15,6 @@ from server_harness import IS_ROOT, Client, RunningServer, rpc_error, test_confi
 from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
 from jobcore import Worker
 from jobcore.spec import Limits
-from jobcore.status import JobStatus
 from jobserver.server import JobServer
 
 MIB = 1024 * 1024
@@ -218,13 +217,13 @@ def test_unexpected_error_is_internal_with_a_log_reference_not_a_traceback(tmp_p
     if not IS_ROOT:
         pytest.skip("the server's jobs run in cgroups and namespaces: needs root")
 
-    class BrokenListWorker(Worker):
-        def list(self, owner: str | None = None) -> list[JobStatus]:
+    class BrokenWorker(Worker):
+        def running_count(self, owner: str | None = None) -> int:
             if owner == "alice":
                 raise RuntimeError("secret internal detail")
-            return super().list(owner)
+            return super().running_count(owner)
 
-    server = JobServer(test_config(tmp_path / "state"), worker_factory=BrokenListWorker)
+    server = JobServer(test_config(tmp_path / "state"), worker_factory=BrokenWorker)
     port = server.start()
     client = Client(port, "alice")
     try:
@@ -242,3 +241,24 @@ def test_unexpected_error_is_internal_with_a_log_reference_not_a_traceback(tmp_p
     [error] = [e for e in logged if e.get("ref") == ref]
     assert error["event"] == "unexpected error"
     assert "secret internal detail" in str(error["exc_info"])
+
+
+def test_with_the_none_backend_jobs_run_without_default_limits_and_limits_are_refused(
+    make_server: Callable[..., RunningServer],
+) -> None:
+    server = make_server(controller="none")
+    client = server.client("alice")
+    job = client.wait_ended(client.start(["echo", "unlimited"]).id)
+    assert job.state == pb.JOB_STATE_EXITED and job.exit_code == 0
+    assert job.controller == "none"
+    assert not job.limits.HasField("memory_bytes")
+    exc = rpc_error(lambda: client.start(["true"], limits=pb.Limits(memory_bytes=64 * MIB)))
+    assert exc.code() == INVALID
+    assert "memory" in exc.details()
+
+
+def test_status_reports_the_jobs_working_directory(server: RunningServer, tmp_path: Path) -> None:
+    client = server.client("alice")
+    job = client.start(["true"], cwd=str(tmp_path))
+    assert job.cwd == str(tmp_path)
+    assert client.wait_ended(job.id).cwd == str(tmp_path)

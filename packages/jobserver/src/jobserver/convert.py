@@ -150,7 +150,7 @@ def job_to_proto(status: JobStatus, cwd: str = "") -> pb.Job:
         namespaces=list(status.namespaces),
         output_bytes=status.output_bytes,
         output_capped=status.output_capped,
-        cwd=cwd,
+        cwd=cwd or status.cwd,
     )
     for name in ("pid", "exit_code", "signal", "started_at", "ended_at"):
         value = getattr(status, name)

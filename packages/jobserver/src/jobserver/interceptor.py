@@ -24,7 +24,7 @@ import attrs
 import grpc
 import structlog
 
-from jobcore.errors import ControllerError, InvalidJobId, InvalidSpec, JobNotFound, WorkerError
+from jobcore.errors import ControllerError, InvalidJobId, InvalidSpec, JobNotFound, StopTimeout, WorkerError
 from jobserver.errors import RpcStatusError
 from jobserver.identity import Identity, identity_from_auth_context
 
@@ -66,6 +66,8 @@ def failure_for(exc: Exception) -> RpcStatusError | None:
         return RpcStatusError(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     if isinstance(exc, ControllerError):
         return RpcStatusError(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    if isinstance(exc, StopTimeout):
+        return RpcStatusError(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
     if isinstance(exc, WorkerError):
         return RpcStatusError(grpc.StatusCode.UNAVAILABLE, str(exc))
     if _disk_full(exc):

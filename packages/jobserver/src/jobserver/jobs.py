@@ -95,7 +95,7 @@ class Jobs:
     def start(self, spec: JobSpec) -> JobView:
         """Start a job unless its owner already runs as many as allowed (RESOURCE_EXHAUSTED)."""
         with self._user_lock(spec.owner):
-            running = sum(1 for s in self._worker.list(owner=spec.owner) if s.state is JobState.RUNNING)
+            running = self._worker.running_count(spec.owner)
             if running >= self._max_running:
                 raise RpcStatusError(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -90,15 +90,25 @@ class JobServer:
         self.worker: Any = None
 
     def _make_worker(self, store: JobStore) -> Any:
-        from jobcore import Worker
+        from jobcore import Limits, Worker
+        from jobcore.controllers import load_controller
 
         factory = self._worker_factory or Worker
         config = self.config
+        controller = load_controller(config.controller)
+        default_limits, max_limits = config.default_limits, config.max_limits
+        if controller.name == "none":
+            # Nothing can be limited: default (and maximum) limits would make every job fail.
+            self._log.warning(
+                "resource-controller backend 'none': NOTHING IS LIMITED; default and maximum limits are "
+                "not applied, and jobs that ask for limits are refused"
+            )
+            default_limits = max_limits = Limits()
         return factory(
             config.jobs_dir,
-            controller=config.controller,
-            default_limits=config.default_limits,
-            max_limits=config.max_limits,
+            controller=controller,
+            default_limits=default_limits,
+            max_limits=max_limits,
             output_cap=config.output_cap,
             on_job_ended=store.put,
         )
