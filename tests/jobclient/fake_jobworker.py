@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import grpc  # type: ignore[import-untyped]
+import grpc
 
 from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
 from jobclient._proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc

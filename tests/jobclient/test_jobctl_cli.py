@@ -8,7 +8,7 @@ import signal
 import subprocess
 import time
 
-import grpc  # type: ignore[import-untyped]
+import grpc
 import pytest
 from fake_jobworker import CERTS, FakeJobWorker, FakeServer, Plan
 from jobctl_runner import Jobctl

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from types import TracebackType
 from typing import IO, Any, Self
 
-import grpc  # type: ignore[import-untyped]  # grpcio ships no type hints
-import grpc.aio  # type: ignore[import-untyped]
+import grpc
+import grpc.aio
 
 from jobclient import _conversions as conv
 from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb

@@ -7,7 +7,7 @@ import ssl
 from pathlib import Path
 
 import attrs
-import grpc  # type: ignore[import-untyped]  # grpcio ships no type hints
+import grpc
 
 from jobclient.errors import CredentialsError
 

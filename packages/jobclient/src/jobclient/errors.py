@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc  # type: ignore[import-untyped]  # grpcio ships no type hints
+import grpc
 
 __all__ = [
     "CredentialsError",
