@@ -383,6 +383,8 @@ class Bench:
         self.s = settings
         self.r = report
         self.alice = Client(server.address, credentials=Credentials.for_user("alice"), timeout=60)
+        #: Whose certificates the concurrency phase's clients use, in turn.
+        self.burst_users = ["alice"]
 
     def close(self) -> None:
         self.alice.close()
@@ -912,9 +914,10 @@ class Bench:
         self.r.load("concurrency")
         k, total = self.s.burst_clients, self.s.burst_jobs
         per_client = [total // k + (1 if i < total % k else 0) for i in range(k)]
+        users = self.burst_users
         clients = [
-            Client(self.server.address, credentials=Credentials.for_user("alice"), timeout=60)
-            for _ in range(k)
+            Client(self.server.address, credentials=Credentials.for_user(users[i % len(users)]), timeout=60)
+            for i in range(k)
         ]
         ok = 0
         errors: list[str] = []
@@ -922,9 +925,8 @@ class Bench:
         lock = threading.Lock()
         latencies: list[float] = []
         try:
-            probe = self.alice.start(["/bin/true"])
             for c in clients:
-                c.status(probe.id)  # connected before the burst
+                c.list()  # connected before the burst
             barrier = threading.Barrier(k + 1)
 
             def burst(client: Client, count: int) -> None:
@@ -957,10 +959,12 @@ class Bench:
                 th.join(timeout=600)
             elapsed = time.perf_counter() - t0
             bad_exit = 0
+            admin = Client(self.server.address, credentials=Credentials.for_user("carl"), timeout=60)
             for job_id in ids:
-                end = self.alice.wait(job_id, out=lambda _chunk: None)
+                end = admin.wait(job_id, out=lambda _chunk: None)
                 if end.exit_code != 0:
                     bad_exit += 1
+            admin.close()
         finally:
             for c in clients:
                 c.close()
@@ -971,7 +975,7 @@ class Bench:
         lat = pct(latencies) if latencies else (float("nan"), float("nan"))
         self.r.rows += [
             Row(
-                f"concurrency: {k} clients x {total} starts at once",
+                f"concurrency: {k} clients ({'/'.join(users)}) x {total} starts at once",
                 f"{total / elapsed:.0f} jobs/s",
                 f"{ok}/{total} ok ({100 * ok / total:.0f}%)",
                 str(total),
@@ -1094,6 +1098,12 @@ def main() -> int:
         default="start,run,stream,fanout,scale,burst",
         help="comma-separated phases (default: all): start,run,stream,fanout,scale,burst",
     )
+    parser.add_argument(
+        "--burst-users",
+        default="alice",
+        help="comma-separated users whose certificates the concurrency phase's clients use in turn "
+        "(default alice: one user; certs/ has alice, bob, carl)",
+    )
     parser.add_argument("--markdown", type=Path, help="also write the report to this file")
     args = parser.parse_args()
     settings = QUICK if args.quick else FULL
@@ -1106,6 +1116,7 @@ def main() -> int:
     try:
         with environment(args, report) as (server, ssh):
             bench = Bench(server, ssh, settings, report)
+            bench.burst_users = args.burst_users.split(",")
             for line in server.log_path.read_text().splitlines():
                 if '"listening"' in line:
                     info["backend"] = json.loads(line).get("controller", "?")
