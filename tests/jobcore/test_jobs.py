@@ -430,3 +430,13 @@ def test_a_full_state_disk_stops_the_job_with_a_clear_reason_and_the_worker_reco
         assert worker.wait(again.id, timeout=30).exit_code == 0
         assert b"".join(worker.output(again.id)) == b"recovered\n"
     wait_until(lambda: not job_pids(small_state_dir), 10, "every shim to exit")
+
+
+def test_a_killed_launcher_is_replaced_and_running_jobs_are_unaffected(worker: Worker) -> None:
+    running = worker.start(JobSpec(["sleep", "30"]))
+    worker._launcher.kill()  # someone kills the launcher process
+    worker._launcher.wait()
+    status = worker.start(JobSpec(["echo", "after"]))
+    assert b"".join(worker.output(status.id)) == b"after\n"
+    assert worker.status(running.id).state is JobState.RUNNING
+    worker.stop(running.id, grace=0)

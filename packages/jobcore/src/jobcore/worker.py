@@ -354,14 +354,10 @@ class Worker:
 
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
         try:
+            pid_namespace = b"P" if "pid" in job.spec["namespaces"] else b"-"
             try:
-                with self._send_lock:
-                    pid_namespace = b"P" if "pid" in job.spec["namespaces"] else b"-"
-                    self._launcher_sock.sendmsg(
-                        [pid_namespace + os.fsencode(job.dir)],
-                        [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [report_w]))],
-                    )
-            except OSError as exc:
+                self._send_to_launcher(pid_namespace + os.fsencode(job.dir), report_w)
+            except (OSError, WorkerError) as exc:
                 self._record_lost(job, f"the launcher is gone ({exc}); the job was not started")
                 raise WorkerError(
                     f"cannot start job {job.id}: the Worker's launcher is gone ({exc})"
@@ -395,6 +391,22 @@ class Worker:
             return {"ok": True, "run": run}
         self._record_lost(job, f"the job's shim did not report within {START_TIMEOUT:.0f} s of its start")
         return {"ok": False, "exit": job.exit}
+
+    def _send_to_launcher(self, message: bytes, fd: int) -> None:
+        """Send one job to the launcher; if the launcher died (killed by someone), start a new one
+        and send again. Jobs already running are not affected: their shims do not need it."""
+        fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
+        with self._send_lock:
+            try:
+                self._launcher_sock.sendmsg([message], fds)
+                return
+            except OSError:
+                if self._launcher.poll() is None:
+                    raise
+            log.warning("jobcore: the launcher (pid %d) died; starting a new one", self._launcher.pid)
+            self._launcher_sock.close()
+            self._launcher, self._launcher_sock = self._start_launcher()
+            self._launcher_sock.sendmsg([message], fds)
 
     def status(self, job_id: str) -> JobStatus:
         """The job's current status. Raises InvalidJobId or JobNotFound."""
