@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -42,12 +41,6 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 30, interval: float
         if time.monotonic() > deadline:
             return False
         time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ServerProcess:
@@ -166,22 +159,20 @@ class ServerProcess:
             self._log = None
 
 
-def jobctl_env(server: str, **extra: str) -> dict[str, str]:
+def jobctl_env(server: str) -> dict[str, str]:
+    """The environment of a jobctl run: ours, minus any JOBCTL_/GRPC_ settings, plus the server and
+    the checked-in certificates folder."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JOBCTL_", "GRPC_"))}
     env.update(JOBCTL_SERVER=server, JOBCTL_CERTS=str(CERTS))
-    env.update(extra)
     return env
 
 
-def jobctl(
-    server: str, user: str, *args: str, timeout: float = 120, input: bytes | None = None
-) -> subprocess.CompletedProcess[bytes]:
+def jobctl(server: str, user: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
     """Run the real `jobctl --user USER ARGS...`; stdout and stderr captured as bytes."""
     return subprocess.run(
         [str(JOBCTL), "--user", user, *args],
         env=jobctl_env(server),
-        stdin=subprocess.DEVNULL if input is None else None,
-        input=input,
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         timeout=timeout,
         check=False,
@@ -299,7 +290,7 @@ def live_job_processes(jobs_dir: Path, job_ids: Iterable[str] | None = None) -> 
     import json
 
     wanted = set(job_ids) if job_ids is not None else None
-    alive = []
+    alive: list[str] = []
     if not jobs_dir.exists():
         return alive
     for entry in sorted(jobs_dir.iterdir()):

@@ -7,6 +7,7 @@ certificates; the server is `jobserver` on 127.0.0.1 with a state directory of i
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -81,7 +82,7 @@ def wait_state(server: ServerProcess, user: str, job_id: str, timeout: float = 6
     def ended() -> bool:
         nonlocal last
         last = status_json(server, user, job_id)
-        return last["state"] != "running"
+        return bool(last["state"] != "running")
 
     assert wait_for(ended, timeout, interval=0.2), last
     return last
@@ -99,7 +100,8 @@ class StreamReader:
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None
-        while chunk := self.proc.stdout.read1(65536):
+        fd = self.proc.stdout.fileno()
+        while chunk := os.read(fd, 65536):
             with self._lock:
                 self.data += chunk
 
