@@ -458,7 +458,7 @@ class Bench:
                 "1.00x",
             ),
             Row(
-                "start: ssh host true (multiplexed)",
+                "start: ssh host true (multiplexed, SHLVL=1)",
                 ms(ssh[0]),
                 ms(ssh[1]),
                 str(n),
@@ -557,7 +557,7 @@ class Bench:
                 "1.00x",
             ),
             Row(
-                "run: ssh host echo hi (multiplexed)",
+                "run: ssh host echo hi (multiplexed, SHLVL=1)",
                 ms(ssh[0]),
                 ms(ssh[1]),
                 str(n),
@@ -1055,6 +1055,11 @@ def environment(args: argparse.Namespace, report: Report) -> Iterator[tuple[Serv
                     ssh.stop()
                     raise
                 print(f"sshd pid {ssh.pid} on 127.0.0.1:{ssh.port} (multiplexed)", flush=True)
+                report.notes.append(
+                    "ssh baseline: own sshd on 127.0.0.1, ed25519 keys, one multiplexed master opened before "
+                    "timing; sshd sets SHLVL=1 so bash skips root's ~/.bashrc (which runs `pyenv init` on "
+                    "this machine and would add its own start-up time to every ssh command)"
+                )
             except (SshUnavailable, subprocess.SubprocessError, OSError) as exc:
                 report.notes.append(f"ssh baselines skipped: {exc}")
                 ssh = None

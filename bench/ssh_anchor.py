@@ -3,11 +3,13 @@
 A Python port of /work/shared/bench/ssh-anchor.sh (the team's shared script), copied here so that
 `bench/run_all.py` does not depend on the shared folder at run time. Same behaviour: everything lives in
 one directory (host and user keys, sshd_config, pid file, control socket); the only change outside it is
-the throwaway public key appended to root's authorized_keys, which `stop()` removes again.
+the throwaway public key appended to root's authorized_keys, which `stop()` removes again (and the file
+itself when this created it). One addition: `SetEnv SHLVL=1` in sshd_config (see `start()`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -42,11 +44,13 @@ def ensure_installed(install: bool) -> None:
 class SshAnchor:
     """`start()` runs sshd on 127.0.0.1:`port` and opens the multiplexing master; `argv` is the prefix."""
 
-    def __init__(self, directory: Path, port: int) -> None:
+    def __init__(self, directory: Path, port: int, bashrc: bool = False) -> None:
         self.dir = directory
         self.port = port
+        self.bashrc = bashrc
         self.pid: int | None = None
         self._key_added = False
+        self._created_file = self._created_dir = False
         self.argv: list[str] = [
             "ssh",
             "-p",
@@ -79,6 +83,8 @@ class SshAnchor:
                     timeout=30,
                 )
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)
+        self._created_dir = not AUTHORIZED_KEYS.parent.exists()
+        self._created_file = not AUTHORIZED_KEYS.exists()
         AUTHORIZED_KEYS.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         AUTHORIZED_KEYS.touch(mode=0o600, exist_ok=True)
         pub = self._pubkey()
@@ -90,7 +96,10 @@ class SshAnchor:
         config.write_text(
             f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {self.dir / 'hostkey'}\n"
             "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
-            f"PidFile {self.dir / 'sshd.pid'}\nUsePAM no\n"
+            f"PidFile {self.dir / 'sshd.pid'}\nUsePAM no\n" + ("" if self.bashrc else "SetEnv SHLVL=1\n")
+            # bash sources ~/.bashrc for a command run by sshd only as a top-level shell (SHLVL < 2):
+            # SHLVL=1 keeps the login user's shell start-up files (root's runs `pyenv init` here,
+            # ~130 ms) out of the baseline, which is to measure ssh itself. Not in ssh-anchor.sh.
         )
         subprocess.run([SSHD, "-f", str(config)], check=True, timeout=30)
         for _ in range(50):  # bounded: 50 x 0.1 s
@@ -138,3 +147,9 @@ class SshAnchor:
                 os.chmod(tmp, 0o600)
                 os.replace(tmp, AUTHORIZED_KEYS)
             self._key_added = False
+            # Leave no trace: a file (and folder) that we created and that is empty again goes too.
+            if self._created_file and AUTHORIZED_KEYS.stat().st_size == 0:
+                AUTHORIZED_KEYS.unlink()
+                if self._created_dir:
+                    with contextlib.suppress(OSError):
+                        AUTHORIZED_KEYS.parent.rmdir()
