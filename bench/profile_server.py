@@ -3,6 +3,7 @@
     .venv/bin/pip install py-spy      # a profiling tool only: not in requirements/dev.lock
     .venv/bin/python bench/profile_server.py start          # StartJob of /bin/true, idle server
     .venv/bin/python bench/profile_server.py start --idle-jobs 500   # the same with 500 jobs running
+    .venv/bin/python bench/profile_server.py start --idle-jobs 500 --same-user  # ... of the same user
     .venv/bin/python bench/profile_server.py list --idle-jobs 500    # ListJobs with 500 jobs running
     .venv/bin/python bench/profile_server.py stream         # 1 GiB to one SDK client (server and client)
 
@@ -66,6 +67,9 @@ def main() -> int:
     parser.add_argument("what", choices=["start", "list", "stream"])
     parser.add_argument("--idle-jobs", type=int, default=0)
     parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument(
+        "--same-user", action="store_true", help="start: as bob, the owner of the idle jobs (default alice)"
+    )
     parser.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="rjw-profile-"))
@@ -91,7 +95,8 @@ def main() -> int:
         t = time.perf_counter()
         while time.monotonic() < deadline and count < 100_000:
             if args.what == "start":
-                alice.start(["/bin/true"], limits=BENCH_LIMITS, isolation=Isolation())
+                starter = bob if args.same_user else alice
+                starter.start(["/bin/true"], limits=BENCH_LIMITS, isolation=Isolation())
             elif args.what == "list":
                 bob.list()
             else:

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -68,8 +69,9 @@ def split(shim: int, launcher: int) -> tuple[dict[str, int], dict[str, int]]:
     return inherited, new
 
 
-def bare_fork_floor() -> dict[str, int]:
-    """Private_Dirty etc. of a child forked from a launcher-like process that then only sleeps."""
+def bare_fork_floor(popen: bool = False) -> dict[str, int]:
+    """Private_Dirty etc. of a child forked from a launcher-like process that then only sleeps (after
+    one `subprocess.Popen(['/bin/true'], preexec_fn=...)` as the shim spawns its command, if `popen`)."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the launcher-like parent: same imports, same gc.freeze()
@@ -79,6 +81,8 @@ def bare_fork_floor() -> dict[str, int]:
         gc.freeze()
         child = os.fork()
         if child == 0:
+            if popen:
+                subprocess.Popen(["/bin/true"], preexec_fn=lambda: None).wait()  # noqa: PLW1509
             time.sleep(600)
             os._exit(0)
         os.write(write_fd, f"{child}\n".encode())
@@ -129,12 +133,16 @@ def main() -> int:
                 print(f"sample shim Private_Dirty in mappings created after fork(): {sum(new.values())} kB")
                 for name, kb in sorted(new.items(), key=lambda kv: -kv[1])[:8]:
                     print(f"    {name:44} {kb:6} kB")
-                floor = bare_fork_floor()
-                print(
-                    "floor: a child forked from a launcher-like process (same imports, gc.freeze) that only "
-                    f"sleeps: Private_Dirty {floor['Private_Dirty']} kB, Pss {floor['Pss']} kB, "
-                    f"Rss {floor['Rss']} kB"
-                )
+                for popen in (False, True):
+                    floor = bare_fork_floor(popen)
+                    what = (
+                        "spawns /bin/true with Popen(preexec_fn=...) then sleeps" if popen else "only sleeps"
+                    )
+                    print(
+                        "floor: a child forked from a launcher-like process (same imports, gc.freeze) that "
+                        f"{what}: Private_Dirty {floor['Private_Dirty']} kB, Pss {floor['Pss']} kB, "
+                        f"Rss {floor['Rss']} kB"
+                    )
             finally:
                 for job_id in ids:
                     worker.stop(job_id, grace=2)
