@@ -31,9 +31,9 @@ from jobclient import Client, Credentials, Isolation
 
 def py_spy(pid: int, seconds: int, out: Path, native: bool = False) -> subprocess.Popen[bytes]:
     argv = [str(BIN / "py-spy"), "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "200"]
-    argv += ["--format", "raw", "--output", str(out), "--nonblocking"]
-    if native:
-        argv.append("--native")
+    argv += ["--format", "raw", "--output", str(out)]
+    # --native (C frames too) needs py-spy to pause the process for each sample.
+    argv.append("--native" if native else "--nonblocking")
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
