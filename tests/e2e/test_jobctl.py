@@ -323,3 +323,20 @@ def test_ctrl_c_to_run_stops_the_job(
     assert job["state"] == state
     assert job["stop_requested"] is True
     assert job["exit_status"] == expected_exit
+
+
+def test_run_follows_its_job_across_a_server_restart(server: ServerProcess) -> None:
+    # The server is stopped gracefully (SIGTERM) mid-run and started again on the same port: `run`
+    # resumes at its offset, loses and repeats nothing, and exits with the job's own code.
+    script = "echo before; sleep 4; echo after; exit 7"
+    proc = popen_jobctl(server.target, "alice", "run", "--", "sh", "-c", script)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"before\n"
+        assert server.terminate() == 0
+        server.restart()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert out == b"after\n", err
+    assert proc.returncode == 7, err

@@ -234,7 +234,7 @@ def test_run_losing_the_server_midway_exits_125_naming_the_job(
     jobctl: Jobctl, server: FakeServer, servicer: FakeJobWorker
 ) -> None:
     servicer.plan = Plan(chunks=[b"started\n"], hold=True)
-    proc = jobctl.popen("run", "--", "server")
+    proc = jobctl.popen("--reconnect", "2", "run", "--", "server")
     try:
         wait_for_output(proc, b"started\n")
         server.server.stop(grace=None).wait(10)

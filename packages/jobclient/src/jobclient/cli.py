@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -50,7 +51,7 @@ identity (one of):
 environment (an option on the command line wins):
   JOBCTL_SERVER   --server          JOBCTL_USER  --user      JOBCTL_CERTS  --certs
   JOBCTL_CERT     --cert            JOBCTL_KEY   --key       JOBCTL_CA     --ca
-  JOBCTL_JSON     --json (1/true/yes/on or 0/false/no/off)
+  JOBCTL_JSON     --json (1/true/yes/on or 0/false/no/off)     JOBCTL_RECONNECT  --reconnect
 
 exit status:
   0    success
@@ -186,6 +187,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}: must be 0 or more")
+    return value
+
+
 def _env_pair(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name:
@@ -251,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--json", action="store_true", help="machine-readable output (start, status, stop, list)"
     )
+    parser.add_argument(
+        "--reconnect", metavar="SECONDS", type=_seconds, default=_seconds(env("JOBCTL_RECONNECT") or "60"),
+        help="how long `run` keeps following its job while the server is unreachable, e.g. "
+        "restarting (default 60)",
+    )  # fmt: skip
     commands = parser.add_subparsers(
         dest="command_name", metavar="COMMAND", required=True, parser_class=_Parser
     )
@@ -534,7 +550,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = args.command_name
         args.json = args.json or _env_flag("JOBCTL_JSON")
         credentials = _credentials(args)
-        with Client(args.server, credentials=credentials) as client:
+        with Client(args.server, credentials=credentials, reconnect=args.reconnect) as client:
             return COMMANDS[args.command_name](client, args)
     except UsageError as e:
         _diag(str(e))

@@ -18,7 +18,7 @@ from jobclient import _conversions as conv
 from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
 from jobclient._proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from jobclient.credentials import Credentials
-from jobclient.errors import JobClientError, from_rpc_error
+from jobclient.errors import JobClientError, Unavailable, from_rpc_error
 from jobclient.models import Isolation, Job, JobState, Limits
 
 __all__ = ["DEFAULT_TARGET", "AsyncClient", "AsyncOutputStream", "Client", "OutputSink", "OutputStream"]
@@ -73,16 +73,51 @@ def _sync_writer(out: OutputSink | None) -> Callable[[bytes], object]:
     raise TypeError(f"out must be a binary file-like object or a callable, not {type(out).__name__}")
 
 
+#: How long `wait`/`run` keep trying to follow a job while the server is unreachable (a restart).
+RECONNECT_SECONDS = 60.0
+
+
+class _Reconnect:
+    """Backoff for following a job again: 50 ms doubling to 2 s, for at most RECONNECT_SECONDS
+    without any progress."""
+
+    def __init__(self, limit: float) -> None:
+        self._limit = limit
+        self.reset()
+
+    def reset(self) -> None:
+        self._delay = 0.05
+        self._since = time.monotonic()
+
+    def next_delay(self, job_id: str, error: Unavailable | None) -> float:
+        """The time to wait before following again; raises once the time without progress is over."""
+        if time.monotonic() - self._since > self._limit:
+            if error is not None:
+                raise error
+            raise Unavailable(f"the output of job {job_id} keeps ending before the job does")
+        delay = self._delay
+        self._delay = min(self._delay * 2, 2.0)
+        return delay
+
+
 class _BaseClient:
     """What Client and AsyncClient share: the target, credentials, channel options and deadlines."""
 
-    def __init__(self, target: str, credentials: Credentials, timeout: float | None) -> None:
+    def __init__(
+        self,
+        target: str,
+        credentials: Credentials,
+        timeout: float | None,
+        reconnect: float = RECONNECT_SECONDS,
+    ) -> None:
         if not isinstance(credentials, Credentials):
             raise TypeError("credentials must be a jobclient.Credentials (from_files or for_user)")
         self.target = target
         self.credentials = credentials
         self.timeout = timeout
         """Deadline in seconds of each unary call (None = none); output streams have none."""
+        self.reconnect = reconnect
+        """How long `wait`/`run` keep following a job while the server is unreachable (a restart)."""
 
     def _stop_timeout(self, grace: float | None) -> float | None:
         # StopJob returns once the job has ended, which may take the whole grace period.
@@ -150,8 +185,9 @@ class Client(_BaseClient):
         *,
         credentials: Credentials,
         timeout: float | None = DEFAULT_TIMEOUT,
+        reconnect: float = RECONNECT_SECONDS,
     ) -> None:
-        super().__init__(target, credentials, timeout)
+        super().__init__(target, credentials, timeout, reconnect)
         self._channel = grpc.secure_channel(target, credentials.channel_credentials(), _CHANNEL_OPTIONS)
         self._stub = pb_grpc.JobWorkerStub(self._channel)
 
@@ -214,19 +250,25 @@ class Client(_BaseClient):
     def wait(self, job_id: str, *, out: OutputSink | None = None, offset: int = 0) -> Job:
         """Copy the job's output from `offset` to `out` (default: stdout) until it ends; return the job."""
         write = _sync_writer(out)
-        backoff = 0.05
+        retry = _Reconnect(self.reconnect)
         while True:
-            with self.output(job_id, offset=offset, follow=True) as stream:
-                for chunk in stream:
-                    write(chunk)
-                    backoff = 0.05
-            offset = stream.offset
-            job = self.status(job_id)
+            try:
+                with self.output(job_id, offset=offset, follow=True) as stream:
+                    try:
+                        for chunk in stream:
+                            write(chunk)
+                            retry.reset()
+                    finally:
+                        offset = stream.offset
+                job = self.status(job_id)
+            except Unavailable as exc:
+                # The server is restarting (or the network hiccuped): follow again from where we
+                # are, for up to RECONNECT_SECONDS without progress.
+                time.sleep(retry.next_delay(job_id, exc))
+                continue
             if job.ended:
                 return job
-            # The stream ended early (e.g. the server is restarting): follow again, gently.
-            time.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+            time.sleep(retry.next_delay(job_id, None))
 
     def run(
         self,
@@ -310,8 +352,9 @@ class AsyncClient(_BaseClient):
         *,
         credentials: Credentials,
         timeout: float | None = DEFAULT_TIMEOUT,
+        reconnect: float = RECONNECT_SECONDS,
     ) -> None:
-        super().__init__(target, credentials, timeout)
+        super().__init__(target, credentials, timeout, reconnect)
         self._channel = grpc.aio.secure_channel(target, credentials.channel_credentials(), _CHANNEL_OPTIONS)
         self._stub = pb_grpc.JobWorkerStub(self._channel)
 
@@ -370,20 +413,25 @@ class AsyncClient(_BaseClient):
     async def wait(self, job_id: str, *, out: OutputSink | None = None, offset: int = 0) -> Job:
         """See `Client.wait`; `out` may also be a coroutine function."""
         write = _sync_writer(out)
-        backoff = 0.05
+        retry = _Reconnect(self.reconnect)
         while True:
-            async with self.output(job_id, offset=offset, follow=True) as stream:
-                async for chunk in stream:
-                    result = write(chunk)
-                    if inspect.isawaitable(result):
-                        await result
-                    backoff = 0.05
-            offset = stream.offset
-            job = await self.status(job_id)
+            try:
+                async with self.output(job_id, offset=offset, follow=True) as stream:
+                    try:
+                        async for chunk in stream:
+                            result = write(chunk)
+                            if inspect.isawaitable(result):
+                                await result
+                            retry.reset()
+                    finally:
+                        offset = stream.offset
+                job = await self.status(job_id)
+            except Unavailable as exc:
+                await asyncio.sleep(retry.next_delay(job_id, exc))
+                continue
             if job.ended:
                 return job
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+            await asyncio.sleep(retry.next_delay(job_id, None))
 
     async def run(
         self,
