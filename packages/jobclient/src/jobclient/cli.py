@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import signal
 import sys
@@ -187,16 +186,6 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}: must be 0 or more")
-    return value
-
-
 def _env_pair(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name:
@@ -263,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="machine-readable output (start, status, stop, list)"
     )
     parser.add_argument(
-        "--reconnect", metavar="SECONDS", type=_seconds, default=_seconds(env("JOBCTL_RECONNECT") or "60"),
+        "--reconnect", metavar="SECONDS", type=_typed(_seconds, "reconnect"), default=env("JOBCTL_RECONNECT") or "60",
         help="how long `run` keeps following its job while the server is unreachable, e.g. "
         "restarting (default 60)",
     )  # fmt: skip
