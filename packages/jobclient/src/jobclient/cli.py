@@ -180,7 +180,10 @@ def _positive_int(text: str) -> int:
 
 
 def _seconds(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
     if not value >= 0 or value == float("inf"):
         raise ValueError(f"{text!r} is not a number of seconds")
     return value
@@ -252,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="machine-readable output (start, status, stop, list)"
     )
     parser.add_argument(
-        "--reconnect", metavar="SECONDS", type=_typed(_seconds, "reconnect"), default=env("JOBCTL_RECONNECT") or "60",
+        "--reconnect", metavar="SECONDS", type=_typed(_seconds, "reconnect"),
+        default=env("JOBCTL_RECONNECT") or "60",
         help="how long `run` keeps following its job while the server is unreachable, e.g. "
         "restarting (default 60)",
     )  # fmt: skip
