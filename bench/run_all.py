@@ -61,6 +61,8 @@ CONFIG = Path(__file__).resolve().parent / "jobserver.toml"
 MIB = 1 << 20
 GIB = 1 << 30
 CHUNK = 256 * 1024
+#: Set when the run is being torn down: the bench's own client threads start nothing more.
+STOPPING = threading.Event()
 #: The limits every latency job runs under ("all namespaces and limits on").
 BENCH_LIMITS = Limits(cpu=1.0, memory=256 * MIB, pids=64)
 JOBCTL_LIMITS = ["--cpu", "1", "--memory", "256M", "--pids", "64"]
@@ -208,7 +210,9 @@ class Server:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=dict(os.environ, PYTHONUNBUFFERED="1"),  # the log is read during the run
+                start_new_session=True,  # a terminal's Ctrl-C goes to the bench, which stops the jobs first
             )
+        (self.workdir / "server.pid").write_text(str(self.proc.pid))
         deadline = time.monotonic() + 60
         while not port_file.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -261,12 +265,43 @@ class Server:
             self.proc.wait(timeout=10)
 
     def kill_leftover_shims(self) -> int:
-        """Last resort after the server is gone: SIGKILL shims still alive (the jobs' PID-1s)."""
-        pids = self.shim_pids()
-        for pid in pids.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        return len(pids)
+        """Last resort after the server is gone: SIGKILL shims still alive (each is its job's PID 1, so
+        the job's processes die with it), then remove those jobs' emptied cgroups, which a killed shim
+        cannot. A few passes, for starts that were in flight when the server stopped."""
+        killed: dict[str, int] = {}
+        for _ in range(3):  # bounded: 3 passes, 1 s apart
+            pids = {k: v for k, v in self.shim_pids().items() if k not in killed}
+            for pid in pids.values():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            killed |= pids
+            time.sleep(1)
+        for job_id in killed:
+            try:
+                spec = json.loads((self.state / "jobs" / job_id / "spec.json").read_text())
+            except (OSError, ValueError):
+                continue
+            for path in sorted(_cgroup_paths(spec.get("cgroup")), key=len, reverse=True):
+                for _ in range(20):  # bounded: the killed processes leave the cgroup within moments
+                    try:
+                        os.rmdir(path)
+                        break
+                    except FileNotFoundError:
+                        break
+                    except OSError:
+                        time.sleep(0.1)
+        return len(killed)
+
+
+def _cgroup_paths(state: Any) -> list[str]:
+    """Every cgroup directory named in a job's cgroup state (spec.json), whatever the backend."""
+    if isinstance(state, str):
+        return [state] if state.startswith("/sys/fs/cgroup/") else []
+    if isinstance(state, dict):
+        return [p for v in state.values() for p in _cgroup_paths(v)]
+    if isinstance(state, list):
+        return [p for v in state for p in _cgroup_paths(v)]
+    return []
 
 
 def stop_all_jobs(address: str, timeout: float = 120) -> int:
@@ -640,7 +675,7 @@ class Bench:
         m_sdk = statistics.median(sdk)
         self.r.rows += [
             Row(
-                f"stream {size}: local pipe (head | python read)",
+                f"stream {size}: local pipe (head, read by python)",
                 *fmt(local),
                 str(reps),
                 ratio(m_local, m_ssh),
@@ -776,7 +811,7 @@ class Bench:
             def starter() -> None:
                 while True:
                     with lock:
-                        if next(remaining, None) is None:
+                        if next(remaining, None) is None or STOPPING.is_set():
                             return
                     try:
                         job = bob.start(["sleep", "600"])
@@ -933,6 +968,8 @@ class Bench:
                 nonlocal ok
                 barrier.wait(timeout=60)
                 for _ in range(count):
+                    if STOPPING.is_set():
+                        return
                     t = time.perf_counter()
                     try:
                         job = client.start(["/bin/true"], limits=BENCH_LIMITS)
@@ -1028,6 +1065,87 @@ def run_jobcore_bench(quick: bool) -> str:
     return f"$ {' '.join(['python', *argv[1:]])}\n{proc.stdout}"
 
 
+WORKDIR_ENV = "RJW_BENCH_WORKDIR"
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def salvage(workdir: Path, keep: bool) -> None:
+    """After the measuring process ended, however it ended: stop whatever it left in `workdir`.
+
+    Normally nothing: the measuring process cleans up itself and removes the directory. This covers
+    its sudden death (SIGKILL, or a signal whose default action won): jobs, server, shims, sshd,
+    the multiplexing master, the authorized_keys line.
+    """
+    if not workdir.exists():
+        return
+    server = Server(workdir)
+    pid_file, port_file = workdir / "server.pid", workdir / "port"
+    if pid_file.exists():
+        pid = int(pid_file.read_text())
+        try:
+            alive = os.fsencode(str(workdir)) in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            alive = False
+        if alive:
+            if port_file.exists():
+                with contextlib.suppress(Exception):
+                    stopped = stop_all_jobs(f"127.0.0.1:{int(port_file.read_text())}")
+                    print(f"salvage: stopped {stopped} jobs", flush=True)
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(300):  # bounded: 30 s, then SIGKILL
+                if not _alive(pid):
+                    break
+                time.sleep(0.1)
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    killed = server.kill_leftover_shims()
+    if killed:
+        print(f"salvage: killed {killed} leftover shims", flush=True)
+    anchor = SshAnchor.load(workdir / "ssh")
+    if anchor is not None:
+        with contextlib.suppress(Exception):
+            anchor.stop()
+    if not keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def supervise(argv: list[str], keep: bool) -> int:
+    """Run the measurements in a child process and clean up after it, whatever way it ends.
+
+    Ctrl-C / SIGTERM reach the child (forwarded), which stops everything itself; `salvage` then checks.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="rjw-bench-"))
+    env = dict(os.environ, **{WORKDIR_ENV: str(workdir)})
+    child = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *argv], env=env)
+
+    def forward(signum: int, _frame: Any) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    try:
+        while True:
+            try:
+                rc = child.wait()
+                break
+            except InterruptedError:
+                continue
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        salvage(workdir, keep)
+    return rc if rc >= 0 else 128 - rc
+
+
 class Interrupted(BaseException):
     pass
 
@@ -1039,7 +1157,7 @@ def on_sigterm(signum: int, frame: Any) -> None:
 @contextlib.contextmanager
 def environment(args: argparse.Namespace, report: Report) -> Iterator[tuple[Server, SshAnchor | None]]:
     """The server and the ssh anchor; everything torn down on the way out, each step on its own."""
-    workdir = Path(tempfile.mkdtemp(prefix="rjw-bench-"))
+    workdir = Path(os.environ.get(WORKDIR_ENV) or tempfile.mkdtemp(prefix="rjw-bench-"))
     server = Server(workdir)
     ssh: SshAnchor | None = None
     try:
@@ -1070,9 +1188,12 @@ def environment(args: argparse.Namespace, report: Report) -> Iterator[tuple[Serv
             if ssh is not None:
                 with contextlib.suppress(Exception):
                     ssh.stop()
+            STOPPING.set()
             if server.proc is not None and server.proc.poll() is None:
                 try:
                     stopped = stop_all_jobs(server.address)
+                    time.sleep(1)  # starts in flight when the first pass listed the jobs
+                    stopped += stop_all_jobs(server.address)
                     if stopped:
                         print(f"clean-up: stopped {stopped} jobs still running", flush=True)
                 except Exception as exc:
@@ -1111,6 +1232,8 @@ def main() -> int:
     )
     parser.add_argument("--markdown", type=Path, help="also write the report to this file")
     args = parser.parse_args()
+    if not os.environ.get(WORKDIR_ENV):
+        return supervise(sys.argv[1:], args.keep)
     settings = QUICK if args.quick else FULL
     phases = set(args.only.split(","))
     signal.signal(signal.SIGTERM, on_sigterm)

@@ -10,6 +10,7 @@ itself when this created it). One addition: `SetEnv SHLVL=1` in sshd_config (see
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -70,6 +71,26 @@ class SshAnchor:
             "root@127.0.0.1",
         ]
 
+    def _save(self) -> None:
+        """What `stop()` needs, in the directory: a supervisor can stop what a dead process started."""
+        state = {"port": self.port, "pid": self.pid, "key_added": self._key_added}
+        state |= {"created_file": self._created_file, "created_dir": self._created_dir}
+        (self.dir / "anchor.json").write_text(json.dumps(state))
+
+    @classmethod
+    def load(cls, directory: Path) -> SshAnchor | None:
+        """The anchor `_save()` described in `directory`, or None."""
+        try:
+            state = json.loads((directory / "anchor.json").read_text())
+        except (OSError, ValueError):
+            return None
+        anchor = cls(directory, int(state["port"]))
+        anchor.pid = state.get("pid")
+        anchor._key_added = bool(state.get("key_added"))
+        anchor._created_file = bool(state.get("created_file"))
+        anchor._created_dir = bool(state.get("created_dir"))
+        return anchor
+
     def _pubkey(self) -> str:
         return (self.dir / "userkey.pub").read_text().strip()
 
@@ -92,6 +113,7 @@ class SshAnchor:
             with AUTHORIZED_KEYS.open("a") as f:
                 f.write(pub + "\n")
         self._key_added = True
+        self._save()
         config = self.dir / "sshd_config"
         config.write_text(
             f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {self.dir / 'hostkey'}\n"
@@ -105,6 +127,7 @@ class SshAnchor:
         for _ in range(50):  # bounded: 50 x 0.1 s
             if (self.dir / "sshd.pid").exists():
                 self.pid = int((self.dir / "sshd.pid").read_text().split()[0])
+                self._save()
                 break
             time.sleep(0.1)
         master = [*self.argv[:-1], "-o", "ControlMaster=yes", "-o", "ControlPersist=900", "-fN"]
@@ -133,9 +156,12 @@ class SshAnchor:
             )
         if self.pid is not None:
             try:
-                os.kill(self.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+                cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes()
+            except OSError:
+                cmdline = b""
+            if os.fsencode(str(self.dir)) in cmdline:  # ours (sshd -f DIR/sshd_config), not a reused pid
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGTERM)
             self.pid = None
         if self._key_added and (self.dir / "userkey.pub").exists() and AUTHORIZED_KEYS.exists():
             pub = self._pubkey()
@@ -147,6 +173,8 @@ class SshAnchor:
                 os.chmod(tmp, 0o600)
                 os.replace(tmp, AUTHORIZED_KEYS)
             self._key_added = False
+            with contextlib.suppress(OSError):
+                self._save()
             # Leave no trace: a file (and folder) that we created and that is empty again goes too.
             if self._created_file and AUTHORIZED_KEYS.stat().st_size == 0:
                 AUTHORIZED_KEYS.unlink()
