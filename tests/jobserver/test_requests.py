@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -262,3 +263,33 @@ def test_status_reports_the_jobs_working_directory(server: RunningServer, tmp_pa
     job = client.start(["true"], cwd=str(tmp_path))
     assert job.cwd == str(tmp_path)
     assert client.wait_ended(job.id).cwd == str(tmp_path)
+
+
+def test_concurrent_starts_of_one_user_never_exceed_the_cap(
+    make_server: Callable[..., RunningServer],
+) -> None:
+    server = make_server(max_running_jobs_per_user=3)
+    barrier = threading.Barrier(10)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def start() -> None:
+        client = server.client("alice")
+        barrier.wait(timeout=30)
+        try:
+            client.start(["sleep", "30"])
+            outcome = "started"
+        except grpc.RpcError as exc:
+            outcome = exc.code().name
+        with lock:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=start) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(outcomes) == ["RESOURCE_EXHAUSTED"] * 7 + ["started"] * 3
+    admin = server.client("carl")
+    for job in admin.list(scope=pb.LIST_SCOPE_ALL):
+        admin.stop(job.id, grace=0)

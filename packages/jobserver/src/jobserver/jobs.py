@@ -55,10 +55,9 @@ class Jobs:
         self._worker = worker
         self._store = store
         self._max_running = max_running_per_user
-        self._user_locks: collections.defaultdict[str, threading.Lock] = collections.defaultdict(
-            threading.Lock
-        )
-        self._locks_lock = threading.Lock()
+        #: Starts in progress per user, counted against the cap until their job is running.
+        self._starting: collections.Counter[str] = collections.Counter()
+        self._starting_lock = threading.Lock()
 
     def reconcile(self) -> ReconcileReport:
         known = self._store.ids()
@@ -88,22 +87,26 @@ class Jobs:
             running=running,
         )
 
-    def _user_lock(self, owner: str) -> threading.Lock:
-        with self._locks_lock:
-            return self._user_locks[owner]
-
     def start(self, spec: JobSpec) -> JobView:
-        """Start a job unless its owner already runs as many as allowed (RESOURCE_EXHAUSTED)."""
-        with self._user_lock(spec.owner):
-            running = self._worker.running_count(spec.owner)
+        """Start a job unless its owner already runs as many as allowed (RESOURCE_EXHAUSTED).
+
+        Only the cap check holds the lock: a start in progress counts as running (a reservation), so
+        one user's starts run concurrently without ever exceeding the cap together."""
+        with self._starting_lock:
+            running = self._worker.running_count(spec.owner) + self._starting[spec.owner]
             if running >= self._max_running:
                 raise RpcStatusError(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"user {spec.owner} already runs {running} jobs, the most allowed at once "
                     f"({self._max_running}); stop one or wait for one to end",
                 )
+            self._starting[spec.owner] += 1
+        try:
             status = self._worker.start(spec)
             self._store.put(status, created_at=time.time(), cwd=spec.cwd)
+        finally:
+            with self._starting_lock:
+                self._starting[spec.owner] -= 1
         return JobView(status=status, cwd=spec.cwd, live=True)
 
     def find(self, job_id: str, identity: Identity) -> JobView:
