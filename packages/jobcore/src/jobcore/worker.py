@@ -193,6 +193,11 @@ class Worker:
             self._controller_class = f"{cls.__module__}:{cls.__qualname__}"
             self._inotify = linux.Inotify()
             self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+            # epoll, not poll: registering a job's pidfd is O(1) from any thread, and a wake-up costs
+            # nothing per job watched.
+            self._epoll = select.epoll()
+            self._epoll.register(self._inotify.fd, select.EPOLLIN)
+            self._epoll.register(self._wake_r, select.EPOLLIN)
             self._launcher, self._launcher_sock = self._start_launcher()
             self._load_existing(sweep_unknown_cgroups)
             self._watcher = threading.Thread(target=self._watch, name="jobcore-watcher", daemon=True)
@@ -270,6 +275,9 @@ class Worker:
         for fd in list(getattr(self, "_by_pidfd", {})):
             os.close(fd)
         self._by_pidfd = {}
+        epoll = getattr(self, "_epoll", None)
+        if epoll is not None:
+            epoll.close()
         inotify = getattr(self, "_inotify", None)
         if inotify is not None:
             inotify.close()
@@ -625,7 +633,7 @@ class Worker:
             self._by_wd[job.wd] = job
             if job.pidfd is not None:
                 self._by_pidfd[job.pidfd] = job
-        os.write(self._wake_w, b"p")
+                self._epoll.register(job.pidfd, select.EPOLLIN)
         # Whatever happened before the watches existed: look once more.
         if jobdir.read_json(job.dir / jobdir.EXIT) is not None or job.pidfd is None:
             self._job_changed(job, shim_gone=job.pidfd is None)
@@ -639,10 +647,14 @@ class Worker:
                 self._inotify.rm_watch(job.wd)
                 job.wd = None
             if job.pidfd is not None:
-                self._by_pidfd.pop(job.pidfd, None)
-                os.close(job.pidfd)
+                self._forget_pidfd(job.pidfd)
                 job.pidfd = None
-        os.write(self._wake_w, b"p")
+
+    def _forget_pidfd(self, fd: int) -> None:
+        """Stop watching a shim's pidfd and close it (with self._lock held)."""
+        if self._by_pidfd.pop(fd, None) is not None:
+            self._epoll.unregister(fd)
+            os.close(fd)
 
     def _job_changed(self, job: _Job, shim_gone: bool = False) -> None:
         if job.exit is None:
@@ -668,20 +680,9 @@ class Worker:
         job.bump()
 
     def _watch(self) -> None:
-        """The watcher thread: one poll() over inotify, the shims' pidfds and a wake-up pipe."""
-        poller = select.poll()
-        poller.register(self._inotify.fd, select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
-        registered: set[int] = set()
+        """The watcher thread: one epoll over inotify, the shims' pidfds and a wake-up pipe."""
         while not self.closed:
-            with self._lock:
-                current = dict(self._by_pidfd)
-            for fd in registered - current.keys():
-                poller.unregister(fd)
-            for fd in current.keys() - registered:
-                poller.register(fd, select.POLLIN)
-            registered = set(current)
-            for fd, _events in poller.poll():
+            for fd, _events in self._epoll.poll():
                 if fd == self._wake_r:
                     try:
                         os.read(self._wake_r, 4096)
@@ -696,9 +697,17 @@ class Worker:
                             changed[job.id] = job
                     for job in changed.values():
                         self._job_changed_safely(job, shim_gone=False)
-                elif (job := current.get(fd)) is not None and not self._job_changed_safely(job, True):
-                    with self._lock:  # a pidfd stays readable: never handle it again
-                        self._by_pidfd.pop(fd, None)
+                else:
+                    with self._lock:
+                        job = self._by_pidfd.get(fd)
+                    # The fd may belong to another job by now (closed and reused within this batch):
+                    # only a pidfd that is readable right now says its shim is gone.
+                    if job is None or job.pidfd != fd or not _readable(fd):
+                        continue
+                    if not self._job_changed_safely(job, shim_gone=True):
+                        with self._lock:  # a pidfd stays readable: never handle it again
+                            self._forget_pidfd(fd)
+                            job.pidfd = None
 
     def _job_changed_safely(self, job: _Job, shim_gone: bool) -> bool:
         """`_job_changed`, but one job's trouble (a full disk...) never ends the watching."""
@@ -708,6 +717,10 @@ class Worker:
             log.exception("jobcore watcher: handling a change of job %s failed", job.id)
             return False
         return True
+
+
+def _readable(fd: int) -> bool:
+    return bool(select.select([fd], [], [], 0)[0])
 
 
 def _check_grace(grace: float) -> float:
