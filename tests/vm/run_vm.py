@@ -114,6 +114,16 @@ mount -t tmpfs -o mode=1777 tmpfs $R/tmp
 mount -t tmpfs -o mode=0755 tmpfs $R/run
 mkdir -p $R/run/vm
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results $R/run/vm || fail "mount 9p results"
+# The repository is shared on its own too, and mounted (writable through an overlay) at its own path
+# after /tmp and /run got their tmpfs: a checkout under /tmp (as CI may make) stays visible.
+REPO=$(sed -n 's/.*jobcore_repo=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ -n "$REPO" ]; then
+    mkdir -p /mnt/repo-lower /mnt/rw/repo-upper /mnt/rw/repo-work $R$REPO
+    mount -t 9p -o ro,trans=virtio,version=9p2000.L,cache=loose,msize=512000 repo /mnt/repo-lower \
+        || fail "mount 9p repo"
+    mount -t overlay -o lowerdir=/mnt/repo-lower,upperdir=/mnt/rw/repo-upper,workdir=/mnt/rw/repo-work \
+        overlay $R$REPO || fail "mount repo overlay"
+fi
 CG=$R/sys/fs/cgroup
 echo "@CONTROLLERS@" > $CG/cgroup.subtree_control || fail "enable controllers in /"
 mkdir -p $CG/harness/runner || fail "mkdir harness/runner"
@@ -474,7 +484,9 @@ def boot(
     """Run qemu, streaming the console to stdout. Returns (qemu's exit code, seconds taken)."""
     qemu = shutil.which(QEMU)
     assert qemu
-    append = "console=ttyS0 cgroup_no_v1=all panic=-1 mitigations=off " + (
+    if any(c.isspace() or c == "," for c in str(REPO)):
+        raise VMFailedError(f"the repository path {str(REPO)!r} has white space or a comma; not supported")
+    append = f"console=ttyS0 cgroup_no_v1=all panic=-1 mitigations=off jobcore_repo={REPO} " + (
         "loglevel=7" if verbose else "quiet loglevel=1"
     )
     cmd = [
@@ -487,6 +499,8 @@ def boot(
         *("-device", "virtio-9p-pci,fsdev=root,mount_tag=root"),
         *("-fsdev", f"local,id=res,path={results},security_model=none,multidevs=remap"),
         *("-device", "virtio-9p-pci,fsdev=res,mount_tag=results"),
+        *("-fsdev", f"local,id=repo,path={REPO},security_model=none,readonly=on,multidevs=remap"),
+        *("-device", "virtio-9p-pci,fsdev=repo,mount_tag=repo"),
     ]
     if verbose:
         log("qemu command: " + shlex.join(cmd))
