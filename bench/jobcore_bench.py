@@ -30,11 +30,13 @@ CHUNK = 256 * 1024
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
+    """Median and p95 (nearest rank)."""
     ordered = sorted(samples)
     return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
 
 
 def timed(fn: Callable[[], object], n: int) -> list[float]:
+    """Wall time of n sequential calls, in milliseconds."""
     out = []
     for _ in range(n):
         t = time.perf_counter()

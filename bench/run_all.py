@@ -45,11 +45,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jobcore_bench import percentiles as pct
+from jobcore_bench import timed
 from ssh_anchor import SshAnchor, SshUnavailable, ensure_installed
 
 from jobclient import Client, Credentials, Isolation, Job, JobState, Limits
@@ -69,22 +71,6 @@ JOBCTL_LIMITS = ["--cpu", "1", "--memory", "256M", "--pids", "64"]
 
 
 # ---------------------------------------------------------------------------------------------- figures
-
-
-def pct(samples: list[float]) -> tuple[float, float]:
-    """Median and p95 (nearest rank)."""
-    ordered = sorted(samples)
-    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
-
-
-def timed(fn: Callable[[], object], n: int) -> list[float]:
-    """Wall time of n sequential calls, in milliseconds."""
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t) * 1000)
-    return out
 
 
 @dataclass
