@@ -1,7 +1,7 @@
 """Resource-controller backends, found through the `jobcore.controllers` entry-point group.
 
-`load_controller("auto")` probes the backends in order of preference (cgroup2, cgroup1, then any
-third-party ones, then none) and returns the first whose probe says it is available.
+`load_controller("auto")` probes every backend and returns the available one that can enforce the
+most kinds of limit, preferring (on a tie) cgroup2, then cgroup1, then third-party ones, then none.
 """
 
 from __future__ import annotations
@@ -47,14 +47,20 @@ def load_controller(name: str = "auto") -> ResourceController:
     ControllerError (with the probe's reason) when the named backend cannot run here."""
     backends = available_backends()
     if name == "auto":
+        # The available backend that can enforce the most kinds of limit wins; on a tie, the order of
+        # preference (on a hybrid host cgroup2 may work yet offer fewer controllers than cgroup1).
         reasons = []
+        best: tuple[int, ResourceController] | None = None
         for candidate, cls in backends.items():
             controller = cls()
             caps = controller.probe()
-            if caps.available:
-                return controller
-            reasons.append(f"{candidate}: {caps.reason}")
-        raise ControllerError("no resource-controller backend works here: " + "; ".join(reasons))
+            if not caps.available:
+                reasons.append(f"{candidate}: {caps.reason}")
+            elif best is None or len(caps.enforceable) > best[0]:
+                best = (len(caps.enforceable), controller)
+        if best is None:
+            raise ControllerError("no resource-controller backend works here: " + "; ".join(reasons))
+        return best[1]
     if name not in backends:
         known = ", ".join(["auto", *backends])
         raise UnknownController(f"unknown resource-controller backend {name!r} (known: {known})")
