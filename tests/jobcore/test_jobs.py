@@ -440,3 +440,27 @@ def test_a_killed_launcher_is_replaced_and_running_jobs_are_unaffected(worker: W
     assert b"".join(worker.output(status.id)) == b"after\n"
     assert worker.status(running.id).state is JobState.RUNNING
     worker.stop(running.id, grace=0)
+
+
+LEAVER = r"""
+import sys
+from jobcore import Worker, JobSpec
+w = Worker(sys.argv[1], controller=sys.argv[2])
+print(w.start(JobSpec(["sleep", "300"])).id)
+"""
+
+
+def test_a_running_job_does_not_hold_the_starting_processs_output_open(state_dir: Path) -> None:
+    # `out=$(python starter.py)` must return when the starter exits, even though its job runs on: the
+    # shim must not keep the starter's stdout/stderr pipes open.
+    result = subprocess.run(
+        [sys.executable, "-c", LEAVER, str(state_dir), CONTROLLER],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    job_id = result.stdout.decode().strip()
+    with Worker(state_dir, controller=CONTROLLER) as worker:
+        assert worker.status(job_id).state is JobState.RUNNING
+        worker.stop(job_id, grace=0)
+    wait_until(lambda: not job_pids(state_dir), 10, "the job's processes to exit")

@@ -79,6 +79,13 @@ def _serve(sock: socket.socket) -> None:
 
 
 def main() -> None:
+    # Received fds must never land on 0-2 (a Worker process may have closed its stdio): the shim
+    # points those at /dev/null.
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # takes the lowest free number: this one
     sock = socket.socket(fileno=int(sys.argv[1]))
     for path in sys.argv[2:]:
         load_controller_class(path)

@@ -25,7 +25,6 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, NoReturn
@@ -35,6 +34,8 @@ from jobcore.controllers.base import Handle, ResourceController
 from jobcore.output_log import STDERR, STDOUT, OutputWriter
 
 PIPE_SIZE = 1 << 20
+#: Where a shim notes its own problems, in the job directory.
+SHIM_ERRORS = "shim.err"
 #: After the command ends, how long leftovers may keep the output pipes open before they are dropped.
 DRAIN_TIMEOUT = 5.0
 #: Signals the shim passes on to the command (SIGTERM only when it is not a stop request).
@@ -266,7 +267,7 @@ class Shim:
         try:
             self.handle.kill()
         except Exception as exc:
-            print(f"jobcore shim {self.spec['id']}: cgroup kill failed: {exc}", file=sys.stderr)
+            note(self.dir, f"cgroup kill failed: {exc}")
         if self.in_pid_namespace:
             try:
                 os.kill(-1, signal.SIGKILL)
@@ -347,12 +348,12 @@ class Shim:
         """Collect the verdict, clean up the cgroup, and return exit.json's content."""
         status = self.command_status
         assert status is not None
-        oom = _safe(self.handle.oom_killed, False)
-        usage = _safe(self.handle.stats, None)
+        oom = _safe(self.dir, self.handle.oom_killed, False)
+        usage = _safe(self.dir, self.handle.stats, None)
         try:
             self.handle.destroy()
         except Exception as exc:
-            print(f"jobcore shim {self.spec['id']}: cgroup cleanup failed: {exc}", file=sys.stderr)
+            note(self.dir, f"cgroup cleanup failed: {exc}")
         result: dict[str, Any] = {
             "ended_at": time.time(),
             "oom_killed": bool(oom),
@@ -372,7 +373,7 @@ class Shim:
         return result
 
     def fail(self, exc: StartError) -> None:
-        _safe(self.handle.destroy, None)
+        _safe(self.dir, self.handle.destroy, None)
         exit_info = {
             "state": "failed_to_start",
             "ended_at": time.time(),
@@ -403,11 +404,20 @@ def kill_descendants(reap: Any) -> None:
         reap()
 
 
-def _safe(fn: Any, default: Any) -> Any:
+def note(directory: Path, message: str) -> None:
+    """Record a problem of the shim's in `<job dir>/shim.err` (the shim has no terminal or log)."""
+    try:
+        with open(directory / SHIM_ERRORS, "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {message}\n")
+    except OSError:
+        pass  # nowhere left to say it (a full disk): the exit record still tells how the job ended
+
+
+def _safe(directory: Path, fn: Any, default: Any) -> Any:
     try:
         return fn()
     except Exception as exc:
-        print(f"jobcore shim: {getattr(fn, '__name__', fn)} failed: {exc}", file=sys.stderr)
+        note(directory, f"{getattr(fn, '__name__', fn)} failed: {exc}")
         return default
 
 
@@ -427,8 +437,13 @@ def _read_all(fd: int) -> bytes:
 
 
 def _detach() -> int:
-    """New session; every signal the shim handles arrives on a wake-up fd, read by its poll loop."""
+    """New session, no terminal or inherited output (the Worker's stdout may be a pipe that must
+    close when the Worker exits); every signal the shim handles arrives on a wake-up fd."""
     os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     wake_r, wake_w = socket.socketpair()
@@ -503,9 +518,5 @@ def run_shim(directory: Path, report_fd: int, launch_error: StartError | None = 
             _write_exit(directory, exit_info, reserve)
     except BaseException as exc:  # the shim must never die silently: leave a trace in the job dir
         code = 1
-        try:
-            with open(directory / "shim.err", "a") as f:
-                f.write(f"{type(exc).__name__}: {exc}\n")
-        except OSError:
-            pass
+        note(directory, f"the shim failed: {type(exc).__name__}: {exc}")
     os._exit(code)
