@@ -39,6 +39,7 @@ from jobclient import (
     Job,
     JobClientError,
     JobState,
+    ResourceExhausted,
     ServerError,
     Unavailable,
 )
@@ -108,6 +109,9 @@ class LoadClient:
     acknowledged: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
     long_running: list[str] = attrs.field(factory=list)
     unavailable: int = 0
+    #: Starts refused because the user already ran as many jobs as the server allows (backpressure:
+    #: two of the load clients are alice, and each can start dozens of short jobs a second).
+    refused: int = 0
     #: Attempts to resume a follow at its offset after a server death mid-output.
     resumed: int = 0
     calls: int = 0
@@ -145,6 +149,9 @@ def drive(server: ServerProcess, load: LoadClient, stop: threading.Event, max_lo
                 # The server is down (or went down mid-call): try again shortly.
                 load.unavailable += 1
                 time.sleep(0.05)
+            except ResourceExhausted:
+                load.refused += 1
+                time.sleep(0.2)
             except JobClientError as exc:
                 load.errors.append(f"{type(exc).__name__}: {exc}")
 
