@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from jobcore_testing import CONTROLLER, job_pids, requires_root, wait_until
+from jobcore_testing import CONTROLLER, cgroup_dirs, job_pids, requires_root, wait_until
 
-from jobcore import JobSpec, JobState, StateError, Worker, WorkerError, jobdir
+from jobcore import JobSpec, JobState, Limits, StateError, Worker, WorkerError, jobdir
 
 pytestmark = requires_root
 
@@ -464,3 +464,20 @@ def test_a_running_job_does_not_hold_the_starting_processs_output_open(state_dir
         assert worker.status(job_id).state is JobState.RUNNING
         worker.stop(job_id, grace=0)
     wait_until(lambda: not job_pids(state_dir), 10, "the job's processes to exit")
+
+
+def test_a_start_cut_short_before_its_job_existed_leaves_no_cgroup_behind(state_dir: Path) -> None:
+    # The Worker's process is killed after the job's cgroup was made but before its job directory
+    # was in place: the next Worker removes both.
+    with Worker(state_dir, controller=CONTROLLER) as worker:
+        controller = worker.controller
+    if controller.name == "none":
+        pytest.skip("the none backend makes no cgroups")
+    job_id = jobdir.new_job_id()
+    (state_dir / f".{job_id}.new").mkdir()
+    controller.create("local", job_id, Limits(pids=10), "/")
+    assert cgroup_dirs({job_id})
+    with Worker(state_dir, controller=CONTROLLER):
+        pass
+    assert not cgroup_dirs({job_id})
+    assert not (state_dir / f".{job_id}.new").exists()

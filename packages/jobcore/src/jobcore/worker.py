@@ -573,9 +573,13 @@ class Worker:
     def _load_existing(self, sweep_unknown: bool) -> None:
         """Re-attach to the jobs of an earlier Worker; mark those whose shim vanished as LOST."""
         running: set[str] = set()
+        abandoned: set[str] = set()
         for entry in sorted(self.state_dir.iterdir()):
             if entry.name.startswith(".") and entry.name.endswith(".new"):
-                self._discard_staging(entry)
+                # A start interrupted (the Worker's process killed) before its job directory was in
+                # place: the job never ran; whatever cgroup it got is removed by the sweep below.
+                abandoned.add(entry.name[1:].removesuffix(".new"))
+                shutil.rmtree(entry, ignore_errors=True)
                 continue
             if not jobdir.JOB_ID_RE.match(entry.name) or not entry.is_dir():
                 continue
@@ -602,19 +606,12 @@ class Worker:
         def is_live(_owner: str, job_id: str) -> bool:
             if job_id in self._jobs:
                 return job_id in running
+            if job_id in abandoned:
+                return False
             return not sweep_unknown
 
         for path in self.controller.sweep(is_live):
             log.info("removed stale cgroup %s", path)
-
-    def _discard_staging(self, staging: Path) -> None:
-        try:
-            spec = jobdir.read_json(staging / jobdir.SPEC)
-            if spec is not None:
-                self.controller.attach(spec["cgroup"]).destroy()
-        except Exception as exc:
-            log.warning("cleanup of unfinished job start %s: %s", staging, exc)
-        shutil.rmtree(staging, ignore_errors=True)
 
     def _watch_job(self, job: _Job) -> bool:
         """Start watching a running job (inotify on its directory, pidfd on its shim). Returns False
