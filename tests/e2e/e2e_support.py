@@ -7,6 +7,7 @@ Standalone on purpose: nothing here imports from the per-distribution test folde
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -282,6 +283,18 @@ def cgroup_dirs_of(job_ids: Iterable[str]) -> list[str]:
             if d in wanted and "remote-jobs" in root:
                 found.append(os.path.join(root, d))
     return sorted(found)
+
+
+JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def all_job_cgroup_dirs() -> set[str]:
+    """Every job cgroup directory (named like a job id) in any `remote-jobs` subtree of this host."""
+    found = set()
+    for root, dirs, _files in os.walk("/sys/fs/cgroup"):
+        if "remote-jobs" in root:
+            found.update(os.path.join(root, d) for d in dirs if JOB_ID.fullmatch(d))
+    return found
 
 
 def live_job_processes(jobs_dir: Path, job_ids: Iterable[str] | None = None) -> list[str]:

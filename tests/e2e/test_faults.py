@@ -23,6 +23,7 @@ import attrs
 import pytest
 from e2e_support import (
     ServerProcess,
+    all_job_cgroup_dirs,
     assert_one_line_diagnostic,
     cgroup_dirs_of,
     jobctl,
@@ -216,6 +217,7 @@ def test_sigkilled_server_restarted_on_the_same_state_loses_no_job_or_byte(
     seed = int(os.environ.get("JOBWORKER_FAULT_SEED") or random.randrange(2**32))
     print(f"JOBWORKER_FAULT_SEED={seed}")
     rng = random.Random(seed)
+    cgroups_before = all_job_cgroup_dirs()
     server = start_server()
     loads = [LoadClient(user, random.Random(rng.random())) for user in ("alice", "bob", "alice", "carl")]
     stop = threading.Event()
@@ -271,6 +273,10 @@ def test_sigkilled_server_restarted_on_the_same_state_loses_no_job_or_byte(
     jobs_dir = server.state_dir / "jobs"
     assert wait_for(lambda: not live_job_processes(jobs_dir), 30), live_job_processes(jobs_dir)
     assert wait_for(lambda: not cgroup_dirs_of(listed), 30), cgroup_dirs_of(listed)
+    # Nor any other: a start cut short by a kill (never acknowledged, never listed) leaves none either.
+    assert wait_for(lambda: not all_job_cgroup_dirs() - cgroups_before, 30), (
+        all_job_cgroup_dirs() - cgroups_before
+    )
 
 
 # ---------------------------------------------------------------------------- slow consumer
