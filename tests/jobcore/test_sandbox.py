@@ -188,7 +188,8 @@ def test_a_set_uid_binary_or_file_capability_gives_nothing_back(worker: Worker, 
     capped = tools / "python-setuid"
     shutil.copy(os.path.realpath("/usr/bin/python3"), capped)  # the system's: no libraries under /root
     has_file_caps = (
-        subprocess.run(["setcap", "cap_setuid+ep", str(capped)], capture_output=True).returncode == 0
+        subprocess.run(["setcap", "cap_setuid+ep", str(capped)], check=False, capture_output=True).returncode
+        == 0
     )
     script = f"{suid} -u; "
     if has_file_caps:
@@ -236,5 +237,7 @@ def test_the_sandbox_keeps_limits_and_stop(worker: Worker) -> None:
     assert next(worker.output(status.id)) == b"started\n"
     final = worker.stop(status.id, grace=0)
     assert final.state is JobState.KILLED
-    leftover = subprocess.run(["pgrep", "-u", str(JOB_UID)], capture_output=True, text=True).stdout
+    leftover = subprocess.run(
+        ["pgrep", "-u", str(JOB_UID)], check=False, capture_output=True, text=True
+    ).stdout
     assert leftover == ""
