@@ -52,7 +52,7 @@ test-host: system-deps venv key-modes
 # under CI=true, where that is a failure.
 # (Pure-Python validation and CLI tests stay on the host: every exec is slow under emulation.)
 VM_TESTS ?= tests/vm/v2_smoke tests/jobcore/controllers tests/jobcore/test_jobs.py \
-	tests/jobcore/test_limits.py tests/jobcore/test_namespaces.py
+	tests/jobcore/test_limits.py tests/jobcore/test_namespaces.py tests/jobcore/test_sandbox.py
 test-vm: system-deps venv key-modes
 	$(PY) tests/vm/run_vm.py --unavailable-ok --env JOBCORE_TEST_BIG_OUTPUT=268435456 -- $(VM_TESTS) $(PYTEST_ARGS)
 

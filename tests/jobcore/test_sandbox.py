@@ -140,6 +140,11 @@ def tempfile_dir() -> str:
     return tempfile.mkdtemp(prefix="jobcore-sandbox-", dir="/var/lib")
 
 
+def test_cwd_tmp_is_the_jobs_private_tmp(worker: Worker, tmp_path: Path) -> None:
+    out, _ = sh(worker, f"pwd; ls -A; ls {tmp_path} 2>&1 | head -1", cwd="/tmp", user=AS_USER)
+    assert out.splitlines()[:2] == ["/tmp", f"ls: cannot access '{tmp_path}': No such file or directory"]
+
+
 def test_a_cwd_inside_a_hidden_path_is_refused(worker: Worker) -> None:
     with pytest.raises(InvalidSpec, match="which jobs may not see"):
         worker.start(JobSpec(["true"], cwd=str(worker.state_dir)))

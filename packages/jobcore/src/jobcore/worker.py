@@ -41,6 +41,8 @@ KILL_TIMEOUT = 15.0
 DEFAULT_CHUNK = 256 * 1024
 
 _WATCH_MASK = linux.IN_MODIFY | linux.IN_MOVED_TO
+#: Working directories that the sandbox's own mounts provide (see `JobSpec.cwd`).
+_PRIVATE_CWDS = ("/", "/tmp", "/var/tmp", "/dev/shm")
 
 
 class _Job:
@@ -347,8 +349,9 @@ class Worker:
                 else {
                     "hide": self.hidden_paths + _unreachable_ancestor(scratch, user, self.hidden_paths),
                     "scratch": scratch,
-                    # "/" is never writable: a bind over the root is not seen by path lookups.
-                    "writable_cwd": spec.cwd is not None and spec.cwd != "/",
+                    # "/" is never writable (a bind over the root is not seen by path lookups), and
+                    # /tmp, /var/tmp, /dev/shm are the job's own already (the host's stay unseen).
+                    "writable_cwd": spec.cwd is not None and spec.cwd not in _PRIVATE_CWDS,
                 },
                 "namespaces": list(spec.isolation.enabled()),
                 "limits": attrs.asdict(handle.applied()),

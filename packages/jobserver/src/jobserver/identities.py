@@ -80,7 +80,8 @@ class UserIds:
                     (name, uid, time.time()),
                 )
             except sqlite3.Error as exc:
-                raise IdentityError(f"cannot record the uid of {name} in {self._path}: {exc}") from None
+                full = " (no space left on the state disk)" if "full" in str(exc) else ""
+                raise IdentityError(f"cannot record the uid of {name} in {self._path}: {exc}{full}") from None
             self._cache[name] = uid
             return uid
         raise IdentityError(
