@@ -85,6 +85,7 @@ def prepare_filesystem(plan: dict[str, Any], cwd: str, pid_namespace: bool, net_
                 fds["scratch"] = _open_path(plan["scratch"], directory=True)
             if plan.get("writable_cwd"):
                 fds["cwd"] = _open_path(cwd, directory=True)
+                _refuse_hidden(fds["cwd"], cwd, plan.get("hide", ()))
         with _step("make the host's filesystem read-only"):
             linux.mount_setattr("/", linux.MOUNT_ATTR_RDONLY | linux.MOUNT_ATTR_NOSUID, recursive=True)
         with _step("mount a private /tmp"):
@@ -113,6 +114,16 @@ def prepare_filesystem(plan: dict[str, Any], cwd: str, pid_namespace: bool, net_
     finally:
         for fd in fds.values():
             os.close(fd)
+
+
+def _refuse_hidden(fd: int, cwd: str, hidden: Sequence[str]) -> None:
+    """The Worker checked the working directory's real path at start; the job's user may have swapped a
+    directory of its own for a symlink since. What the fd holds is what would be bound writable, so
+    check that (no race left: the fd pins the directory)."""
+    real = os.readlink(f"/proc/self/fd/{fd}")
+    for path in hidden:
+        if real == path or real.startswith(path.rstrip("/") + "/"):
+            raise SandboxError(f"the working directory {cwd} leads into {path}, which jobs may not see")
 
 
 def _minimal_dev(fds: dict[str, int]) -> None:

@@ -363,7 +363,14 @@ def validate(config: ServerConfig) -> None:
     if config.default_stop_grace_seconds > config.max_stop_grace_seconds:
         raise ConfigError("default_stop_grace_seconds exceeds max_stop_grace_seconds")
     first, last = config.uid_range
+    owners: dict[int, str] = {}
     for name, (uid, _gid) in config.user_ids.items():
+        if uid in owners:
+            raise ConfigError(
+                f"[sandbox.users] {name} and {owners[uid]} both map to uid {uid}: each identity needs a "
+                "uid of its own (one could signal and read the other's jobs)"
+            )
+        owners[uid] = name
         if first <= uid <= last:
             raise ConfigError(
                 f"[sandbox.users] {name} = {uid} is inside uid_range {first}-{last}, from which other "
