@@ -22,9 +22,9 @@ def test_every_member_is_a_distribution_with_src_layout_and_its_own_tests() -> N
             project = tomllib.load(f)["project"]
         assert project["name"] == member["name"]
         assert project["version"]
-        assert (ROOT / member["path"] / "src" / member["name"] / "__init__.py").is_file()
+        assert (ROOT / member["path"] / "src" / member["package"] / "__init__.py").is_file()
         assert (ROOT / member["tests"]).is_dir()
-        names.append(member["name"])
+        names.append(member["package"])
     assert sorted(names) == ["jobclient", "jobcore", "jobserver"]
     on_disk = sorted(p.name for p in (ROOT / "packages").iterdir() if (p / "pyproject.toml").exists())
     assert on_disk == sorted(names), "a package is missing from workspace.toml (or the reverse)"
@@ -56,3 +56,53 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert "exec make test" in ci
     assert "make test" in (ROOT / "README.md").read_text()
+
+
+def test_distribution_names_are_one_family_and_import_names_stay_short() -> None:
+    assert [(m["name"], m["package"]) for m in members()] == [
+        ("remote-job-worker-core", "jobcore"),
+        ("remote-job-worker-client", "jobclient"),
+        ("remote-job-worker-server", "jobserver"),
+    ]
+
+
+def test_each_package_states_its_version_and_distribution_without_importlib_metadata() -> None:
+    # A constant, not importlib.metadata: jobctl's start-up time (and it works from a source tree).
+    code = (
+        "import jobcore, jobclient, jobserver\n"
+        "print(jobcore.__version__, jobclient.__version__, jobserver.__version__)\n"
+        "print(jobcore.DISTRIBUTION, jobclient.DISTRIBUTION, jobserver.DISTRIBUTION)"
+    )
+    env = {"PATH": "/usr/bin:/bin"}
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    versions, dists = out.stdout.splitlines()
+    expected = {}
+    for member in members():
+        with open(ROOT / member["path"] / "pyproject.toml", "rb") as f:
+            expected[member["package"]] = (tomllib.load(f)["project"]["version"], member["name"])
+    assert versions.split() == [expected[p][0] for p in ("jobcore", "jobclient", "jobserver")]
+    assert dists.split() == [expected[p][1] for p in ("jobcore", "jobclient", "jobserver")]
+    code = "import sys, jobclient; jobclient.__version__; print('importlib.metadata' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    assert out.stdout.strip() == "False"
+
+
+def test_workspace_tool_checks_names_packages_and_versions() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "workspace.py"), "check"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.splitlines() == [f"{m['name']} 0.1.0" for m in members()]
+    packages = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "workspace.py"), "packages"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert packages.split() == ["jobcore", "jobclient", "jobserver"]

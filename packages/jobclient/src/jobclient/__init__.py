@@ -15,7 +15,6 @@ The names below are imported on first use (PEP 562), so that `import jobclient.c
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -42,10 +41,11 @@ if TYPE_CHECKING:
     )
     from jobclient.models import Isolation, Job, JobState, Limits, ResourceUsage
 
-try:
-    __version__ = version("jobclient")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
+#: The version of this distribution, a constant rather than importlib.metadata (which costs jobctl
+#: start-up time); tests/test_workspace.py keeps it equal to pyproject.toml's.
+__version__ = "0.1.0"
+#: The name this package is distributed under (`pip install remote-job-worker-client`).
+DISTRIBUTION = "remote-job-worker-client"
 
 _HOMES = {
     "jobclient.client": [
