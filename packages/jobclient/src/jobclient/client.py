@@ -188,7 +188,9 @@ class Client(_BaseClient):
         reconnect: float = RECONNECT_SECONDS,
     ) -> None:
         super().__init__(target, credentials, timeout, reconnect)
-        self._channel = grpc.secure_channel(target, credentials.channel_credentials(), _CHANNEL_OPTIONS)
+        self._channel = grpc.secure_channel(
+            target, credentials.channel_credentials(), _CHANNEL_OPTIONS + credentials.channel_options()
+        )
         self._stub = pb_grpc.JobWorkerStub(self._channel)
 
     def start(
@@ -355,7 +357,9 @@ class AsyncClient(_BaseClient):
         reconnect: float = RECONNECT_SECONDS,
     ) -> None:
         super().__init__(target, credentials, timeout, reconnect)
-        self._channel = grpc.aio.secure_channel(target, credentials.channel_credentials(), _CHANNEL_OPTIONS)
+        self._channel = grpc.aio.secure_channel(
+            target, credentials.channel_credentials(), _CHANNEL_OPTIONS + credentials.channel_options()
+        )
         self._stub = pb_grpc.JobWorkerStub(self._channel)
 
     async def start(
