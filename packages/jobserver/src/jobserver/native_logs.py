@@ -55,9 +55,14 @@ class NativeStderr:
         self._sys_stderr: TextIO | None = None
 
     def start(self) -> TextIO:
-        """Redirect fd 2; returns a stream on the original stderr, also installed as `sys.stderr`."""
+        """Redirect fd 2; returns a stream on the original stderr, also installed as `sys.stderr`.
+
+        Without a usable fd 2 (closed by whoever started us) nothing is redirected: `sys.stderr`."""
         sys.stderr.flush()
-        self._saved = os.dup(2)
+        try:
+            self._saved = os.dup(2)
+        except OSError:
+            return sys.stderr
         self._read, write = os.pipe()
         os.dup2(write, 2)
         os.close(write)
