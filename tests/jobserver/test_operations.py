@@ -30,6 +30,7 @@ from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
 from jobclient._proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from jobcore import jobdir
 from jobserver.cli import main as jobserver_main
+from jobserver.config import load_config
 from jobserver.sd_notify import NotifyError, notify
 
 MiB = 1 << 20
@@ -314,6 +315,29 @@ def test_bad_operations_flags_are_configuration_errors(
 ) -> None:
     assert jobserver_main(args) == 2
     assert message in capsys.readouterr().err
+
+
+def test_operations_settings_come_from_file_environment_and_flags(tmp_path: Path) -> None:
+    config_file = tmp_path / "jobserver.toml"
+    config_file.write_text(
+        "[server]\n"
+        'log_level = "warning"\nmetrics_listen = "127.0.0.1:9464"\nhealth_listen = "unix:/run/h.sock"\n'
+    )
+    from_file = load_config(["--config", str(config_file)], environ={})
+    assert (from_file.log_level, from_file.metrics_listen, from_file.health_listen) == (
+        "warning",
+        "127.0.0.1:9464",
+        "unix:/run/h.sock",
+    )
+    env = {"JOBSERVER_LOG_LEVEL": "debug", "JOBSERVER_HEALTH_LISTEN": "127.0.0.1:8081"}
+    layered = load_config(["--config", str(config_file), "--metrics-listen", "[::1]:9100"], environ=env)
+    assert (layered.log_level, layered.metrics_listen, layered.health_listen) == (
+        "debug",
+        "[::1]:9100",
+        "127.0.0.1:8081",
+    )
+    defaults = load_config([], environ={})
+    assert (defaults.log_level, defaults.metrics_listen, defaults.health_listen) == ("info", None, None)
 
 
 def test_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
