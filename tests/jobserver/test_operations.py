@@ -359,3 +359,38 @@ def test_a_metrics_address_in_use_stops_the_start_with_its_flag_named(
                 ServerProcess(tmp_path / "s", tmp_path, "--metrics-listen", f"127.0.0.1:{port}")
             )
     assert f"--metrics-listen: cannot listen on 127.0.0.1:{port}" in str(failed.value)
+
+
+def _fds() -> dict[str, str]:
+    found = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass
+    return found
+
+
+def test_the_endpoints_leave_no_thread_or_socket_behind(
+    make_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    def serve_once(state: Path) -> RunningServer:
+        running = make_server(metrics_listen="127.0.0.1:0", health_listen="127.0.0.1:0", state_dir=state)
+        scrape(metrics_port(running))
+        with grpc.insecure_channel(f"127.0.0.1:{running.server.operations.health_port}") as channel:
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        running.server.stop(grace=1)
+        return running
+
+    serve_once(tmp_path / "warm-up")  # gRPC's process-wide event engine keeps a few fds of its own
+    before = {t.ident for t in threading.enumerate()}
+    fds_before = _fds()
+    running = serve_once(tmp_path / "measured")
+    ours = ("jobserver-metrics", "jobserver-probe", "Thread-")
+    left = [t.name for t in threading.enumerate() if t.ident not in before and t.name.startswith(ours)]
+    assert left == []
+    assert wait_for(lambda: len(_fds()) <= len(fds_before), timeout=10), set(_fds().items()) - set(
+        fds_before.items()
+    )
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", metrics_port(running))) != 0  # closed

@@ -119,6 +119,9 @@ class ServerMetrics:
 
 
 class _QuietHandler(WSGIRequestHandler):
+    #: Seconds a scraper may stall a read or write: bounds how long a stop waits for its thread.
+    timeout = 10
+
     def log_message(self, format: str, *args: Any) -> None:
         pass  # one line per scrape on stderr would not be JSON
 
@@ -148,7 +151,7 @@ class MetricsEndpoint:
 
         class Server(ThreadingWSGIServer):
             address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            daemon_threads = True
+            daemon_threads = False  # server_close() joins each scrape's thread (bounded by the timeout)
 
         httpd = make_server(host, int(port), self._app, Server, handler_class=_QuietHandler)
         self._httpd = httpd
