@@ -51,7 +51,10 @@ def run(*argv: str | Path, **kwargs: object) -> None:
 
 def main() -> int:
     pins = [f"{name}=={version}" for name, version in sorted(floors().items())]
-    with tempfile.TemporaryDirectory(prefix="jobworker-floors-") as tmp:
+    # Not under /tmp: jobs get a private /tmp (the sandbox), and some tests run this venv's python as a job.
+    cache = ROOT / ".cache"
+    cache.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="floors-", dir=cache) as tmp:
         venv = Path(tmp) / "venv"
         run(sys.executable, "-m", "venv", venv)
         python = venv / "bin" / "python"
