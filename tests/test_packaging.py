@@ -37,14 +37,28 @@ def run(*argv: str | Path, timeout: float = 300) -> str:
     return result.stdout
 
 
+def sources(where: Path) -> dict[str, Path]:
+    """distribution name -> a copy of its folder under `where` (pip builds in the folder it is given:
+    building from the checkout itself would leave build/ and *.egg-info there)."""
+    copies = {}
+    for member in members():
+        copy = where / Path(member["path"]).name
+        shutil.copytree(
+            ROOT / member["path"], copy, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
+        )
+        copies[member["name"]] = copy
+    return copies
+
+
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """distribution name -> its wheel, built from its folder."""
     out = tmp_path_factory.mktemp("wheels")
+    folders = sources(tmp_path_factory.mktemp("sources"))
     built = {}
     for member in members():
         run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-            "-w", out, ROOT / member["path"])  # fmt: skip
+            "-w", out, folders[member["name"]])  # fmt: skip
         (wheel,) = out.glob(member["name"].replace("-", "_") + "-*.whl")
         built[member["name"]] = wheel
     return built
@@ -159,12 +173,12 @@ def test_the_server_wheel_installs_by_name_with_its_siblings_and_runs(
         assert result.returncode == 0 and "jobserver.service" not in result.stderr, result.stderr
 
 
-def test_each_distribution_installs_alone_from_its_folder(venv: Path) -> None:
+def test_each_distribution_installs_alone_from_its_folder(venv: Path, tmp_path: Path) -> None:
+    folders = sources(tmp_path / "sources")
     # jobcore alone (no grpc anywhere near it), then the client folder alone: neither needs a sibling.
-    by_name = {m["name"]: m for m in members()}
     for name in ("remote-job-worker-core", "remote-job-worker-client"):
-        pip_into(venv, "--no-build-isolation", ROOT / by_name[name]["path"])
+        pip_into(venv, "--no-build-isolation", folders[name])
         installed_here(venv, name)
     # The server folder with its siblings' folders on the same command line: found by path.
-    pip_into(venv, "--no-build-isolation", *[ROOT / m["path"] for m in members()])
-    installed_here(venv, *by_name)
+    pip_into(venv, "--no-build-isolation", *folders.values())
+    installed_here(venv, *folders)

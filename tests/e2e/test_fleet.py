@@ -83,7 +83,8 @@ def client_for(context: dict[str, Any]) -> Client:
     credentials = Credentials.from_files(cert=context["cert"], key=context["key"], ca=context["ca"])
     return Client(
         context["server"],
-        credentials=credentials.with_server_name(context.get("tls-server-name")),
+        credentials=credentials,
+        tls_server_name=context.get("tls-server-name"),
         timeout=30,
     )
 

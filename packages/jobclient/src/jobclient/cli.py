@@ -558,8 +558,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         command = args.command_name
         args.json = args.json or _env_flag("JOBCTL_JSON")
-        credentials = _credentials(args).with_server_name(args.tls_server_name)
-        with Client(args.server, credentials=credentials, reconnect=args.reconnect) as client:
+        credentials = _credentials(args)
+        with Client(
+            args.server,
+            credentials=credentials,
+            reconnect=args.reconnect,
+            tls_server_name=args.tls_server_name,
+        ) as client:
             return COMMANDS[args.command_name](client, args)
     except UsageError as e:
         _diag(str(e))

@@ -69,11 +69,7 @@ def _check_key_matches(cert: Path, key: Path) -> None:
 class Credentials:
     """PEM bytes of the client certificate, its private key and the CA certificate to trust.
 
-    Build one with `from_files(cert=, key=, ca=)` or `for_user("alice")`. `server_name`, when set, is
-    the name the server's certificate must carry instead of the target's host (like kubectl's
-    `tls-server-name`): for a server reached by an address its certificate does not name, e.g. through
-    a tunnel or by IP while the certificate names `worker-1.example.com`. The certificate is still
-    verified against the CA; only the name checked changes.
+    Build one with `from_files(cert=, key=, ca=)` or `for_user("alice")`.
     """
 
     cert: bytes = attrs.field(repr=False)
@@ -81,8 +77,6 @@ class Credentials:
     ca: bytes = attrs.field(repr=False)
     source: str = ""
     """Where the files came from, for messages."""
-    server_name: str | None = None
-    """The name to expect in the server's certificate (None: the host of the target)."""
 
     @classmethod
     def from_files(
@@ -123,16 +117,6 @@ class Credentials:
             raise CredentialsError(
                 f"no usable certificate for user {name!r} in {folder} ({origin}): {e}"
             ) from None
-
-    def with_server_name(self, server_name: str | None) -> Credentials:
-        """These credentials, expecting `server_name` in the server's certificate (None: the host)."""
-        if server_name is not None and (not server_name or any(c.isspace() for c in server_name)):
-            raise CredentialsError(f"invalid TLS server name {server_name!r}")
-        return attrs.evolve(self, server_name=server_name)
-
-    def channel_options(self) -> list[tuple[str, str]]:
-        """gRPC channel options these credentials need (the server-name override, when set)."""
-        return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
         """The grpc channel credentials for mutual TLS."""
