@@ -30,13 +30,17 @@ def check() -> list[str]:
             raise SystemExit(
                 f"workspace.toml names {m['name']!r} but {m['path']}/pyproject.toml names {project['name']!r}"
             )
-        init = ROOT / m["path"] / "src" / m["package"] / "__init__.py"
-        if not init.is_file():
-            raise SystemExit(f"workspace.toml names package {m['package']!r} but {init} does not exist")
-        found = re.search(r'^__version__ = "([^"]+)"$', init.read_text(), re.MULTILINE)
-        if found is None or found[1] != project["version"]:
+        package = ROOT / m["path"] / "src" / m["package"]
+        if not (package / "__init__.py").is_file():
             raise SystemExit(
-                f"{init} must set __version__ = {project['version']!r} (the version in its pyproject.toml)"
+                f"workspace.toml names package {m['package']!r} but {package} has no __init__.py"
+            )
+        # The constant lives in __init__.py, or in _version.py for a package that keeps imports light.
+        sources = [package / name for name in ("__init__.py", "_version.py") if (package / name).is_file()]
+        versions = [v for f in sources for v in re.findall(r'^__version__ = "([^"]+)"$', f.read_text(), re.M)]
+        if versions != [project["version"]]:
+            raise SystemExit(
+                f"{package} must set __version__ = {project['version']!r} once (its pyproject.toml's version)"
             )
         lines.append(f"{m['name']} {project['version']}")
     return lines

@@ -17,6 +17,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from jobclient._version import __version__
+
 if TYPE_CHECKING:
     from jobclient.client import (
         DEFAULT_TARGET,
@@ -41,11 +43,6 @@ if TYPE_CHECKING:
     )
     from jobclient.models import Isolation, Job, JobState, Limits, ResourceUsage
 
-#: The version of this distribution, a constant rather than importlib.metadata (which costs jobctl
-#: start-up time); tests/test_workspace.py keeps it equal to pyproject.toml's.
-__version__ = "0.1.0"
-#: The name this package is distributed under (`pip install remote-job-worker-client`).
-DISTRIBUTION = "remote-job-worker-client"
 
 _HOMES = {
     "jobclient.client": [

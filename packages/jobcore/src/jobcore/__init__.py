@@ -25,8 +25,6 @@ from jobcore.worker import OutputReader, Worker
 
 #: The version of this distribution (tests/test_workspace.py keeps it equal to pyproject.toml's).
 __version__ = "0.1.0"
-#: The name this package is distributed under (`pip install remote-job-worker-core`).
-DISTRIBUTION = "remote-job-worker-core"
 
 __all__ = [
     "ControllerError",
