@@ -10,12 +10,12 @@ PYPROJECTS := $(addsuffix /pyproject.toml,$(MEMBERS))
 APT_PACKAGES := stress openssl iproute2 procps qemu-system-x86 busybox-static cpio kmod
 PYTEST_ARGS ?=
 
-.PHONY: help demo test test-host test-vm lint system-deps venv proto proto-check bench lock clean certs key-modes
+.PHONY: help demo test test-host test-vm lint system-deps venv proto proto-check bench lock clean certs key-modes check-floors
 
 help:
 	@echo "make demo     set everything up, start a jobserver with the checked-in certs and drive it"
 	@echo "make test     set everything up and run every test (lint, host suite, cgroup v2 VM suite)"
-	@echo "make test-host / test-vm / lint / proto / certs / bench / lock / clean"
+	@echo "make test-host / test-vm / lint / proto / certs / bench / lock / check-floors / clean"
 
 system-deps: .cache/apt.stamp
 .cache/apt.stamp: Makefile
@@ -32,6 +32,8 @@ venv: $(VENV)/.stamp
 $(VENV)/.stamp: requirements/dev.lock $(PYPROJECTS) workspace.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --require-hashes --no-deps -r requirements/dev.lock
+	@# The distributions were named jobcore/jobclient/jobserver before (docs/packaging.md): drop those.
+	@$(PY) -m pip uninstall -q -y jobcore jobclient jobserver 2>/dev/null || true
 	$(PY) -m pip install -q --no-deps --no-build-isolation $(addprefix -e ,$(MEMBERS))
 	@touch $@
 
@@ -81,6 +83,12 @@ bench: system-deps venv key-modes
 lock:
 	$(PY) -m pip install -q pip-tools
 	$(VENV)/bin/pip-compile --generate-hashes --allow-unsafe --strip-extras -q -o requirements/dev.lock requirements/dev.in
+
+# The lowest versions the distributions claim to work with, installed from the index into a throwaway
+# venv, under the three suites (docs/packaging.md). Needs the index, so not part of `make test`; the
+# wheel build and install check is (tests/test_packaging.py).
+check-floors: system-deps
+	$(PYTHON) tools/check_floors.py
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .pytest_cache .ruff_cache

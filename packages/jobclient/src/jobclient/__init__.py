@@ -15,8 +15,9 @@ The names below are imported on first use (PEP 562), so that `import jobclient.c
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
+
+from jobclient._version import __version__
 
 if TYPE_CHECKING:
     from jobclient.client import (
@@ -42,10 +43,6 @@ if TYPE_CHECKING:
     )
     from jobclient.models import Isolation, Job, JobState, Limits, ResourceUsage
 
-try:
-    __version__ = version("jobclient")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
 
 _HOMES = {
     "jobclient.client": [

@@ -261,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--key", metavar="FILE", help="client private key (PEM)")
     parser.add_argument("--ca", metavar="FILE", help="CA certificate that signed the server's (PEM)")
     parser.add_argument(
+        "--tls-server-name", metavar="NAME",
+        help="expect NAME in the server's certificate instead of the --server host, e.g. "
+        "--server 127.0.0.1:50051 --tls-server-name worker-1.example.com",
+    )  # fmt: skip
+    parser.add_argument(
         "--json", action="store_true", help="machine-readable output (start, status, stop, list)"
     )
     parser.add_argument(
@@ -554,7 +559,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = args.command_name
         args.json = args.json or _env_flag("JOBCTL_JSON")
         credentials = _credentials(args)
-        with Client(args.server, credentials=credentials, reconnect=args.reconnect) as client:
+        with Client(
+            args.server,
+            credentials=credentials,
+            reconnect=args.reconnect,
+            tls_server_name=args.tls_server_name,
+        ) as client:
             return COMMANDS[args.command_name](client, args)
     except UsageError as e:
         _diag(str(e))

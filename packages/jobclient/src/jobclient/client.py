@@ -109,15 +109,23 @@ class _BaseClient:
         credentials: Credentials,
         timeout: float | None,
         reconnect: float = RECONNECT_SECONDS,
+        tls_server_name: str | None = None,
     ) -> None:
         if not isinstance(credentials, Credentials):
             raise TypeError("credentials must be a jobclient.Credentials (from_files or for_user)")
         self.target = target
+        self.tls_server_name = tls_server_name
+        """The name checked against the server's certificate, when not the target's host name."""
         self.credentials = credentials
         self.timeout = timeout
         """Deadline in seconds of each unary call (None = none); output streams have none."""
         self.reconnect = reconnect
         """How long `wait`/`run` keep following a job while the server is unreachable (a restart)."""
+
+    def _channel_options(self) -> list[tuple[str, Any]]:
+        if self.tls_server_name is None:
+            return _CHANNEL_OPTIONS
+        return [*_CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", self.tls_server_name)]
 
     def _stop_timeout(self, grace: float | None) -> float | None:
         # StopJob returns once the job has ended, which may take the whole grace period.
@@ -186,9 +194,12 @@ class Client(_BaseClient):
         credentials: Credentials,
         timeout: float | None = DEFAULT_TIMEOUT,
         reconnect: float = RECONNECT_SECONDS,
+        tls_server_name: str | None = None,
     ) -> None:
-        super().__init__(target, credentials, timeout, reconnect)
-        self._channel = grpc.secure_channel(target, credentials.channel_credentials(), _CHANNEL_OPTIONS)
+        super().__init__(target, credentials, timeout, reconnect, tls_server_name)
+        self._channel = grpc.secure_channel(
+            target, credentials.channel_credentials(), self._channel_options()
+        )
         self._stub = pb_grpc.JobWorkerStub(self._channel)
 
     def start(
@@ -353,9 +364,12 @@ class AsyncClient(_BaseClient):
         credentials: Credentials,
         timeout: float | None = DEFAULT_TIMEOUT,
         reconnect: float = RECONNECT_SECONDS,
+        tls_server_name: str | None = None,
     ) -> None:
-        super().__init__(target, credentials, timeout, reconnect)
-        self._channel = grpc.aio.secure_channel(target, credentials.channel_credentials(), _CHANNEL_OPTIONS)
+        super().__init__(target, credentials, timeout, reconnect, tls_server_name)
+        self._channel = grpc.aio.secure_channel(
+            target, credentials.channel_credentials(), self._channel_options()
+        )
         self._stub = pb_grpc.JobWorkerStub(self._channel)
 
     async def start(
