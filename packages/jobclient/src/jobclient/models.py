@@ -123,6 +123,8 @@ class Job:
     output_bytes: int = 0
     output_capped: bool = False
     cwd: str = ""
+    argv_truncated: bool = False
+    """True when argv was shortened (listings); `Client.status` returns it whole."""
 
     @property
     def ended(self) -> bool:

@@ -60,11 +60,26 @@ class ServerConfig:
     max_concurrent_streams: int = 256
     #: Threads serving calls: every open stream holds one (gRPC's synchronous server).
     unary_threads: int = 32
+    #: Unary calls / output streams one identity may have in flight (None: a quarter of the pool part).
+    max_calls_per_user: int | None = None
+    max_streams_per_user: int | None = None
+    #: Calls gRPC queues for a thread beyond the pool before it answers RESOURCE_EXHAUSTED itself.
+    max_queued_calls: int = 1024
+    #: How long StopJob waits for the job to end before it answers with the stop under way.
+    stop_wait_seconds: float = 5.0
     default_stop_grace_seconds: float = 10.0
     max_stop_grace_seconds: float = 300.0
     shutdown_grace_seconds: float = 10.0
     #: Bytes of stored output per job (None = no cap); past it jobcore stops the job.
     output_cap: int | None = 1024 * MIB
+
+    @property
+    def calls_per_user(self) -> int:
+        return self.max_calls_per_user or max(1, self.unary_threads // 4)
+
+    @property
+    def streams_per_user(self) -> int:
+        return self.max_streams_per_user or max(1, self.max_concurrent_streams // 4)
 
     @property
     def jobs_dir(self) -> Path:
@@ -103,6 +118,9 @@ _SERVER_KEYS = {
     "port_file": Path,
     "max_concurrent_streams": int,
     "unary_threads": int,
+    "max_calls_per_user": int,
+    "max_streams_per_user": int,
+    "max_queued_calls": int,
     "max_receive_message_bytes": "size",
     "shutdown_grace_seconds": float,
 }
@@ -115,6 +133,7 @@ _REQUEST_KEYS = {
     "max_cwd_bytes": int,
     "default_stop_grace_seconds": float,
     "max_stop_grace_seconds": float,
+    "stop_wait_seconds": float,
 }
 _LIMIT_PARSERS: dict[str, Callable[[str], int | float]] = {
     "cpu": parse_cpu,
@@ -262,5 +281,9 @@ def validate(config: ServerConfig) -> None:
         Limits().resolve(config.default_limits, config.max_limits)
     except InvalidLimit as exc:
         raise ConfigError(f"a default limit exceeds its maximum: {exc}") from None
+    if config.calls_per_user > config.unary_threads:
+        raise ConfigError("max_calls_per_user exceeds unary_threads (one user could hold every thread)")
+    if config.streams_per_user > config.max_concurrent_streams:
+        raise ConfigError("max_streams_per_user exceeds max_concurrent_streams")
     if config.default_stop_grace_seconds > config.max_stop_grace_seconds:
         raise ConfigError("default_stop_grace_seconds exceeds max_stop_grace_seconds")

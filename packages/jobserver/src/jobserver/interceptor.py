@@ -12,6 +12,7 @@ that names a job uses; list scopes by `jobserver.service`. Both read the identit
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import errno
 import sqlite3
@@ -25,8 +26,10 @@ import grpc
 import structlog
 
 from jobcore.errors import ControllerError, InvalidJobId, InvalidSpec, JobNotFound, StopTimeout, WorkerError
+from jobserver.direct_issuer import DirectIssuers
 from jobserver.errors import RpcStatusError
 from jobserver.identity import Identity, identity_from_auth_context
+from jobserver.limits_per_user import CallShares
 
 _current: contextvars.ContextVar[CallInfo] = contextvars.ContextVar("jobserver_call")
 
@@ -116,8 +119,14 @@ def _request_job_id(request: Any) -> str | None:
 
 # grpc ships no type stubs, so its base class is Any to mypy.
 class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, log: Any = None) -> None:
+    def __init__(
+        self, log: Any = None, shares: CallShares | None = None, issuers: DirectIssuers | None = None
+    ) -> None:
         self._log = log or structlog.get_logger("jobserver.audit")
+        #: Each identity's bounded share of calls and streams in flight (None: unbounded).
+        self._shares = shares
+        #: Our CA(s): client certificates must be signed by one directly (None: not checked).
+        self._issuers = issuers
         self._errors = structlog.get_logger("jobserver")
 
     def intercept_service(
@@ -146,12 +155,17 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         )
 
     def _authenticate(self, call: CallInfo, request: Any, context: grpc.ServicerContext) -> None:
-        call.identity = identity_from_auth_context(context.auth_context())
+        call.identity = identity_from_auth_context(context.auth_context(), self._issuers)
         if isinstance(request, MalformedRequest):  # only after authentication: no probing without a cert
             raise RpcStatusError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"the request is not a valid {call.method.rsplit('/', 1)[-1]} message: {request.error}",
             )
+
+    def _share(self, call: CallInfo, stream: bool) -> contextlib.AbstractContextManager[None]:
+        if self._shares is None or call.identity is None:
+            return contextlib.nullcontext()
+        return self._shares.held(call.identity.name, stream=stream)
 
     def _fail(self, exc: Exception, call: CallInfo, context: grpc.ServicerContext) -> None:
         """Abort the call for `exc` (context.abort raises)."""
@@ -198,7 +212,8 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             token = _current.set(call)
             try:
                 self._authenticate(call, request, context)
-                response = inner(request, context)
+                with self._share(call, stream=False):
+                    response = inner(request, context)
                 if not context.is_active():  # the client left (or its deadline passed) meanwhile
                     code = grpc.StatusCode.CANCELLED
                 return response
@@ -217,10 +232,12 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             call = CallInfo(method=method, job_id=_request_job_id(request))
             code, detail = grpc.StatusCode.OK, None
             responses: Iterator[Any] | None = None
+            share = contextlib.ExitStack()
             try:
                 token = _current.set(call)
                 try:
                     self._authenticate(call, request, context)
+                    share.enter_context(self._share(call, stream=True))
                     responses = iter(inner(request, context))
                 finally:
                     _current.reset(token)
@@ -245,6 +262,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 close = getattr(responses, "close", None)
                 if close is not None:
                     close()
+                share.close()
                 self._audit(call, code, started, detail, context.peer())
 
         return guarded

@@ -16,6 +16,7 @@ Reconciliation at start (`reconcile`), after a crash or a SIGKILL:
 
 from __future__ import annotations
 
+import builtins
 import collections
 import threading
 import time
@@ -23,15 +24,20 @@ from typing import Any
 
 import attrs
 import grpc
+import structlog
 
 from jobcore.errors import JobNotFound
 from jobcore.spec import JobSpec
 from jobcore.status import JobState, JobStatus
 from jobserver.errors import RpcStatusError, job_not_found
 from jobserver.identity import Identity
-from jobserver.store import JobStore
+from jobserver.store import JobRecord, JobStore
 
-VANISHED_REASON = "the job's directory vanished from the state directory; its output is gone"
+log = structlog.get_logger("jobserver")
+
+VANISHED_REASON = (
+    "the job's directory vanished from the state directory; its output is gone and its processes were killed"
+)
 
 
 @attrs.frozen
@@ -51,8 +57,12 @@ class ReconcileReport:
 
 
 class Jobs:
-    def __init__(self, worker: Any, store: JobStore, max_running_per_user: int) -> None:
+    def __init__(
+        self, worker: Any, store: JobStore, max_running_per_user: int, stop_wait: float | None = None
+    ) -> None:
         self._worker = worker
+        #: How long `stop` waits for the end (None: until it ended); the stop goes on past it.
+        self._stop_wait = stop_wait
         self._store = store
         self._max_running = max_running_per_user
         #: Starts in progress per user, counted against the cap until their job is running.
@@ -64,12 +74,12 @@ class Jobs:
         live = {status.id: status for status in self._worker.list()}
         for status in live.values():
             self._store.put(status)
-        vanished = 0
+        vanished: set[str] = set()
         for job_id in known - live.keys():
             record = self._store.get(job_id)
             if record is None or record.status.state.ended:
                 continue
-            vanished += 1
+            vanished.add(job_id)
             self._store.put(
                 attrs.evolve(
                     record.status,
@@ -79,13 +89,26 @@ class Jobs:
                     reason=VANISHED_REASON,
                 )
             )
+        if vanished:
+            self._kill_vanished(vanished)
         running = sum(1 for s in live.values() if s.state is JobState.RUNNING)
         return ReconcileReport(
             refreshed=len(live.keys() & known),
             adopted=len(live.keys() - known),
-            vanished=vanished,
+            vanished=len(vanished),
             running=running,
         )
+
+    def _kill_vanished(self, job_ids: set[str]) -> None:
+        """A LOST job must not keep running: kill and remove the cgroups of jobs whose directory
+        vanished (the Worker does not know them; only these ids are touched, never anyone else's)."""
+        try:
+            removed = self._worker.controller.sweep(lambda _owner, job_id: job_id not in job_ids)
+        except Exception as exc:  # one stuck cgroup must not keep the server from starting
+            log.error("cannot kill every job whose directory vanished", error=str(exc))
+            return
+        for path in removed:
+            log.warning("killed a job whose directory vanished", cgroup=path)
 
     def start(self, spec: JobSpec) -> JobView:
         """Start a job unless its owner already runs as many as allowed (RESOURCE_EXHAUSTED).
@@ -127,14 +150,24 @@ class Jobs:
     def stop(self, view: JobView, grace: float) -> JobView:
         if not view.live:
             return view
-        status = self._worker.stop(view.status.id, grace=grace)
+        status = self._worker.stop(view.status.id, grace=grace, timeout=self._stop_wait)
         self._store.put(status)
         return attrs.evolve(view, status=status)
 
     def list(self, owner: str | None) -> list[JobView]:
         """Jobs oldest first; running ones with their live status."""
+        return self._views(self._store.list(owner))
+
+    def page(
+        self, owner: str | None, after: tuple[float, str] | None, limit: int
+    ) -> builtins.list[tuple[JobView, tuple[float, str]]]:
+        """Up to `limit` jobs after position `after`, each with its own position (for page tokens)."""
+        records: builtins.list[JobRecord] = self._store.page(owner, after, limit)
+        return [(view, (r.created_at, r.id)) for view, r in zip(self._views(records), records, strict=True)]
+
+    def _views(self, records: builtins.list[JobRecord]) -> builtins.list[JobView]:
         views = []
-        for record in self._store.list(owner):
+        for record in records:
             status, live = record.status, True
             if not status.state.ended:
                 try:

@@ -23,9 +23,11 @@ from jobclient._proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from jobcore.errors import JobError
 from jobserver.certinfo import OID_EC_PUBLIC_KEY, CertificateError, parse_pem
 from jobserver.config import ServerConfig
+from jobserver.direct_issuer import DirectIssuers
 from jobserver.health import HealthService, ServingStatus
 from jobserver.interceptor import GuardInterceptor
 from jobserver.jobs import Jobs
+from jobserver.limits_per_user import CallShares
 from jobserver.service import SERVICE_NAME, JobWorkerService
 from jobserver.store import JobStore, StoreError
 
@@ -130,6 +132,10 @@ class JobServer:
             )
         credentials = server_credentials(config)
         try:
+            issuers = DirectIssuers(_read(config.ca, "CA certificate"))
+        except CertificateError as exc:
+            raise StartupError(f"the CA certificate {config.ca} cannot be used: {exc}") from None
+        try:
             config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             config.jobs_dir.mkdir(mode=0o700, exist_ok=True)
         except OSError as exc:
@@ -145,7 +151,7 @@ class JobServer:
             raise StartupError(f"cannot start the job worker on {config.jobs_dir}: {exc}") from None
         self.worker = worker
         self._stack.callback(worker.close)
-        jobs = Jobs(worker, store, config.max_running_jobs_per_user)
+        jobs = Jobs(worker, store, config.max_running_jobs_per_user, stop_wait=config.stop_wait_seconds)
         report = jobs.reconcile()
         self._log.info(
             "state reconciled",
@@ -158,14 +164,17 @@ class JobServer:
             max_workers=workers, thread_name_prefix=RPC_THREAD_NAME, initializer=_name_os_thread
         )
         self._stack.callback(self._executor.shutdown, wait=True, cancel_futures=True)
+        shares = CallShares(config.calls_per_user, config.streams_per_user)
         server = grpc.server(
             self._executor,
-            interceptors=[GuardInterceptor()],
+            interceptors=[GuardInterceptor(shares=shares, issuers=issuers)],
             options=[
                 ("grpc.max_receive_message_length", config.max_receive_message_bytes),
                 ("grpc.so_reuseport", 0),
             ],
-            maximum_concurrent_rpcs=workers,
+            # Past the pool, a bounded queue: a burst of calls refused at once by the per-user shares
+            # must not make gRPC refuse everyone else's calls meanwhile.
+            maximum_concurrent_rpcs=workers + config.max_queued_calls,
         )
         pb_grpc.add_JobWorkerServicer_to_server(self._service, server)
         server.add_generic_rpc_handlers([self._health.handler()])

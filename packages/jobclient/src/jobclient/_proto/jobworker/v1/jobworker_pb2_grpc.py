@@ -79,7 +79,10 @@ class JobWorkerServicer:
 
     def StopJob(self, request, context):
         """Stop a job: SIGTERM, then SIGKILL to every process of the job after the grace period. Stopping a
-        job that has already ended is not an error. Returns the job as it is once it has ended.
+        job that has already ended is not an error. Returns the job once it has ended, or, when that takes
+        longer than the server's stop wait (5 s by default), the job as it is then: still RUNNING with
+        stop_requested set, the stop under way. Waiting for the end is the client's (follow the output,
+        or poll GetJob): no call holds a server thread for as long as a client chooses.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -93,7 +96,8 @@ class JobWorkerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListJobs(self, request, context):
-        """The caller's jobs; an admin may ask for every user's or one user's.
+        """The caller's jobs, oldest first, a page at a time; an admin may ask for every user's or one
+        user's. Listed jobs carry a shortened argv (see Job.argv_truncated); GetJob has it in full.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
