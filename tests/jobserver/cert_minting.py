@@ -42,18 +42,25 @@ def _run(*args: str) -> None:
 def mint(
     tmp: Path,
     name: str,
-    subject: str,
+    subject: str | dict[str, str],
     *,
     extensions: str = LEAF_EXT,
     ca_cert: Path = CERTS / "ca.crt",
     ca_key: Path = CERTS / "ca.key",
-    utf8: bool = False,
 ) -> tuple[Path, Path]:
-    """A new P-256 key and a certificate for `subject` signed by the CA given; (cert, key)."""
+    """A new P-256 key and a certificate signed by the CA given; (cert, key). `subject` is an
+    openssl -subj string, or {attribute: value} written to a config file as UTF-8 (openssl config
+    escapes such as \\n work there, so a CN may hold a newline)."""
     key, csr, cert, ext = (tmp / f"{name}.{kind}" for kind in ("key", "csr", "crt", "ext"))
     ext.write_text(extensions)
     _run("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(key))
-    _run("req", "-new", "-key", str(key), "-subj", subject, "-out", str(csr), *(["-utf8"] if utf8 else []))
+    if isinstance(subject, str):
+        _run("req", "-new", "-key", str(key), "-subj", subject, "-out", str(csr))
+    else:
+        config = tmp / f"{name}.cnf"
+        fields = "".join(f"{k} = {v}\n" for k, v in subject.items())
+        config.write_text(f"[req]\ndistinguished_name = dn\nprompt = no\nutf8 = yes\n[dn]\n{fields}", "utf-8")
+        _run("req", "-new", "-key", str(key), "-config", str(config), "-out", str(csr))
     _run(
         "x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key), "-set_serial",
         "0x" + name.encode().hex()[:30], "-sha256", "-days", "30", "-extfile", str(ext), "-extensions", "ext",
