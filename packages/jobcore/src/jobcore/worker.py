@@ -47,9 +47,12 @@ START_TIMEOUT = 30.0
 KILL_TIMEOUT = 15.0
 DEFAULT_CHUNK = 256 * 1024
 
-_WATCH_MASK = linux.IN_MODIFY | linux.IN_MOVED_TO | linux.IN_DELETE_SELF
-#: Events that say a job's directory itself is gone (IN_IGNORED: the kernel dropped the watch).
-_GONE_MASK = linux.IN_DELETE_SELF | linux.IN_IGNORED
+_WATCH_MASK = linux.IN_MODIFY | linux.IN_MOVED_TO
+#: Watched on the state directory: a job directory removed or moved away. (The job directory's own
+#: IN_DELETE_SELF comes only once nothing pins it, and the shim's open output files do.)
+_IN_MOVED_FROM = 0x00000040
+_IN_DELETE = 0x00000200
+_STATE_DIR_MASK = _IN_DELETE | _IN_MOVED_FROM
 VANISHED_REASON = "the job's directory vanished from the state directory; the job was killed"
 
 
@@ -207,6 +210,7 @@ class Worker:
             # nothing per job watched.
             self._epoll = select.epoll()
             self._epoll.register(self._inotify.fd, select.EPOLLIN)
+            self._state_wd = self._inotify.add_watch(str(self.state_dir), _STATE_DIR_MASK)
             self._epoll.register(self._wake_r, select.EPOLLIN)
             self._launcher, self._launcher_sock = self._start_launcher()
             self._load_existing(sweep_unknown_cgroups)
@@ -790,13 +794,15 @@ class Worker:
                 elif fd == self._inotify.fd:
                     changed: dict[str, _Job] = {}
                     gone: dict[str, _Job] = {}
-                    for wd, mask, _name in self._inotify.read_events():
+                    for wd, _mask, name in self._inotify.read_events():
                         with self._lock:
-                            job = self._by_wd.get(wd)
-                        if job is not None:
+                            job = self._jobs.get(name) if wd == self._state_wd else self._by_wd.get(wd)
+                        if job is None:
+                            continue
+                        if wd == self._state_wd:
+                            gone[job.id] = job
+                        else:
                             changed[job.id] = job
-                            if mask & _GONE_MASK:
-                                gone[job.id] = job
                     for job in changed.values():
                         self._job_changed_safely(job, shim_gone=False)
                     for job in gone.values():
