@@ -173,11 +173,12 @@ def flood_loop(target: str, cert: Path, key: Path, deadline: float, tally: Tally
     with grpc.secure_channel(target, credentials) as channel:
         stub = pb_grpc.JobWorkerStub(channel)
         argv = ["sh", "-c", "trap '' TERM; echo flood; while :; do sleep 1; done"]
-        job = stub.StartJob(pb.StartJobRequest(argv=argv), timeout=30).job
-        with tally.lock:
-            tally.job_ids.add(job.id)
-        try:
-            while time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            # A new job each round: once a job has ended, a stop or a stream of it holds nothing.
+            job = stub.StartJob(pb.StartJobRequest(argv=argv), timeout=30).job
+            with tally.lock:
+                tally.job_ids.add(job.id)
+            try:
                 stop = pb.StopJobRequest(job_id=job.id, grace_seconds=20)
                 calls = [stub.StopJob.future(stop, timeout=120) for _ in range(FLOOD)]
                 follow = pb.StreamOutputRequest(job_id=job.id, follow=True)
@@ -186,19 +187,21 @@ def flood_loop(target: str, cert: Path, key: Path, deadline: float, tally: Tally
                     error = call.exception(timeout=120)
                     if error is not None and error.code() not in allowed:
                         tally.error(f"mallory's StopJob: {error.code()} {error.details()}")
-                refused = sum(
-                    1 for s in streams if s.done() and s.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-                )
+                exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
+                refused = sum(1 for s in streams if s.done() and s.code() == exhausted)
                 for stream in streams:
                     stream.cancel()
                 tally.count("flood rounds")
                 tally.count(f"flood streams refused {'some' if refused else 'none'}")
-        finally:
-            stub.StopJob(pb.StopJobRequest(job_id=job.id, grace_seconds=0), timeout=60)
-            for _ in range(600):
-                if stub.GetJob(pb.GetJobRequest(job_id=job.id), timeout=30).job.state != pb.JOB_STATE_RUNNING:
-                    break
-                time.sleep(0.1)
+            finally:
+                stub.StopJob(pb.StopJobRequest(job_id=job.id, grace_seconds=0), timeout=60)
+                for _ in range(600):
+                    if (
+                        stub.GetJob(pb.GetJobRequest(job_id=job.id), timeout=30).job.state
+                        != pb.JOB_STATE_RUNNING
+                    ):
+                        break
+                    time.sleep(0.1)
 
 
 def run_load(

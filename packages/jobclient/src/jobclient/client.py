@@ -428,16 +428,23 @@ class AsyncClient(_BaseClient):
 
     async def list(self, *, all_users: bool = False, user: str | None = None) -> builtins.list[Job]:
         """See `Client.list`."""
+        return [job async for job in self.iter_jobs(all_users=all_users, user=user)]
+
+    async def iter_jobs(
+        self, *, all_users: bool = False, user: str | None = None, page_size: int = 0
+    ) -> AsyncIterator[Job]:
+        """See `Client.iter_jobs`; iterate with `async for`."""
         request = conv.list_request(all_users, user)
-        jobs: builtins.list[Job] = []
+        request.page_size = page_size
         for _ in range(_MAX_PAGES):
             try:
                 response: pb.ListJobsResponse = await self._stub.ListJobs(request, timeout=self.timeout)
             except grpc.RpcError as e:
                 raise self._error(e) from e
-            jobs.extend(conv.job_from_proto(job) for job in response.jobs)
+            for job in response.jobs:
+                yield conv.job_from_proto(job)
             if not response.next_page_token:
-                return jobs
+                return
             request.page_token = response.next_page_token
         raise JobClientError(f"the server sent more than {_MAX_PAGES} pages of jobs")
 
