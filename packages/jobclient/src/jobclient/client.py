@@ -234,6 +234,17 @@ class Client(_BaseClient):
             return job
         return self.wait(job_id, out=_discard, offset=job.output_bytes)
 
+    def delete(self, job_id: str) -> Job:
+        """Delete an ended job (its record and stored output); returns it as last seen. The owner or
+        an admin may. FailedPrecondition while it runs, JobNotFound for someone else's."""
+        try:
+            response: pb.DeleteJobResponse = self._stub.DeleteJob(
+                pb.DeleteJobRequest(job_id=job_id), timeout=self.timeout
+            )
+        except grpc.RpcError as e:
+            raise self._error(e, job_id) from e
+        return conv.job_from_proto(response.job)
+
     def status(self, job_id: str) -> Job:
         """The job's current status."""
         try:
@@ -415,6 +426,16 @@ class AsyncClient(_BaseClient):
         if job.ended:
             return job
         return await self.wait(job_id, out=_discard, offset=job.output_bytes)
+
+    async def delete(self, job_id: str) -> Job:
+        """See `Client.delete`."""
+        try:
+            response: pb.DeleteJobResponse = await self._stub.DeleteJob(
+                pb.DeleteJobRequest(job_id=job_id), timeout=self.timeout
+            )
+        except grpc.RpcError as e:
+            raise self._error(e, job_id) from e
+        return conv.job_from_proto(response.job)
 
     async def status(self, job_id: str) -> Job:
         """See `Client.status`."""

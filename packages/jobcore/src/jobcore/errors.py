@@ -63,3 +63,11 @@ class CorruptStateFile(JobError, ValueError):
         super().__init__(f"{path}: {problem}")
         self.path = path
         self.problem = problem
+
+
+class JobStillRunning(JobError):
+    """The operation needs an ended job (e.g. removing it) and this one is still running."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} is still running; stop it first")
+        self.job_id = job_id

@@ -29,6 +29,7 @@ from jobcore.errors import (
     CorruptStateFile,
     InvalidSpec,
     JobNotFound,
+    JobStillRunning,
     StateError,
     StopTimeout,
     WorkerError,
@@ -498,6 +499,23 @@ class Worker:
                 return self._status(job)
             raise StopTimeout(f"job {job_id} did not end within {KILL_TIMEOUT:.0f} s of its grace period")
         return self._status(job)
+
+    def remove(self, job_id: str) -> JobStatus:
+        """Forget an ended job and delete its directory (records and output); returns its last status.
+        Raises JobNotFound, or JobStillRunning while it runs. Readers still open keep what they hold."""
+        job = self._get(job_id)
+        if job.exit is None:
+            raise JobStillRunning(job_id)
+        status = self._status(job)
+        with self._lock:
+            self._jobs.pop(job_id, None)
+        try:
+            shutil.rmtree(job.dir)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StateError(exc.errno or 0, f"cannot delete the directory of job {job_id}: {exc}") from exc
+        return status
 
     def output(
         self, job_id: str, offset: int = 0, follow: bool = True, chunk_size: int = DEFAULT_CHUNK

@@ -21,6 +21,7 @@ import attrs
 from jobcore.errors import InvalidLimit
 from jobcore.spec import Limits, host_cpu_count, host_memory_bytes
 from jobcore.units import parse_cpu, parse_rate, parse_size
+from jobserver.retention import parse_age
 
 MIB = 1024 * 1024
 
@@ -72,6 +73,13 @@ class ServerConfig:
     shutdown_grace_seconds: float = 10.0
     #: Bytes of stored output per job (None = no cap); past it jobcore stops the job.
     output_cap: int | None = 1024 * MIB
+    #: Bytes of stored output per user (None = no quota); at it, the user's new jobs are refused.
+    output_user_quota: int | None = 10 * 1024 * MIB
+    #: Retention: ended jobs older than this many seconds are deleted (None: kept however old)...
+    retention_max_age_seconds: float | None = 30 * 86400.0
+    #: ...and so are those past the most recent N ended jobs of each user (None: no limit).
+    retention_max_ended_jobs_per_user: int | None = 1000
+    retention_interval_seconds: float = 600.0
 
     @property
     def calls_per_user(self) -> int:
@@ -231,7 +239,7 @@ def settings_from_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {where}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {where} is not valid TOML: {exc}") from None
-    _check_keys(where, data, ["server", "requests", "limits", "output"])
+    _check_keys(where, data, ["server", "requests", "limits", "output", "retention"])
     out: dict[str, Any] = {}
     for section, keys in (("server", _SERVER_KEYS), ("requests", _REQUEST_KEYS)):
         table = _check_keys(f"{where} [{section}]", data.get(section, {}), list(keys))
@@ -242,12 +250,42 @@ def settings_from_file(path: Path) -> dict[str, Any]:
         out["default_limits"] = _limits_from_table(f"{where} [limits.default]", limits["default"], None)
     if "max" in limits:
         out["max_limits"] = _limits_from_table(f"{where} [limits.max]", limits["max"], default_max_limits())
-    output = _check_keys(f"{where} [output]", data.get("output", {}), ["cap"])
-    if "cap" in output:
-        cap = output["cap"]
-        unlimited = cap is False or cap == "none"
-        out["output_cap"] = None if unlimited else _convert(f"{where} [output] cap", "size", cap)
+    output = _check_keys(f"{where} [output]", data.get("output", {}), ["cap", "user_quota"])
+    for key, field in (("cap", "output_cap"), ("user_quota", "output_user_quota")):
+        if key in output:
+            value = output[key]
+            unlimited = value is False or value == "none"
+            out[field] = None if unlimited else _convert(f"{where} [output] {key}", "size", value)
+    retention = _check_keys(
+        f"{where} [retention]",
+        data.get("retention", {}),
+        ["max_age", "max_ended_jobs_per_user", "interval_seconds"],
+    )
+    if "max_age" in retention:
+        out["retention_max_age_seconds"] = _age(f"{where} [retention] max_age", retention["max_age"])
+    if "max_ended_jobs_per_user" in retention:
+        value = retention["max_ended_jobs_per_user"]
+        where_key = f"{where} [retention] max_ended_jobs_per_user"
+        out["retention_max_ended_jobs_per_user"] = None if value is False else _convert(where_key, int, value)
+    if "interval_seconds" in retention:
+        where_key = f"{where} [retention] interval_seconds"
+        out["retention_interval_seconds"] = _convert(where_key, float, retention["interval_seconds"])
     return out
+
+
+def _age(where: str, value: Any) -> float | None:
+    """A retention age: seconds, or a string such as "12h", "30d", "2w"; false = no maximum."""
+    if value is False:
+        return None
+    try:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ValueError(f"expected an age such as 3600, '12h' or '30d', got {value!r}")
+        seconds = parse_age(value) if isinstance(value, str) else float(value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"{where}: must be positive, got {value!r}")
+    return seconds
 
 
 def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> ServerConfig:

@@ -25,7 +25,15 @@ import attrs
 import grpc
 import structlog
 
-from jobcore.errors import ControllerError, InvalidJobId, InvalidSpec, JobNotFound, StopTimeout, WorkerError
+from jobcore.errors import (
+    ControllerError,
+    InvalidJobId,
+    InvalidSpec,
+    JobNotFound,
+    JobStillRunning,
+    StopTimeout,
+    WorkerError,
+)
 from jobserver.direct_issuer import DirectIssuers
 from jobserver.errors import RpcStatusError
 from jobserver.identity import Identity, identity_from_auth_context
@@ -67,6 +75,8 @@ def failure_for(exc: Exception) -> RpcStatusError | None:
         return RpcStatusError(grpc.StatusCode.NOT_FOUND, f"job {exc.job_id} not found")
     if isinstance(exc, InvalidSpec | InvalidJobId):
         return RpcStatusError(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    if isinstance(exc, JobStillRunning):
+        return RpcStatusError(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
     if isinstance(exc, ControllerError):
         return RpcStatusError(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
     if isinstance(exc, StopTimeout):

@@ -29,6 +29,7 @@ import structlog
 from jobcore.errors import JobNotFound
 from jobcore.spec import JobSpec
 from jobcore.status import JobState, JobStatus
+from jobcore.units import format_size
 from jobserver.errors import RpcStatusError, job_not_found
 from jobserver.identity import Identity
 from jobserver.store import JobRecord, JobStore
@@ -58,9 +59,16 @@ class ReconcileReport:
 
 class Jobs:
     def __init__(
-        self, worker: Any, store: JobStore, max_running_per_user: int, stop_wait: float | None = None
+        self,
+        worker: Any,
+        store: JobStore,
+        max_running_per_user: int,
+        stop_wait: float | None = None,
+        output_quota: int | None = None,
     ) -> None:
         self._worker = worker
+        #: Bytes of stored output one user may have before their new jobs are refused (None: no quota).
+        self._output_quota = output_quota
         #: How long `stop` waits for the end (None: until it ended); the stop goes on past it.
         self._stop_wait = stop_wait
         self._store = store
@@ -125,12 +133,29 @@ class Jobs:
                 )
             self._starting[spec.owner] += 1
         try:
+            self._check_output_quota(spec.owner)
             status = self._worker.start(spec)
             self._store.put(status, created_at=time.time(), cwd=spec.cwd)
         finally:
             with self._starting_lock:
                 self._starting[spec.owner] -= 1
         return JobView(status=status, cwd=spec.cwd, live=True)
+
+    def _check_output_quota(self, owner: str) -> None:
+        """RESOURCE_EXHAUSTED when `owner`'s stored output (ended jobs' records plus running jobs'
+        output so far) reached the quota: one user must not fill the state disk for everyone."""
+        quota = self._output_quota
+        if quota is None:
+            return
+        used = self._store.output_bytes(owner)
+        used += sum(s.output_bytes for s in self._worker.list(owner) if not s.state.ended)
+        if used >= quota:
+            raise RpcStatusError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"user {owner} stores {used} bytes of job output ({format_size(used)}), at or past the "
+                f"quota of {quota} bytes ({format_size(quota)}); delete ended jobs (jobctl rm, jobctl "
+                "prune) to start new ones",
+            )
 
     def find(self, job_id: str, identity: Identity) -> JobView:
         """The job if `identity` may see it; otherwise NOT_FOUND, the same as for no such job."""
@@ -153,6 +178,39 @@ class Jobs:
         status = self._worker.stop(view.status.id, grace=grace, timeout=self._stop_wait)
         self._store.put(status)
         return attrs.evolve(view, status=status)
+
+    def delete(self, view: JobView) -> JobView:
+        """Delete an ended job: its directory (output included) first, then its record, so that a
+        crash in between leaves a record of history rather than a job nobody listed."""
+        job_id = view.status.id
+        if not view.status.state.ended:
+            raise RpcStatusError(
+                grpc.StatusCode.FAILED_PRECONDITION, f"job {job_id} is still running; stop it first"
+            )
+        if view.live:
+            try:
+                self._worker.remove(job_id)
+            except JobNotFound:
+                pass  # removed meanwhile by another call
+        self._store.delete(job_id)
+        return view
+
+    def prunable(self, older_than: float | None, keep_per_owner: int | None) -> builtins.list[str]:
+        return self._store.prunable(older_than, keep_per_owner)
+
+    def delete_ended(self, job_id: str) -> bool:
+        """Delete `job_id` if it has ended (for the retention policy); False when it runs or is gone."""
+        record = self._store.get(job_id)
+        try:
+            view = JobView(status=self._worker.status(job_id), cwd="", live=True)
+        except JobNotFound:
+            if record is None:
+                return False
+            view = JobView(status=record.status, cwd=record.cwd, live=False)
+        if not view.status.state.ended:
+            return False
+        self.delete(view)
+        return True
 
     def list(self, owner: str | None) -> list[JobView]:
         """Jobs oldest first; running ones with their live status."""

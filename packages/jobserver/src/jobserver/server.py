@@ -28,6 +28,7 @@ from jobserver.health import HealthService, ServingStatus
 from jobserver.interceptor import GuardInterceptor
 from jobserver.jobs import Jobs
 from jobserver.limits_per_user import CallShares
+from jobserver.retention import RetentionPolicy, RetentionSweeper
 from jobserver.service import SERVICE_NAME, JobWorkerService
 from jobserver.store import JobStore, StoreError
 
@@ -75,6 +76,14 @@ def _write_port_file(path: Path, port: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(f"{port}\n")
     os.replace(tmp, path)
+
+
+def retention_policy(config: ServerConfig) -> RetentionPolicy:
+    return RetentionPolicy(
+        max_age_seconds=config.retention_max_age_seconds,
+        max_ended_jobs_per_user=config.retention_max_ended_jobs_per_user,
+        interval_seconds=config.retention_interval_seconds,
+    )
 
 
 class JobServer:
@@ -151,13 +160,22 @@ class JobServer:
             raise StartupError(f"cannot start the job worker on {config.jobs_dir}: {exc}") from None
         self.worker = worker
         self._stack.callback(worker.close)
-        jobs = Jobs(worker, store, config.max_running_jobs_per_user, stop_wait=config.stop_wait_seconds)
+        jobs = Jobs(
+            worker,
+            store,
+            config.max_running_jobs_per_user,
+            stop_wait=config.stop_wait_seconds,
+            output_quota=config.output_user_quota,
+        )
         report = jobs.reconcile()
         self._log.info(
             "state reconciled",
             state_dir=str(config.state_dir),
             **{k: getattr(report, k) for k in ("refreshed", "adopted", "vanished", "running")},
         )
+        sweeper = RetentionSweeper(jobs, retention_policy(config))
+        sweeper.start()
+        self._stack.callback(sweeper.close)
         self._service = JobWorkerService(worker, jobs, config)
         workers = config.max_concurrent_streams + config.unary_threads
         self._executor = futures.ThreadPoolExecutor(

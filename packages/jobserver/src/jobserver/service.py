@@ -96,6 +96,11 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         view = self._jobs.find(job_id, caller())
         return pb.GetJobResponse(job=convert.job_to_proto(view.status, view.cwd))
 
+    def DeleteJob(self, request: pb.DeleteJobRequest, context: grpc.ServicerContext) -> pb.DeleteJobResponse:
+        job_id = convert.parse_job_id(request.job_id)
+        view = self._jobs.delete(self._jobs.find(job_id, caller()))
+        return pb.DeleteJobResponse(job=convert.job_to_proto(view.status, view.cwd))
+
     def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.ListJobsResponse:
         identity = caller()
         scope = convert.list_scope(request)

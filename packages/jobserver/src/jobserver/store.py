@@ -163,6 +163,36 @@ class JobStore:
             rows = self._db.execute(query + " ORDER BY created_at, id LIMIT ?", (*params, limit)).fetchall()
         return [record for row in rows if (record := _record(row)) is not None]
 
+    def delete(self, job_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    def prunable(self, older_than: float | None, keep_per_owner: int | None) -> builtins.list[str]:
+        """Ids of ended jobs that ended before `older_than` (a time) or are past the `keep_per_owner`
+        most recently ended of their owner. A damaged row counts by its creation time."""
+        if older_than is None and keep_per_owner is None:
+            return []
+        query = """
+            SELECT id FROM (
+                SELECT id, t, ROW_NUMBER() OVER (PARTITION BY owner ORDER BY t DESC, id DESC) AS n
+                FROM (SELECT id, owner, COALESCE(
+                          CASE WHEN json_valid(status) THEN json_extract(status, '$.ended_at') END,
+                          created_at) AS t
+                      FROM jobs WHERE ended))
+            WHERE t < ? OR n > ?"""
+        cutoff = older_than if older_than is not None else float("-inf")
+        keep = keep_per_owner if keep_per_owner is not None else 2**62
+        with self._lock:
+            return [row[0] for row in self._db.execute(query, (cutoff, keep))]
+
+    def output_bytes(self, owner: str) -> int:
+        """Bytes of output the records of `owner`'s ended jobs say are stored."""
+        query = """SELECT COALESCE(SUM(CASE WHEN json_valid(status)
+                       THEN COALESCE(json_extract(status, '$.output_bytes'), 0) ELSE 0 END), 0)
+                   FROM jobs WHERE owner = ? AND ended"""
+        with self._lock:
+            return int(self._db.execute(query, (owner,)).fetchone()[0])
+
     def ids(self) -> set[str]:
         with self._lock:
             return {row[0] for row in self._db.execute("SELECT id FROM jobs") if isinstance(row[0], str)}

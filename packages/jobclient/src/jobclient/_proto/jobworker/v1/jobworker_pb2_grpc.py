@@ -61,6 +61,11 @@ class JobWorkerStub:
                 request_serializer=jobworker_dot_v1_dot_jobworker__pb2.StreamOutputRequest.SerializeToString,
                 response_deserializer=jobworker_dot_v1_dot_jobworker__pb2.StreamOutputResponse.FromString,
                 _registered_method=True)
+        self.DeleteJob = channel.unary_unary(
+                '/jobworker.v1.JobWorker/DeleteJob',
+                request_serializer=jobworker_dot_v1_dot_jobworker__pb2.DeleteJobRequest.SerializeToString,
+                response_deserializer=jobworker_dot_v1_dot_jobworker__pb2.DeleteJobResponse.FromString,
+                _registered_method=True)
 
 
 class JobWorkerServicer:
@@ -112,6 +117,15 @@ class JobWorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteJob(self, request, context):
+        """Delete an ended job: its record, its directory and its stored output. The owner or an admin may.
+        Errors: NOT_FOUND (no such job, or someone else's), FAILED_PRECONDITION while it runs (stop it
+        first). Returns the job as it was last seen.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobWorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -139,6 +153,11 @@ def add_JobWorkerServicer_to_server(servicer, server):
                     servicer.StreamOutput,
                     request_deserializer=jobworker_dot_v1_dot_jobworker__pb2.StreamOutputRequest.FromString,
                     response_serializer=jobworker_dot_v1_dot_jobworker__pb2.StreamOutputResponse.SerializeToString,
+            ),
+            'DeleteJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteJob,
+                    request_deserializer=jobworker_dot_v1_dot_jobworker__pb2.DeleteJobRequest.FromString,
+                    response_serializer=jobworker_dot_v1_dot_jobworker__pb2.DeleteJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -277,6 +296,33 @@ class JobWorker:
             '/jobworker.v1.JobWorker/StreamOutput',
             jobworker_dot_v1_dot_jobworker__pb2.StreamOutputRequest.SerializeToString,
             jobworker_dot_v1_dot_jobworker__pb2.StreamOutputResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobworker.v1.JobWorker/DeleteJob',
+            jobworker_dot_v1_dot_jobworker__pb2.DeleteJobRequest.SerializeToString,
+            jobworker_dot_v1_dot_jobworker__pb2.DeleteJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
