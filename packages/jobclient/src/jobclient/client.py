@@ -128,7 +128,8 @@ class _BaseClient:
         """How long `wait`/`run` keep following a job while the server is unreachable (a restart)."""
 
     def _stop_timeout(self, grace: float | None) -> float | None:
-        # StopJob returns once the job has ended, which may take the whole grace period.
+        # StopJob returns once the job has ended or the server's stop wait (5 s) is over, whichever
+        # comes first; the grace bounds both.
         if self.timeout is None:
             return None
         return self.timeout + (grace if grace is not None else _SERVER_DEFAULT_GRACE)
