@@ -18,6 +18,7 @@ on that state: it must come up, list every job, and report the damaged two as lo
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import threading
@@ -300,5 +301,11 @@ def test_mixed_load_from_several_clients_leaves_nothing_behind(
     assert after[finished[0]].state is JobState.LOST
     assert after[finished[1]].state is JobState.LOST
     assert all(after[job.id].state is job.state for job in jobs if job.id not in finished[:2])
-    assert "exit.json" in server.log_text() and "run.json" in server.log_text()
+    damaged = [
+        line
+        for line in server.log_text().splitlines()
+        if line.startswith("{") and "is lost" in json.loads(line)["event"]
+    ]
+    assert any(f"{finished[0]}/exit.json" in line for line in damaged), damaged
+    assert any(f"{finished[1]}/run.json" in line for line in damaged), damaged
     assert server.terminate() == 0

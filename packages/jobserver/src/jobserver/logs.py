@@ -9,6 +9,15 @@ import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 
 
+class _StdlibToStructlog(logging.Handler):
+    """jobcore logs with the standard library (it must not need structlog); its records join the
+    server's structured log instead of Python's bare last-resort output."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        extra = {"exc_info": record.exc_info} if record.exc_info else {}
+        structlog.get_logger(record.name).log(record.levelno, record.getMessage(), **extra)
+
+
 def configure_logging(log_format: str | None) -> None:
     """Log to stderr. `log_format` is "json", "console", or None (console on a TTY, else JSON)."""
     fmt = log_format or ("console" if sys.stderr.isatty() else "json")
@@ -30,3 +39,7 @@ def configure_logging(log_format: str | None) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+    jobcore_log = logging.getLogger("jobcore")
+    if not any(isinstance(h, _StdlibToStructlog) for h in jobcore_log.handlers):
+        jobcore_log.addHandler(_StdlibToStructlog())
+    jobcore_log.setLevel(logging.INFO)
