@@ -53,6 +53,8 @@ def isolation_to_proto(isolation: Isolation) -> pb.Isolation:
         host_network=not isolation.net,
         disable_uts=not isolation.uts,
         disable_ipc=not isolation.ipc,
+        disable_sandbox=not isolation.sandbox,
+        run_as_root=isolation.run_as_root,
     )
 
 
@@ -131,6 +133,9 @@ def job_from_proto(message: pb.Job) -> Job:
         output_capped=message.output_capped,
         cwd=message.cwd,
         argv_truncated=message.argv_truncated,
+        uid=_optional(message, "uid"),
+        gid=_optional(message, "gid"),
+        sandboxed=message.sandboxed,
     )
 
 

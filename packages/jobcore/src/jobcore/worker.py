@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -34,7 +34,7 @@ from jobcore.errors import (
     StopTimeout,
     WorkerError,
 )
-from jobcore.spec import JobSpec, Limits
+from jobcore.spec import JobSpec, Limits, RunAs
 from jobcore.status import JobState, JobStatus, ResourceUsage
 
 log = logging.getLogger("jobcore")
@@ -55,6 +55,8 @@ _IN_MOVED_FROM = 0x00000040
 _IN_DELETE = 0x00000200
 _STATE_DIR_MASK = _IN_DELETE | _IN_MOVED_FROM
 VANISHED_REASON = "the job's directory vanished from the state directory; the job was killed"
+#: Working directories that the sandbox's own mounts provide (see `JobSpec.cwd`).
+_PRIVATE_CWDS = ("/", "/tmp", "/var/tmp", "/dev/shm")
 
 
 class _Job:
@@ -180,6 +182,7 @@ class Worker:
         default_grace: float = DEFAULT_GRACE,
         on_job_ended: Callable[[JobStatus], None] | None = None,
         sweep_unknown_cgroups: bool = False,
+        hidden_paths: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
         if output_cap is not None and output_cap <= 0:
             raise InvalidSpec(f"output_cap must be positive or None, got {output_cap}")
@@ -197,6 +200,9 @@ class Worker:
         self._by_pidfd: dict[int, _Job] = {}
 
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.state_dir, 0o700)  # its jobs' output, specs and environments are nobody else's
+        #: What sandboxed jobs never see: the state directory and the caller's paths (keys, config...).
+        self.hidden_paths = _hidden_paths(self.state_dir, hidden_paths)
         self._lock_fd = self._take_lock()
         try:
             self.controller = load_controller(controller) if isinstance(controller, str) else controller
@@ -324,21 +330,44 @@ class Worker:
         if not isinstance(spec, JobSpec):
             raise InvalidSpec(f"start() takes a JobSpec, got {type(spec).__name__}")
         limits = spec.limits.resolve(self.default_limits, self.max_limits)
-        if not os.path.isdir(spec.cwd):
-            raise InvalidSpec(f"cwd {spec.cwd!r} does not exist or is not a directory")
-        self.controller.check(limits, spec.cwd)
+        sandboxed = spec.isolation.sandbox
+        if spec.cwd is not None:
+            if not os.path.isdir(spec.cwd):
+                raise InvalidSpec(f"cwd {spec.cwd!r} does not exist or is not a directory")
+            if sandboxed:
+                self._check_visible(spec.cwd)
         job_id = jobdir.new_job_id()
+        directory = self.state_dir / job_id
+        scratch = str(directory / jobdir.SCRATCH) if sandboxed and spec.cwd is None else None
+        cwd = scratch or spec.cwd or "/"
+        user = spec.user or RunAs(os.geteuid(), os.getegid())
+        self.controller.check(limits, spec.cwd or str(self.state_dir))
         staging = self.state_dir / f".{job_id}.new"
         handle: Handle | None = None
         try:
             staging.mkdir(mode=0o700)
-            handle = self.controller.create(spec.owner, job_id, limits, spec.cwd)
+            if scratch is not None:
+                (staging / jobdir.SCRATCH).mkdir(mode=0o700)
+                os.chown(staging / jobdir.SCRATCH, user.uid, user.gid)
+            handle = self.controller.create(spec.owner, job_id, limits, spec.cwd or str(self.state_dir))
             record = {
                 "id": job_id,
                 "owner": spec.owner,
                 "argv": list(spec.argv),
                 "env": spec.exec_env(),
-                "cwd": spec.cwd,
+                "cwd": cwd,
+                "user": None if spec.user is None else {"uid": user.uid, "gid": user.gid},
+                "uid": user.uid,
+                "gid": user.gid,
+                "sandbox": None
+                if not sandboxed
+                else {
+                    "hide": self.hidden_paths + _unreachable_ancestor(scratch, user, self.hidden_paths),
+                    "scratch": scratch,
+                    # "/" is never writable (a bind over the root is not seen by path lookups), and
+                    # /tmp, /var/tmp, /dev/shm are the job's own already (the host's stay unseen).
+                    "writable_cwd": spec.cwd is not None and spec.cwd not in _PRIVATE_CWDS,
+                },
                 "namespaces": list(spec.isolation.enabled()),
                 "limits": attrs.asdict(handle.applied()),
                 "controller": self.controller.name,
@@ -348,7 +377,6 @@ class Worker:
                 "created_at": time.time(),
             }
             jobdir.write_json(staging / jobdir.SPEC, record)
-            directory = self.state_dir / job_id
             os.rename(staging, directory)
         except BaseException as exc:
             if handle is not None:
@@ -370,6 +398,14 @@ class Worker:
         if job.exit is None:
             self._watch_job(job)
         return self._status(job)
+
+    def _check_visible(self, cwd: str) -> None:
+        """A sandboxed job's explicit working directory must not lie in a hidden path (its writable
+        bind would show what is hidden)."""
+        real = os.path.realpath(cwd)
+        for hidden in self.hidden_paths:
+            if real == hidden or real.startswith(hidden.rstrip("/") + "/"):
+                raise InvalidSpec(f"cwd {cwd!r} is inside {hidden}, which jobs may not see")
 
     def _launch(self, job: _Job) -> dict[str, Any]:
         """Hand the job to the launcher and wait for its shim's report (a JSON line)."""
@@ -509,12 +545,20 @@ class Worker:
         status = self._status(job)
         with self._lock:
             self._jobs.pop(job_id, None)
-        try:
-            shutil.rmtree(job.dir)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise StateError(exc.errno or 0, f"cannot delete the directory of job {job_id}: {exc}") from exc
+        _wait_shim_gone(job.dir, timeout=5.0)  # it may still be tidying up after writing exit.json
+        for attempt in range(3):
+            try:
+                shutil.rmtree(job.dir)
+                break
+            except FileNotFoundError:
+                if not job.dir.exists():
+                    break  # an entry went away under us: look again (bounded)
+            except OSError as exc:
+                raise StateError(
+                    exc.errno or 0, f"cannot delete the directory of job {job_id}: {exc}"
+                ) from exc
+            if attempt == 2:
+                raise StateError(0, f"cannot delete the directory of job {job_id}: it keeps changing")
         return status
 
     def output(
@@ -589,6 +633,9 @@ class Worker:
             namespaces=tuple(spec["namespaces"]) if run else (),
             output_bytes=output_bytes,
             output_capped=ended.get("output_capped", False),
+            uid=spec.get("uid"),
+            gid=spec.get("gid"),
+            sandboxed=spec.get("sandbox") is not None,
         )
 
     def _signal_shim(self, job: _Job, signum: int) -> None:
@@ -863,6 +910,22 @@ def _remove_damaged(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _wait_shim_gone(directory: Path, timeout: float) -> None:
+    """Wait (bounded, on a pidfd) until the job's shim, if shim.json names one still alive, exits."""
+    shim = _read_or_none(directory / jobdir.SHIM)
+    if shim is None:
+        return
+    try:
+        pidfd = os.pidfd_open(shim["pid"])
+    except ProcessLookupError:
+        return
+    try:
+        if linux.process_start_ticks(shim["pid"]) == shim["start_ticks"]:  # not a reused pid
+            select.select([pidfd], [], [], timeout)
+    finally:
+        os.close(pidfd)
+
+
 def _kill_shim_of(directory: Path) -> None:
     """SIGKILL the job's shim if shim.json names a live one (checked by its start time, so a reused
     pid is never hit). The shim of a job with a PID namespace is its PID 1: the kernel then kills every
@@ -874,6 +937,43 @@ def _kill_shim_of(directory: Path) -> None:
         os.kill(shim["pid"], signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def _hidden_paths(state_dir: Path, extra: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """The state directory and `extra`, as absolute paths with symlinks resolved (the kernel mounts
+    over the target), shortest first."""
+    paths = {str(state_dir)}
+    for path in extra:
+        if not os.path.isabs(path):
+            raise InvalidSpec(f"hidden path {os.fspath(path)!r} is relative: give an absolute path")
+        paths.add(os.path.realpath(path))
+    return sorted(paths, key=lambda p: (len(p), p))
+
+
+def _unreachable_ancestor(path: str | None, user: RunAs, hidden: Sequence[str]) -> list[str]:
+    """The outermost directory above `path` that `user` may not search (a 0700 parent of the state
+    directory, say), as a path to hide too: the sandbox's empty tmpfs over it is searchable, so the
+    job can reach its scratch directory. The job could not see into that directory anyway."""
+    if path is None:
+        return []
+    current = ""
+    for part in Path(path).parent.parts[1:]:
+        current += "/" + part
+        if any(current == h or current.startswith(h.rstrip("/") + "/") for h in hidden):
+            return []  # hidden already: the sandbox makes the path up to it searchable
+        try:
+            st = os.stat(current)
+        except OSError:
+            return []
+        if st.st_uid == user.uid:
+            ok = st.st_mode & 0o100
+        elif st.st_gid == user.gid:
+            ok = st.st_mode & 0o010
+        else:
+            ok = st.st_mode & 0o001
+        if not ok:
+            return [current]
+    return []
 
 
 def _readable(fd: int) -> bool:

@@ -135,11 +135,11 @@ class Jobs:
         try:
             self._check_output_quota(spec.owner)
             status = self._worker.start(spec)
-            self._store.put(status, created_at=time.time(), cwd=spec.cwd)
+            self._store.put(status, created_at=time.time(), cwd=status.cwd)
         finally:
             with self._starting_lock:
                 self._starting[spec.owner] -= 1
-        return JobView(status=status, cwd=spec.cwd, live=True)
+        return JobView(status=status, cwd=status.cwd, live=True)
 
     def _check_output_quota(self, owner: str) -> None:
         """RESOURCE_EXHAUSTED when `owner`'s stored output (ended jobs' records plus running jobs'
