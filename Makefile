@@ -51,8 +51,16 @@ test-host: system-deps venv key-modes
 # cgroup2-only kernel in a qemu VM (tests/vm/README.md). Without qemu it says so and skips, except
 # under CI=true, where that is a failure.
 # (Pure-Python validation and CLI tests stay on the host: every exec is slow under emulation.)
+# From the sandbox's tests, those whose outcome can depend on the cgroup version or the kernel's
+# mounts (the rest is the same code on any host, and every exec is slow under emulation).
+SANDBOX_VM_TESTS := $(addprefix tests/jobcore/test_sandbox.py::test_,\
+	the_job_runs_as_the_given_uid_with_no_groups_and_the_status_says_so \
+	without_a_user_the_job_runs_as_the_worker_but_with_no_capability the_hosts_filesystem_is_read_only \
+	the_state_directory_and_hidden_paths_are_inaccessible pid_1_is_no_door_to_the_host \
+	the_host_cannot_be_renamed_and_cgroup_files_cannot_be_written the_sandbox_keeps_limits_and_stop \
+	an_explicit_cwd_is_writable_where_its_user_may_write)
 VM_TESTS ?= tests/vm/v2_smoke tests/jobcore/controllers tests/jobcore/test_jobs.py \
-	tests/jobcore/test_limits.py tests/jobcore/test_namespaces.py tests/jobcore/test_sandbox.py
+	tests/jobcore/test_limits.py tests/jobcore/test_namespaces.py $(SANDBOX_VM_TESTS)
 test-vm: system-deps venv key-modes
 	$(PY) tests/vm/run_vm.py --unavailable-ok --env JOBCORE_TEST_BIG_OUTPUT=268435456 -- $(VM_TESTS) $(PYTEST_ARGS)
 

@@ -45,6 +45,10 @@ DEFAULT_ROLE_ALLOW: dict[str, frozenset[str]] = {
 #: uids (and gids) given to identities that the config does not map (like systemd's DynamicUser=):
 #: far above any account a distribution or an administrator creates.
 DEFAULT_UID_RANGE = (500000, 599999)
+#: Directories too widely used to hide because the server's key or config lies in them.
+_SHARED_DIRS = frozenset(
+    {"/var/lib", "/var/run", "/var/tmp", "/usr/local", "/usr/share", "/usr/lib", "/usr/bin", "/run/user"}
+)
 
 
 def default_max_limits() -> Limits:
@@ -120,11 +124,19 @@ class ServerConfig:
     role_allow: dict[str, frozenset[str]] = attrs.field(factory=lambda: dict(DEFAULT_ROLE_ALLOW))
 
     def paths_hidden_from_jobs(self) -> list[Path]:
-        """Everything of the server's that a job must not see: state, keys, certificates, config."""
-        paths = [self.state_dir, self.cert, self.key, self.ca, *self.hidden_paths]
+        """Everything of the server's that a job must not see: the state directory, the key, the
+        certificates and the config file, and the directories that hold them (keys of other
+        identities, a CA key, often lie beside them: /etc/jobworker, a checkout's certs/) unless such
+        a directory is one of the system's own (/etc, /var/lib, ...), which jobs need."""
+        files = [self.cert, self.key, self.ca]
         if self.config_file is not None:
-            paths.append(self.config_file)
-        return [p.absolute() for p in paths]
+            files.append(self.config_file)
+        paths = [self.state_dir, *files, *self.hidden_paths]
+        for file in files:
+            parent = file.absolute().parent
+            if len(parent.parts) > 2 and str(parent) not in _SHARED_DIRS:
+                paths.append(parent)
+        return list(dict.fromkeys(p.absolute() for p in paths))
 
     @property
     def jobs_dir(self) -> Path:
