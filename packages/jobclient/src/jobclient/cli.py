@@ -18,6 +18,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 from jobclient import _conversions as conv
 from jobclient import _render as render
+from jobclient import cli_removal
 from jobclient.client import DEFAULT_TARGET, Client, write_all
 from jobclient.credentials import CERTS_ENV, Credentials
 from jobclient.errors import (
@@ -321,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     scope = p.add_mutually_exclusive_group()
     scope.add_argument("--all", action="store_true", help="every user's jobs (admins)")
     scope.add_argument("--user", dest="list_user", metavar="NAME", help="NAME's jobs (admins; or yourself)")
+    cli_removal.add_commands(commands, fmt)
     return parser
 
 
@@ -524,6 +526,7 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "logs": cmd_logs,
     "stop": cmd_stop,
     "list": cmd_list,
+    **cli_removal.COMMANDS,
 }
 
 
