@@ -15,8 +15,9 @@ The names below are imported on first use (PEP 562), so that `import jobclient.c
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
+
+from jobclient._version import __version__
 
 if TYPE_CHECKING:
     from jobclient.client import (
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     )
     from jobclient.credentials import Credentials
     from jobclient.errors import (
+        ConfigError,
         CredentialsError,
         DeadlineExceeded,
         FailedPrecondition,
@@ -40,12 +42,7 @@ if TYPE_CHECKING:
         ServerError,
         Unavailable,
     )
-    from jobclient.models import Isolation, Job, JobState, Limits, ResourceUsage
-
-try:
-    __version__ = version("jobclient")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
+    from jobclient.models import Isolation, Job, JobState, Limits, OutputChunk, ResourceUsage
 
 _HOMES = {
     "jobclient.client": [
@@ -58,6 +55,7 @@ _HOMES = {
     ],
     "jobclient.credentials": ["Credentials"],
     "jobclient.errors": [
+        "ConfigError",
         "CredentialsError",
         "DeadlineExceeded",
         "FailedPrecondition",
@@ -69,7 +67,7 @@ _HOMES = {
         "ServerError",
         "Unavailable",
     ],
-    "jobclient.models": ["Isolation", "Job", "JobState", "Limits", "ResourceUsage"],
+    "jobclient.models": ["Isolation", "Job", "JobState", "Limits", "OutputChunk", "ResourceUsage"],
 }
 _MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
 
@@ -78,6 +76,7 @@ __all__ = [
     "AsyncClient",
     "AsyncOutputStream",
     "Client",
+    "ConfigError",
     "Credentials",
     "CredentialsError",
     "DeadlineExceeded",
@@ -89,6 +88,7 @@ __all__ = [
     "JobNotFound",
     "JobState",
     "Limits",
+    "OutputChunk",
     "OutputSink",
     "OutputStream",
     "PermissionDenied",

@@ -9,12 +9,10 @@ from pathlib import Path
 import attrs
 import grpc
 
+from jobclient.config import CERTS_ENV, Settings
 from jobclient.errors import CredentialsError
 
-__all__ = ["CERTS_ENV", "Credentials", "default_certs_dir"]
-
-CERTS_ENV = "JOBCTL_CERTS"
-"""Environment variable naming the folder `Credentials.for_user` reads `<name>.crt/.key` and `ca.crt` from."""
+__all__ = ["CERTS_ENV", "Credentials", "credentials_for", "default_certs_dir"]
 
 
 def _repo_certs_dir() -> Path | None:
@@ -123,3 +121,12 @@ class Credentials:
         return grpc.ssl_channel_credentials(
             root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert
         )
+
+
+def credentials_for(settings: Settings) -> Credentials:
+    """The credentials `settings` (from `jobclient.config.resolve`) name: a user's, or three files."""
+    if settings.user is not None:
+        return Credentials.for_user(settings.user, settings.certs)
+    if settings.cert is None or settings.key is None or settings.ca is None:
+        raise CredentialsError("no identity: give a user name, or the certificate, key and CA files")
+    return Credentials.from_files(cert=settings.cert, key=settings.key, ca=settings.ca)

@@ -7,14 +7,17 @@ raised `RpcStatusError`s and jobcore errors into statuses. Requests are translat
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 
 from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
 from jobclient._proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
+from jobcore import output_log
 from jobcore.errors import JobNotFound
 from jobcore.spec import OWNER_RE
 from jobserver import convert
@@ -135,6 +138,9 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
                 f"offset {offset} is past the end of job {job_id}'s output "
                 f"({view.status.output_bytes} bytes)",
             )
+        if _selects_by_index(request):
+            yield from self._stream_by_index(job_id, request, context)
+            return
         try:
             reader = self._worker.output(job_id, offset=offset, follow=request.follow)
         except JobNotFound:
@@ -157,3 +163,57 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         finally:
             self.streams.remove(reader)
             reader.close()
+
+    def _stream_by_index(
+        self, job_id: str, request: pb.StreamOutputRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.StreamOutputResponse]:
+        """StreamOutput with a stream filter, a start time, a tail or annotations: the output read
+        through its index (jobcore.output_log), one response per chunk the command wrote."""
+        directory = Path(self._worker.state_dir) / job_id
+        stream = _STREAM_FILTERS.get(request.stream)
+        if stream is None:
+            raise invalid(f"unknown output stream {request.stream}")
+        if request.HasField("since") and not math.isfinite(request.since):
+            raise invalid(f"since must be a finite Unix time, got {request.since}")
+        offset = request.offset
+        if request.HasField("tail_lines"):
+            tail_stream = output_log.ANY_STREAM if stream == output_log.NO_STREAM else stream
+            offset = max(offset, output_log.tail_offset(directory, request.tail_lines, tail_stream))
+        since_ns = int(request.since * 1e9) if request.HasField("since") else None
+        reader = output_log.IndexedOutputReader(
+            directory, offset, follow=request.follow, stream=stream, since_ns=since_ns
+        )
+        try:
+            self.streams.add(reader)
+            if not context.add_callback(reader.close):
+                reader.close()
+            for start, data, chunk_stream, time_ns in reader:
+                yield pb.StreamOutputResponse(
+                    data=data,
+                    offset=start,
+                    stream=_STREAM_NAMES.get(chunk_stream, pb.OUTPUT_STREAM_UNSPECIFIED),
+                    time=time_ns / 1e9,
+                )
+            if self.streams.closed and context.is_active():
+                raise RpcStatusError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"the server is shutting down; resume from offset {reader.offset}",
+                )
+        finally:
+            self.streams.remove(reader)
+            reader.close()
+
+
+def _selects_by_index(request: pb.StreamOutputRequest) -> bool:
+    return bool(
+        request.stream or request.annotate or request.HasField("since") or request.HasField("tail_lines")
+    )
+
+
+_STREAM_FILTERS = {
+    pb.OUTPUT_STREAM_UNSPECIFIED: output_log.ANY_STREAM,
+    pb.OUTPUT_STREAM_STDOUT: output_log.STDOUT,
+    pb.OUTPUT_STREAM_STDERR: output_log.STDERR,
+    pb.OUTPUT_STREAM_NONE: output_log.NO_STREAM,
+}
+_STREAM_NAMES = {output_log.STDOUT: pb.OUTPUT_STREAM_STDOUT, output_log.STDERR: pb.OUTPUT_STREAM_STDERR}
