@@ -125,7 +125,7 @@ def test_identity_problems_are_config_errors(tmp_path: Path) -> None:
         resolve(cert="c", environ=env)
     with pytest.raises(ConfigError, match="both \\$JOBCTL_USER and"):
         resolve(environ=env | {"JOBCTL_USER": "a", "JOBCTL_CERT": "c"})
-    with pytest.raises(ConfigError, match="no context 'x'.*contexts: none"):
+    with pytest.raises(ConfigError, match=r"no context 'x'.*contexts: none"):
         resolve(context="x", user="alice", environ=env)
 
 
