@@ -389,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--reconnect", metavar="SECONDS", type=_typed(_seconds, "reconnect"),
         default=env("JOBCTL_RECONNECT") or "60",
-        help="how long `run`, `wait` and `logs -f` keep following a job while the server is "
+        help="how long `run` and `wait` keep following a job while the server is "
         "unreachable, e.g. restarting (default 60; $JOBCTL_RECONNECT)",
     )  # fmt: skip
     commands = parser.add_subparsers(
