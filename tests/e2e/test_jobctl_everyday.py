@@ -332,3 +332,34 @@ class _Sink:
 
     def __call__(self, chunk: bytes) -> None:
         self.data += chunk
+
+
+def test_sdk_output_filters_and_chunks_sync_and_async(server: ServerProcess) -> None:
+    import asyncio
+
+    from jobclient import AsyncClient, Client, Credentials
+
+    alice = Credentials.for_user("alice", CERTS)
+    with Client(server.target, credentials=alice) as client:
+        job = client.run(["sh", "-c", TWO_STREAMS], out=_Sink())
+        assert b"".join(client.output(job.id, stream="stderr")) == b"err1\nerr2\nerr3\n"
+        assert b"".join(client.output(job.id, stream="stdout", tail=1)) == b"c\n"
+        chunks = list(client.output_chunks(job.id))
+        assert {c.stream for c in chunks} == {"stdout", "stderr"}
+        assert all(c.time is not None and c.time.tzinfo is not None for c in chunks)
+        assert b"".join(c.data for c in chunks) == b"".join(client.output(job.id))
+        second = next(c for c in chunks if c.data == b"err2\n")
+        assert second.time is not None
+        assert b"".join(client.output(job.id, since=second.time, stream="stderr")) == b"err2\nerr3\n"
+        stream = client.output(job.id, stream="stderr", follow=False)
+        first = next(stream)
+        stream.close()
+        # The offset of a filtered stream is one of the whole output: it resumes without repeating.
+        assert b"".join(client.output(job.id, offset=stream.offset, stream="stderr")) == b"err2\nerr3\n"
+        assert first == b"err1\n"
+
+    async def run_async() -> list[tuple[str | None, bytes]]:
+        async with AsyncClient(server.target, credentials=alice) as aclient:
+            return [(c.stream, c.data) async for c in aclient.output_chunks(job.id, stream="stderr")]
+
+    assert asyncio.run(run_async()) == [("stderr", b"err1\n"), ("stderr", b"err2\n"), ("stderr", b"err3\n")]
