@@ -12,6 +12,7 @@ import datetime
 import json
 import os
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -363,3 +364,35 @@ def test_sdk_output_filters_and_chunks_sync_and_async(server: ServerProcess) -> 
             return [(c.stream, c.data) async for c in aclient.output_chunks(job.id, stream="stderr")]
 
     assert asyncio.run(run_async()) == [("stderr", b"err1\n"), ("stderr", b"err2\n"), ("stderr", b"err3\n")]
+
+
+def test_a_second_ctrl_c_to_run_kills_the_job_at_once(
+    start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    # The job ignores SIGTERM and the server's default grace is 300 s: after the first Ctrl-C the job
+    # would outlive the 60 s bound below; the second asks for SIGKILL now, and run exits 128+9.
+    config = tmp_path / "jobserver.toml"
+    config.write_text("[requests]\ndefault_stop_grace_seconds = 300\n")
+    server = start_server("--config", str(config))
+    script = "trap '' TERM; echo ready; while :; do sleep 0.1; done"
+    proc = subprocess.Popen(
+        [str(JOBCTL), "--user", "alice", "run", "--", "sh", "-c", script],
+        env=jobctl_env(server.target),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"ready\n"
+        proc.send_signal(signal.SIGINT)
+        (job,) = json.loads(ok(jobctl(server.target, "alice", "--json", "list")))
+        assert wait_for(lambda: status_json(server, job["id"])["stop_requested"], 30)
+        assert proc.poll() is None  # still waiting: SIGTERM is ignored
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGKILL, err
+    assert b"killing job" in err
+    assert status_json(server, job["id"])["signal"] == signal.SIGKILL

@@ -779,16 +779,35 @@ def _job_exit_status(job: Job, *, quiet: bool = False) -> int:
     return EXIT_RUN_FAILED
 
 
-def _stop_in_background(client: Client, job_id: str, grace: float | None) -> None:
-    import threading
+class _BackgroundStops:
+    """StopJob calls made while `run` keeps following the job's output (Ctrl-C), joined at the end."""
 
-    def stop() -> None:
-        try:
-            client.stop(job_id, grace=grace)
-        except JobClientError as e:
-            _diag(f"cannot stop job {job_id}: {e.message}")
+    def __init__(self, client: Client) -> None:
+        import threading
 
-    threading.Thread(target=stop, name="jobctl-stop", daemon=True).start()
+        self._client = client
+        self._threading = threading
+        self._threads: list[threading.Thread] = []
+        self._finished = threading.Event()
+
+    def stop(self, job_id: str, grace: float | None) -> None:
+        def call() -> None:
+            try:
+                self._client.stop(job_id, grace=grace)
+            except JobClientError as e:
+                if not self._finished.is_set():  # not the channel closing under a call no longer needed
+                    _diag(f"cannot stop job {job_id}: {e.message}")
+
+        thread = self._threading.Thread(target=call, name="jobctl-stop", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def finish(self, timeout: float = 5.0) -> None:
+        """The job has ended (or jobctl gives up): let the calls return (StopJob answers once the job
+        has ended), within a bound."""
+        self._finished.set()
+        for thread in self._threads:
+            thread.join(timeout)
 
 
 def cmd_run(client: Client, args: argparse.Namespace) -> int:
@@ -798,21 +817,24 @@ def cmd_run(client: Client, args: argparse.Namespace) -> int:
     if job.state is JobState.FAILED_TO_START:
         return _job_exit_status(job)
     out = _CountingStdout()
+    stops = _BackgroundStops(client)
     previous = signal.signal(signal.SIGINT, out.on_sigint)
     interrupts = 0
+    ended = False
     try:
         while True:
             try:
                 job = client.wait(job.id, out=out, offset=out.count)
+                ended = True
                 break
             except KeyboardInterrupt:
                 interrupts += 1
                 if interrupts == 1:
                     _diag(f"stopping job {job.id} (Ctrl-C again to kill it at once)")
-                    _stop_in_background(client, job.id, None)
+                    stops.stop(job.id, None)
                 elif interrupts == 2:
                     _diag(f"killing job {job.id} (Ctrl-C again to stop waiting)")
-                    _stop_in_background(client, job.id, 0.0)
+                    stops.stop(job.id, 0.0)
                 else:
                     _diag(f"no longer waiting; job {job.id} may still be running")
                     return EXIT_INTERRUPTED
@@ -829,6 +851,7 @@ def cmd_run(client: Client, args: argparse.Namespace) -> int:
         return EXIT_BROKEN_PIPE
     finally:
         signal.signal(signal.SIGINT, previous)
+        stops.finish(timeout=5.0 if ended else 0.0)
     return _job_exit_status(job)
 
 
