@@ -4,6 +4,11 @@
     .venv/bin/python bench/cli_startup.py --server        # also `jobctl run -- true` on a real jobserver
     .venv/bin/python bench/cli_startup.py --server --ssh  # ... and vs a new-connection `ssh host true`
     .venv/bin/python bench/cli_startup.py --runs 40 --importtime
+    .venv/bin/python bench/cli_startup.py --server --ssh --before /tmp/old/packages/jobclient/src
+
+`--before SRC` adds the same commands run with another jobclient source tree first on PYTHONPATH
+(e.g. `git archive main packages/jobclient | tar -x -C /tmp/old`), so that a change is measured
+against the code it replaces in the same run.
 
 Each figure is the median (and p90) wall time of `--runs` fresh processes, interleaved round-robin so
 that load drifting during the run hits every command alike. `--server` starts a jobserver (needs root,
@@ -73,7 +78,7 @@ def importtime_top(env: dict[str, str], count: int = 10) -> list[tuple[int, str]
 def _row(name: str, values: list[float], base: float) -> str:
     median = statistics.median(values)
     p90 = statistics.quantiles(values, n=10)[-1] if len(values) >= 2 else median
-    return f"{name:<34} {median * 1000:8.1f} {p90 * 1000:8.1f} {median / base:8.2f}x"
+    return f"{name:<36} {median * 1000:8.1f} {p90 * 1000:8.1f} {median / base:8.2f}x"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--server", action="store_true", help="also time `jobctl run -- true` (root)")
     parser.add_argument("--ssh", action="store_true", help="with --server: also a new-connection ssh")
     parser.add_argument("--importtime", action="store_true", help="print the costliest imports")
+    parser.add_argument("--before", metavar="SRC", help="also time these commands with this jobclient source")
     args = parser.parse_args(argv)
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JOBCTL_", "GRPC_"))}
@@ -100,9 +106,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             commands["jobctl run -- true"] = [jobctl, "run", "--", "true"]
         if services.ssh_argv:
             commands["ssh host true (new connection)"] = [*services.ssh_argv, "true"]
+        if args.before:
+            main_of = "import sys; from jobclient.cli import main; sys.argv[0] = 'jobctl'; sys.exit(main())"
+            before = [sys.executable, "-c", f"import sys; sys.path.insert(0, {args.before!r}); {main_of}"]
+            commands["(before) import jobclient.cli"] = [
+                sys.executable, "-c", f"import sys; sys.path.insert(0, {args.before!r}); import jobclient.cli"
+            ]  # fmt: skip
+            commands["(before) jobctl --help"] = [*before, "--help"]
+            if services.server_address:
+                commands["(before) jobctl run -- true"] = [*before, "run", "--", "true"]
         times = measure(commands, args.runs, env)
     base = statistics.median(times["python -c pass (baseline)"])
-    print(f"{'command':<34} {'median':>8} {'p90':>8} {'ratio':>9}   (ms; ratio to python -c pass)")
+    print(f"{'command':<36} {'median':>8} {'p90':>8} {'ratio':>9}   (ms; ratio to python -c pass)")
     for name, values in times.items():
         print(_row(name, values, base))
     if "jobctl run -- true" in times and "ssh host true (new connection)" in times:

@@ -17,7 +17,7 @@ from jobctl_runner import Jobctl
 from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
 
 NASTY = b"line\n\x00\x00NUL\x00\xff\xfe\xc3(not utf-8\x80\r\n\x1b[0m"
-COMMANDS = ["start", "run", "status", "logs", "stop", "list"]
+COMMANDS = ["start", "run", "status", "logs", "stop", "wait", "list"]
 
 
 def add_job(servicer: FakeJobWorker, job_id: str = "j1", output: bytes = b"", **fields: object) -> None:
@@ -43,6 +43,23 @@ def test_every_command_has_help_with_examples(jobctl: Jobctl, command: str) -> N
     assert f"usage: jobctl {command}" in result.text
     assert "examples:" in result.text
     assert f"jobctl --user alice {command}" in result.text or f"jobctl --user carl {command}" in result.text
+
+
+def test_completion_and_version_have_help(jobctl: Jobctl) -> None:
+    result = jobctl("completion", "--help")
+    assert result.returncode == 0
+    assert "source <(jobctl completion bash)" in result.text
+    main_help = jobctl("--help").text
+    for text in [
+        "--version",
+        "--context",
+        "JOBCTL_CONFIG",
+        "JOBCTL_CONTEXT",
+        "current-context",
+        "126",
+        "127",
+    ]:
+        assert text in main_help, text
 
 
 # --- start ------------------------------------------------------------------------------------------
