@@ -389,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--reconnect", metavar="SECONDS", type=_typed(_seconds, "reconnect"),
         default=env("JOBCTL_RECONNECT") or "60",
-        help="how long `run` and `wait` keep following a job while the server is "
+        help="how long `run`, `wait` and `logs -f` keep following a job while the server is "
         "unreachable, e.g. restarting (default 60; $JOBCTL_RECONNECT)",
     )  # fmt: skip
     commands = parser.add_subparsers(
@@ -940,28 +940,47 @@ class _Timestamper:
 
 
 def cmd_logs(client: Client, args: argparse.Namespace) -> int:
-    from jobclient.client import write_all
+    import time
+
+    from jobclient.client import _Reconnect, write_all
 
     job_id = _IdResolver(client)(args.job_id)
-    options: dict[str, Any] = {"offset": args.offset, "follow": args.follow, "stream": args.stream}
+    options: dict[str, Any] = {"follow": args.follow, "stream": args.stream}
     if args.since is not None:
         options["since"] = args.since
     if args.tail is not None:
         options["tail"] = args.tail
-
-    def emit(data: bytes) -> None:
-        write_all(sys.stdout.buffer, data)
-
-    if args.timestamps:
-        stamp = _Timestamper(emit)
-        with client.output_chunks(job_id, **options) as chunks:
-            for chunk in chunks:
-                stamp(chunk.data, chunk.time)
-    else:
-        with client.output(job_id, **options) as stream:
-            for data in stream:
-                emit(data)
-    return EXIT_OK
+    offset = args.offset
+    stamp = _Timestamper(lambda data: write_all(sys.stdout.buffer, data))
+    retry = _Reconnect(client.reconnect)
+    while True:
+        try:
+            if args.timestamps:
+                with client.output_chunks(job_id, offset=offset, **options) as chunks:
+                    try:
+                        for chunk in chunks:
+                            stamp(chunk.data, chunk.time)
+                            retry.reset()
+                    finally:
+                        offset = chunks.offset
+            else:
+                with client.output(job_id, offset=offset, **options) as stream:
+                    try:
+                        for data in stream:
+                            write_all(sys.stdout.buffer, data)
+                            retry.reset()
+                    finally:
+                        offset = stream.offset
+            return EXIT_OK
+        except Unavailable as exc:
+            if not args.follow:
+                raise
+            # A follow survives a server restart like `run` does: resume at the offset reached (the
+            # tail and the start time were applied by then).
+            if offset > args.offset:
+                options.pop("tail", None)
+                options.pop("since", None)
+            time.sleep(retry.next_delay(job_id, exc))
 
 
 def cmd_stop(client: Client, args: argparse.Namespace) -> int:
