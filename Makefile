@@ -10,7 +10,7 @@ PYPROJECTS := $(addsuffix /pyproject.toml,$(MEMBERS))
 APT_PACKAGES := stress openssl iproute2 procps qemu-system-x86 busybox-static cpio kmod
 PYTEST_ARGS ?=
 
-.PHONY: help demo test test-host test-vm lint system-deps venv proto proto-check bench lock clean certs
+.PHONY: help demo test test-host test-vm lint system-deps venv proto proto-check bench lock clean certs key-modes
 
 help:
 	@echo "make demo     set everything up, start a jobserver with the checked-in certs and drive it"
@@ -35,12 +35,16 @@ $(VENV)/.stamp: requirements/dev.lock $(PYPROJECTS) workspace.toml
 	$(PY) -m pip install -q --no-deps --no-build-isolation $(addprefix -e ,$(MEMBERS))
 	@touch $@
 
+# git keeps no file modes but the executable bit: the server refuses a private key that others may read.
+key-modes:
+	@chmod 600 certs/*.key certs/test/*.key
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test-host: system-deps venv
+test-host: system-deps venv key-modes
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # The cgroup v2 suite: jobcore's tests (contract, real limits, namespaces, whole job cycles) on a real
@@ -48,13 +52,13 @@ test-host: system-deps venv
 # under CI=true, where that is a failure.
 # (Pure-Python validation and CLI tests stay on the host: every exec is slow under emulation.)
 VM_TESTS ?= tests/vm/v2_smoke tests/jobcore/controllers tests/jobcore/test_jobs.py \
-	tests/jobcore/test_limits.py tests/jobcore/test_namespaces.py
-test-vm: system-deps venv
+	tests/jobcore/test_limits.py tests/jobcore/test_namespaces.py tests/jobcore/test_sandbox.py
+test-vm: system-deps venv key-modes
 	$(PY) tests/vm/run_vm.py --unavailable-ok --env JOBCORE_TEST_BIG_OUTPUT=268435456 -- $(VM_TESTS) $(PYTEST_ARGS)
 
 test: lint test-host test-vm
 
-demo: system-deps venv
+demo: system-deps venv key-modes
 	$(PY) tools/demo.py
 
 proto: venv
@@ -63,7 +67,7 @@ proto: venv
 certs:
 	bash certs/generate.sh
 
-bench: system-deps venv
+bench: system-deps venv key-modes
 	$(PY) bench/run_all.py
 
 lock:

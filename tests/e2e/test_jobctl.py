@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -194,43 +193,41 @@ def test_run_of_a_job_killed_by_signal_n_exits_128_plus_n(server: ServerProcess,
     assert_one_line_diagnostic(result.stderr, "was killed by", signal.Signals(signum).name)
 
 
+#: A python a job's uid may run (the venv's links into root's pyenv, which only root may read).
+SYSTEM_PYTHON = "/usr/bin/python3"
+
 BINARY_PAYLOAD = (
     bytes(range(256)) * 64 + b"\x00\x00 NUL \xff\xfe\xc3\x28 invalid UTF-8 \xed\xa0\x80" + bytes(256)
 )
 
 
-def test_logs_reproduce_binary_output_exactly(server: ServerProcess, tmp_path: Path) -> None:
-    payload_file = tmp_path / "payload.bin"
-    payload_file.write_bytes(BINARY_PAYLOAD)
-    # stdout and stderr both: the log holds the bytes of both, each byte exactly once.
+def test_logs_reproduce_binary_output_exactly(server: ServerProcess) -> None:
+    # stdout and stderr both: the log holds the bytes of both, each byte exactly once. The payload is
+    # in the script: the job (alice's uid, in the sandbox) sees neither the host's /tmp nor root's
+    # files, so it runs the system's python, not this venv's.
     script = (
-        "import sys; d = open(sys.argv[1], 'rb').read(); "
+        f"import sys; d = {BINARY_PAYLOAD!r}; "
         "sys.stdout.buffer.write(d); sys.stdout.flush(); sys.stderr.buffer.write(d[::-1])"
     )
-    job_id = start(server, "alice", sys.executable, "-I", "-c", script, str(payload_file))
+    job_id = start(server, "alice", SYSTEM_PYTHON, "-I", "-c", script)
     assert wait_state(server, "alice", job_id)["exit_code"] == 0
 
     logs = ok(jobctl(server.target, "alice", "logs", job_id))
     assert logs == BINARY_PAYLOAD + BINARY_PAYLOAD[::-1]
     assert ok(jobctl(server.target, "alice", "logs", "-f", job_id)) == logs
 
-    run = jobctl(server.target, "alice", "run", "--", sys.executable, "-I", "-c", script, str(payload_file))
+    run = jobctl(server.target, "alice", "run", "--", SYSTEM_PYTHON, "-I", "-c", script)
     assert run.returncode == 0, run.stderr
     assert run.stdout == BINARY_PAYLOAD + BINARY_PAYLOAD[::-1]
 
 
-def test_logs_follow_started_late_shows_everything_and_ends_with_the_job(
-    server: ServerProcess, tmp_path: Path
-) -> None:
-    gate = tmp_path / "gate"
-    # Part one, then wait for the gate file (the job shares the host's file system), then part two.
+def test_logs_follow_started_late_shows_everything_and_ends_with_the_job(server: ServerProcess) -> None:
+    # Part one, then wait for the gate file in the job's scratch directory (its working directory,
+    # which the host sees too), then part two.
     job_id = start(
-        server,
-        "alice",
-        "sh",
-        "-c",
-        f"seq 1 5000; while [ ! -e {gate} ]; do sleep 0.05; done; seq 5001 6000",
+        server, "alice", "sh", "-c", "seq 1 5000; while [ ! -e gate ]; do sleep 0.05; done; seq 5001 6000"
     )
+    gate = Path(status_json(server, "alice", job_id)["cwd"]) / "gate"
     part_one = seq_output(5000)
     assert wait_for(lambda: status_json(server, "alice", job_id)["output_bytes"] == len(part_one), 60)
 

@@ -85,8 +85,13 @@ def test_start_prints_only_the_job_id_and_sends_every_option(jobctl: Jobctl, ser
         cpu=0.5, memory_bytes=512 << 20, io_read_bps=10 << 20, io_write_bps=1 << 30,
         io_read_iops=100, io_write_iops=200, pids=64,
     )  # fmt: skip
-    assert request.isolation == pb.Isolation(
-        host_network=True, disable_pid=True, disable_mount=True, disable_uts=True, disable_ipc=True
+    assert request.isolation == pb.Isolation(  # no mount namespace: no sandbox either
+        host_network=True,
+        disable_pid=True,
+        disable_mount=True,
+        disable_uts=True,
+        disable_ipc=True,
+        disable_sandbox=True,
     )
 
 

@@ -75,7 +75,8 @@ def test_a_non_executable_file_fails_to_start(worker: Worker, tmp_path: Path) ->
     script = tmp_path / "script.sh"
     script.write_text("#!/bin/sh\necho hi\n")
     script.chmod(0o644)
-    status = worker.start(JobSpec([str(script)]))
+    # cwd: the sandbox's private /tmp shows only the working directory of the host's /tmp
+    status = worker.start(JobSpec([str(script)], cwd=str(tmp_path)))
     assert status.state is JobState.FAILED_TO_START
     assert status.reason is not None and "Permission denied" in status.reason
 
@@ -84,7 +85,7 @@ def test_path_is_searched_with_the_jobs_own_environment(worker: Worker, tmp_path
     (tmp_path / "hello-tool").write_text('#!/bin/sh\necho from-tool "$GREETING"\n')
     (tmp_path / "hello-tool").chmod(0o755)
     out, status = run_to_end(
-        worker, ["hello-tool"], env={"PATH": f"{tmp_path}:/usr/bin:/bin", "GREETING": "hi"}
+        worker, ["hello-tool"], env={"PATH": f"{tmp_path}:/usr/bin:/bin", "GREETING": "hi"}, cwd=str(tmp_path)
     )
     assert status.exit_code == 0
     assert out == b"from-tool hi\n"
@@ -108,11 +109,11 @@ def test_cwd_is_applied(worker: Worker, tmp_path: Path) -> None:
 def test_a_grandchild_that_outlives_the_command_is_killed_and_nothing_is_left(worker: Worker) -> None:
     # The command forks a daemon (new session, double fork) and exits at once.
     script = "setsid sh -c 'sleep 300 & echo $! > daemon.pid' & sleep 0.3; exit 0"
-    status = worker.start(JobSpec(["sh", "-c", script], cwd=str(worker.state_dir)))
+    status = worker.start(JobSpec(["sh", "-c", script]))
     final = worker.wait(status.id, timeout=30)
     assert final.state is JobState.EXITED and final.exit_code == 0
     # The fixture checks that no shim, init or cgroup is left; the daemon must be gone as well.
-    pid_file = worker.state_dir / "daemon.pid"
+    pid_file = Path(final.cwd) / "daemon.pid"  # the job's scratch directory
     if pid_file.exists() and "pid" not in final.namespaces:
         daemon = int(pid_file.read_text())
         wait_until(lambda: not Path(f"/proc/{daemon}").exists(), 10, "the daemonized grandchild to die")

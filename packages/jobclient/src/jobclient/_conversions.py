@@ -51,6 +51,8 @@ def isolation_to_proto(isolation: Isolation) -> pb.Isolation:
         host_network=not isolation.net,
         disable_uts=not isolation.uts,
         disable_ipc=not isolation.ipc,
+        disable_sandbox=not isolation.sandbox,
+        run_as_root=isolation.run_as_root,
     )
 
 
@@ -128,6 +130,9 @@ def job_from_proto(message: pb.Job) -> Job:
         output_bytes=message.output_bytes,
         output_capped=message.output_capped,
         cwd=message.cwd,
+        uid=_optional(message, "uid"),
+        gid=_optional(message, "gid"),
+        sandboxed=message.sandboxed,
     )
 
 

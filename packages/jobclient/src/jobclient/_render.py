@@ -96,6 +96,12 @@ def usage_text(usage: ResourceUsage) -> str:
     return ", ".join(parts) or "not measured"
 
 
+def _user_text(job: Job) -> str:
+    if job.uid is None:
+        return "-"
+    return f"uid {job.uid}, gid {job.gid}" + (", sandboxed" if job.sandboxed else ", no sandbox")
+
+
 def status_text(job: Job) -> str:
     """The multi-line `jobctl status` report."""
     rows = [
@@ -115,6 +121,7 @@ def status_text(job: Job) -> str:
         ("Usage", usage_text(job.usage)),
         ("Controller", job.controller or "-"),
         ("Namespaces", ", ".join(job.namespaces) or "none"),
+        ("User", _user_text(job)),
         (
             "Output",
             format_size(job.output_bytes) + (" (capped: the job was stopped)" if job.output_capped else ""),

@@ -339,12 +339,21 @@ def _add_job_options(p: argparse.ArgumentParser) -> None:
         "--env-file", metavar="FILE", action="append", default=[],
         help="read variables from FILE: NAME=VALUE or NAME lines, # comments (repeatable; --env wins)",
     )  # fmt: skip
-    job.add_argument("--cwd", metavar="DIR", help="absolute working directory (default /)")
+    job.add_argument(
+        "--cwd", metavar="DIR", help="absolute working directory (default: a scratch directory of its own)"
+    )
     job.add_argument("--host-network", action="store_true", help="share the host's network")
     job.add_argument("--no-pid-ns", action="store_true", help="share the host's PID namespace")
     job.add_argument("--no-mount-ns", action="store_true", help="share the host's mount namespace")
     job.add_argument("--no-uts-ns", action="store_true", help="share the host's hostname")
     job.add_argument("--no-ipc-ns", action="store_true", help="share the host's IPC namespace")
+    job.add_argument(
+        "--no-sandbox", action="store_true",
+        help="the host's filesystem as it is and the user's capabilities (needs the server's permission)",
+    )  # fmt: skip
+    job.add_argument(
+        "--root", action="store_true", help="run as root, not as your own uid (needs the server's permission)"
+    )
     p.add_argument("command", nargs="+", metavar="CMD [ARG...]", help="the command and its arguments")
 
 
@@ -623,6 +632,8 @@ def _start(client: Client, args: argparse.Namespace) -> Job:
         net=not args.host_network,
         uts=not args.no_uts_ns,
         ipc=not args.no_ipc_ns,
+        sandbox=not (args.no_sandbox or args.no_mount_ns),
+        run_as_root=args.root,
     )
     return client.start(args.command, env=env, cwd=args.cwd, limits=limits, isolation=isolation)
 

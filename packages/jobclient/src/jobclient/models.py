@@ -74,7 +74,9 @@ class Limits:
 
 @attrs.frozen(kw_only=True)
 class Isolation:
-    """Which namespaces a job gets of its own. All on by default; False shares the host's."""
+    """Which namespaces a job gets of its own, and its sandbox. All on by default; False shares the
+    host's. Every weakening (a False here, or run_as_root) is refused with PermissionDenied unless
+    the server's policy allows it for the caller's role (by default admins may, users may not)."""
 
     pid: bool = True
     mount: bool = True
@@ -82,6 +84,10 @@ class Isolation:
     """False = the host's network; True = only the job's own loopback interface."""
     uts: bool = True
     ipc: bool = True
+    sandbox: bool = True
+    """False = the host's filesystem as it is, and the job's user keeps its capabilities."""
+    run_as_root: bool = False
+    """True = uid 0 instead of the caller's own unprivileged uid."""
 
 
 @attrs.frozen(kw_only=True)
@@ -123,6 +129,11 @@ class Job:
     output_bytes: int = 0
     output_capped: bool = False
     cwd: str = ""
+    uid: int | None = None
+    """The uid the command ran as."""
+    gid: int | None = None
+    sandboxed: bool = False
+    """True when the job ran in the sandbox."""
 
     @property
     def ended(self) -> bool:

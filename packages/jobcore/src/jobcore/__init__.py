@@ -19,7 +19,7 @@ from jobcore.errors import (
     UnknownController,
     WorkerError,
 )
-from jobcore.spec import Isolation, JobSpec, Limits
+from jobcore.spec import Isolation, JobSpec, Limits, RunAs
 from jobcore.status import JobState, JobStatus, ResourceUsage
 from jobcore.worker import OutputReader, Worker
 
@@ -39,6 +39,7 @@ __all__ = [
     "Limits",
     "OutputReader",
     "ResourceUsage",
+    "RunAs",
     "StateError",
     "StopTimeout",
     "UnknownController",

@@ -21,8 +21,8 @@ import attrs
 
 from jobcore import units
 from jobcore.controllers import load_controller, probe_all
-from jobcore.errors import JobError
-from jobcore.spec import Isolation, JobSpec, Limits
+from jobcore.errors import InvalidSpec, JobError
+from jobcore.spec import Isolation, JobSpec, Limits, RunAs
 from jobcore.status import JobState
 from jobcore.worker import DEFAULT_GRACE, DEFAULT_OUTPUT_CAP, Worker
 
@@ -97,11 +97,30 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
     job.add_argument(
         "--env", type=_env, action="append", default=[], metavar="K=V", help="set a variable (repeatable)"
     )
-    job.add_argument("--cwd", default="/", metavar="DIR", help="absolute working directory (default /)")
+    job.add_argument(
+        "--cwd", metavar="DIR", help="absolute working directory (default: a scratch directory of its own)"
+    )
+    job.add_argument(
+        "--user", type=_run_as, metavar="UID[:GID]",
+        help="run the command as this uid (and gid; default: the uid), with no supplementary groups "
+        "(default: your own user)",
+    )  # fmt: skip
     iso = parser.add_argument_group("isolation")
     iso.add_argument("--host-network", action="store_true", help="share the host's network")
     for ns, what in (("pid", "PID"), ("mount", "mount"), ("uts", "UTS (hostname)"), ("ipc", "IPC")):
         iso.add_argument(f"--no-{ns}-ns", action="store_true", help=f"share the host's {what} namespace")
+    iso.add_argument(
+        "--no-sandbox", action="store_true",
+        help="no sandbox: the host's filesystem as it is, the user keeps its capabilities "
+        "(implied by --no-mount-ns)",
+    )  # fmt: skip
+
+
+def _run_as(text: str) -> RunAs:
+    try:
+        return RunAs.parse(text)
+    except InvalidSpec as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def spec_from_args(args: argparse.Namespace, owner: str = "local") -> JobSpec:
@@ -120,9 +139,16 @@ def spec_from_args(args: argparse.Namespace, owner: str = "local") -> JobSpec:
         net=not args.host_network,
         uts=not args.no_uts_ns,
         ipc=not args.no_ipc_ns,
+        sandbox=not (args.no_sandbox or args.no_mount_ns),
     )
     return JobSpec(
-        args.command, env=dict(args.env), cwd=args.cwd, limits=limits, isolation=isolation, owner=owner
+        args.command,
+        env=dict(args.env),
+        cwd=args.cwd,
+        limits=limits,
+        isolation=isolation,
+        owner=owner,
+        user=args.user,
     )
 
 

@@ -29,6 +29,8 @@ RUN = "run.json"
 STOP = "stop.json"
 EXIT = "exit.json"
 OUTPUT = "output"
+#: The job's scratch directory (its working directory when it names none), owned by its user.
+SCRATCH = "work"
 OUTPUT_INDEX = "output.idx"
 
 

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from jobcore import jobdir, linux
+from jobcore import jobdir, linux, sandbox
 from jobcore.controllers.base import Handle, ResourceController
 from jobcore.output_log import STDERR, STDOUT, OutputWriter
 
@@ -77,7 +77,9 @@ def describe(exc: BaseException) -> str:
 
 
 def _enter_job(spec: dict[str, Any], handle: Handle) -> None:
-    """Everything the command's process does between fork and exec. Raises StartError."""
+    """Everything the command's process does between fork and exec, in this order: join the cgroup,
+    enter the namespaces, build the filesystem view (the sandbox, or just fresh /proc and /sys), set
+    up the network and hostname, drop privileges, enter the working directory. Raises StartError."""
     try:
         handle.enter(0)
     except Exception as exc:
@@ -94,14 +96,15 @@ def _enter_job(spec: dict[str, Any], handle: Handle) -> None:
             raise StartError(
                 "namespaces", f"the host refused new namespaces ({asked}): {describe(exc)}", exc.errno
             ) from exc
+    plan = spec.get("sandbox")
     try:
-        linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
         if "mount" in namespaces:
             linux.make_mounts_private()
-            if "pid" in namespaces:
-                linux.mount_proc()
-            if "net" in namespaces:
-                linux.mount_sysfs()
+            if plan is None:
+                if "pid" in namespaces:
+                    linux.mount_proc()
+                if "net" in namespaces:
+                    linux.mount_sysfs()
         if "net" in namespaces:
             linux.set_interface_up("lo")
         if "uts" in namespaces:
@@ -110,6 +113,18 @@ def _enter_job(spec: dict[str, Any], handle: Handle) -> None:
         raise StartError(
             "namespaces", f"cannot set up the job's namespaces: {describe(exc)}", exc.errno
         ) from exc
+    try:
+        if plan is not None:
+            sandbox.prepare_filesystem(plan, spec["cwd"], "pid" in namespaces, "net" in namespaces)
+        sandbox.drop_privileges(spec.get("user"), plan is not None)
+    except sandbox.SandboxError as exc:
+        raise StartError("sandbox", str(exc), exc.errno) from exc
+    try:
+        # After the uid switch, which clears it; the command must not outlive the shim.
+        linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+        os.chdir(spec["cwd"])  # as the job's user, in the job's view
+    except OSError as exc:
+        raise StartError("cwd", f"cannot enter {spec['cwd']!r}: {describe(exc)}", exc.errno) from exc
 
 
 def _spawn_command(spec: dict[str, Any], handle: Handle, out_w: int, err_w: int) -> subprocess.Popen[bytes]:
@@ -130,7 +145,6 @@ def _spawn_command(spec: dict[str, Any], handle: Handle, out_w: int, err_w: int)
         return subprocess.Popen(
             spec["argv"],
             env=spec["env"],
-            cwd=spec["cwd"],
             stdin=subprocess.DEVNULL,
             stdout=out_w,
             stderr=err_w,
@@ -147,8 +161,6 @@ def _spawn_command(spec: dict[str, Any], handle: Handle, out_w: int, err_w: int)
             raise StartError(info["stage"], info["message"], info["errno"]) from exc
         raise StartError("setup", f"cannot set up the job: {exc}") from exc
     except OSError as exc:
-        if exc.filename == spec["cwd"] and exc.filename != spec["argv"][0]:
-            raise StartError("cwd", f"cannot enter {spec['cwd']!r}: {describe(exc)}", exc.errno) from exc
         raise StartError("exec", f"cannot run {spec['argv'][0]!r}: {describe(exc)}", exc.errno) from exc
     finally:
         if error_w >= 0:
@@ -440,6 +452,9 @@ def _detach() -> int:
     """New session, no terminal or inherited output (the Worker's stdout may be a pipe that must
     close when the Worker exits); every signal the shim handles arrives on a wake-up fd."""
     os.setsid()
+    # Nobody but root with CAP_SYS_PTRACE may open our /proc entries (root, ns/*, environ, fd/...):
+    # not a job running as root without capabilities, whose init (PID 1) we are.
+    linux.prctl(linux.PR_SET_DUMPABLE, 0)
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)

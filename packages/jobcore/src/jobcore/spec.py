@@ -158,20 +158,62 @@ class Limits:
 
 @attrs.frozen
 class Isolation:
-    """Which namespaces a job gets. All on by default; `net=False` shares the host's network."""
+    """Which namespaces a job gets, and whether it runs in the sandbox. All on by default;
+    `net=False` shares the host's network.
+
+    The sandbox (docs/sandbox.md): the host's filesystem read-only and nosuid, a private /tmp,
+    /var/tmp and /dev/shm, a minimal /dev, the Worker's state directory and its `hidden_paths`
+    inaccessible, a writable working directory; and no capability (not even in the bounding set),
+    no_new_privs and no core dumps. It needs the mount namespace.
+    """
 
     pid: bool = True
     mount: bool = True
     net: bool = True
     uts: bool = True
     ipc: bool = True
+    sandbox: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if self.sandbox and not self.mount:
+            raise InvalidSpec(
+                "the sandbox needs a mount namespace: with mount=False, also give sandbox=False "
+                "(the job then sees and may write the host's filesystem as its user)"
+            )
 
     def enabled(self) -> tuple[str, ...]:
         return tuple(n for n in ("pid", "mount", "net", "uts", "ipc") if getattr(self, n))
 
     @classmethod
     def none(cls) -> Isolation:
-        return cls(pid=False, mount=False, net=False, uts=False, ipc=False)
+        """No namespace and no sandbox: the job shares everything with the host."""
+        return cls(pid=False, mount=False, net=False, uts=False, ipc=False, sandbox=False)
+
+
+#: uids and gids a job may run as: any but the kernel's "no id" value (-1 as unsigned).
+MAX_ID = 2**32 - 2
+
+
+def _validate_id(_inst: Any, attribute: Any, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ID:
+        raise InvalidSpec(f"{attribute.name} must be a whole number from 0 to {MAX_ID}, got {value!r}")
+
+
+@attrs.frozen
+class RunAs:
+    """The user a job's command runs as: uid and gid, with no supplementary groups."""
+
+    uid: int = attrs.field(validator=_validate_id)
+    gid: int = attrs.field(validator=_validate_id)
+
+    @classmethod
+    def parse(cls, text: str) -> RunAs:
+        """ "UID" or "UID:GID" (the gid defaults to the uid)."""
+        uid, _, gid = text.partition(":")
+        try:
+            return cls(int(uid), int(gid or uid))
+        except ValueError:
+            raise InvalidSpec(f"user must be UID or UID:GID (numbers), got {text!r}") from None
 
 
 def _to_argv(value: Any) -> tuple[str, ...]:
@@ -210,7 +252,9 @@ def _validate_env(_inst: Any, _attr: Any, env: dict[str, str]) -> None:
             raise InvalidSpec(f"env value of {key} contains a NUL byte")
 
 
-def _validate_cwd(_inst: Any, _attr: Any, cwd: str) -> None:
+def _validate_cwd(_inst: Any, _attr: Any, cwd: str | None) -> None:
+    if cwd is None:
+        return
     if not isinstance(cwd, str) or "\x00" in cwd:
         raise InvalidSpec(f"cwd must be a path string without NUL bytes, got {cwd!r}")
     if not cwd.startswith("/"):
@@ -230,15 +274,22 @@ class JobSpec:
     """A command to run as a job. argv is executed directly (no shell); PATH is searched for argv[0].
 
     env is the job's whole environment (nothing is inherited from the Worker's process); PATH defaults
-    to a standard one when absent. cwd must be an absolute path to an existing directory.
+    to a standard one when absent. cwd must be an absolute path to an existing directory; without one
+    the job works in a scratch directory of its own (with the sandbox; `/` without it).
+
+    user: who the command runs as; None runs it as the Worker's own user (root, for a Worker running
+    as root: with the sandbox, a root without any capability in a read-only view of the host).
     """
 
     argv: tuple[str, ...] = attrs.field(converter=_to_argv, validator=_validate_argv)
     env: dict[str, str] = attrs.field(factory=dict, converter=_to_env, validator=_validate_env)
-    cwd: str = attrs.field(default="/", validator=_validate_cwd)
+    cwd: str | None = attrs.field(default=None, validator=_validate_cwd)
     limits: Limits = attrs.field(factory=Limits, validator=attrs.validators.instance_of(Limits))
     isolation: Isolation = attrs.field(factory=Isolation, validator=attrs.validators.instance_of(Isolation))
     owner: str = attrs.field(default="local", validator=_validate_owner)
+    user: RunAs | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(RunAs))
+    )
 
     def __attrs_post_init__(self) -> None:
         size = sum(len(os.fsencode(a)) + 1 for a in self.argv)

@@ -67,6 +67,11 @@ class JobStatus:
     output_bytes: int = 0
     #: True when the stored output hit the per-job cap (the job was then stopped).
     output_capped: bool = False
+    #: The uid and gid the command ran as (None: not recorded, a job from before they were).
+    uid: int | None = None
+    gid: int | None = None
+    #: True when the job ran in the sandbox (see `Isolation.sandbox`).
+    sandboxed: bool = False
 
     @property
     def shell_exit_code(self) -> int:

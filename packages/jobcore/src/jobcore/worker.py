@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -26,7 +26,7 @@ import attrs
 from jobcore import jobdir, linux
 from jobcore.controllers import Capabilities, Handle, ResourceController, load_controller
 from jobcore.errors import InvalidSpec, JobNotFound, StateError, StopTimeout, WorkerError
-from jobcore.spec import JobSpec, Limits
+from jobcore.spec import JobSpec, Limits, RunAs
 from jobcore.status import JobState, JobStatus, ResourceUsage
 
 log = logging.getLogger("jobcore")
@@ -41,6 +41,8 @@ KILL_TIMEOUT = 15.0
 DEFAULT_CHUNK = 256 * 1024
 
 _WATCH_MASK = linux.IN_MODIFY | linux.IN_MOVED_TO
+#: Working directories that the sandbox's own mounts provide (see `JobSpec.cwd`).
+_PRIVATE_CWDS = ("/", "/tmp", "/var/tmp", "/dev/shm")
 
 
 class _Job:
@@ -166,6 +168,7 @@ class Worker:
         default_grace: float = DEFAULT_GRACE,
         on_job_ended: Callable[[JobStatus], None] | None = None,
         sweep_unknown_cgroups: bool = False,
+        hidden_paths: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
         if output_cap is not None and output_cap <= 0:
             raise InvalidSpec(f"output_cap must be positive or None, got {output_cap}")
@@ -183,6 +186,9 @@ class Worker:
         self._by_pidfd: dict[int, _Job] = {}
 
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.state_dir, 0o700)  # its jobs' output, specs and environments are nobody else's
+        #: What sandboxed jobs never see: the state directory and the caller's paths (keys, config...).
+        self.hidden_paths = _hidden_paths(self.state_dir, hidden_paths)
         self._lock_fd = self._take_lock()
         try:
             self.controller = load_controller(controller) if isinstance(controller, str) else controller
@@ -309,21 +315,44 @@ class Worker:
         if not isinstance(spec, JobSpec):
             raise InvalidSpec(f"start() takes a JobSpec, got {type(spec).__name__}")
         limits = spec.limits.resolve(self.default_limits, self.max_limits)
-        if not os.path.isdir(spec.cwd):
-            raise InvalidSpec(f"cwd {spec.cwd!r} does not exist or is not a directory")
-        self.controller.check(limits, spec.cwd)
+        sandboxed = spec.isolation.sandbox
+        if spec.cwd is not None:
+            if not os.path.isdir(spec.cwd):
+                raise InvalidSpec(f"cwd {spec.cwd!r} does not exist or is not a directory")
+            if sandboxed:
+                self._check_visible(spec.cwd)
         job_id = jobdir.new_job_id()
+        directory = self.state_dir / job_id
+        scratch = str(directory / jobdir.SCRATCH) if sandboxed and spec.cwd is None else None
+        cwd = scratch or spec.cwd or "/"
+        user = spec.user or RunAs(os.geteuid(), os.getegid())
+        self.controller.check(limits, spec.cwd or str(self.state_dir))
         staging = self.state_dir / f".{job_id}.new"
         handle: Handle | None = None
         try:
             staging.mkdir(mode=0o700)
-            handle = self.controller.create(spec.owner, job_id, limits, spec.cwd)
+            if scratch is not None:
+                (staging / jobdir.SCRATCH).mkdir(mode=0o700)
+                os.chown(staging / jobdir.SCRATCH, user.uid, user.gid)
+            handle = self.controller.create(spec.owner, job_id, limits, spec.cwd or str(self.state_dir))
             record = {
                 "id": job_id,
                 "owner": spec.owner,
                 "argv": list(spec.argv),
                 "env": spec.exec_env(),
-                "cwd": spec.cwd,
+                "cwd": cwd,
+                "user": None if spec.user is None else {"uid": user.uid, "gid": user.gid},
+                "uid": user.uid,
+                "gid": user.gid,
+                "sandbox": None
+                if not sandboxed
+                else {
+                    "hide": self.hidden_paths + _unreachable_ancestor(scratch, user, self.hidden_paths),
+                    "scratch": scratch,
+                    # "/" is never writable (a bind over the root is not seen by path lookups), and
+                    # /tmp, /var/tmp, /dev/shm are the job's own already (the host's stay unseen).
+                    "writable_cwd": spec.cwd is not None and spec.cwd not in _PRIVATE_CWDS,
+                },
                 "namespaces": list(spec.isolation.enabled()),
                 "limits": attrs.asdict(handle.applied()),
                 "controller": self.controller.name,
@@ -333,7 +362,6 @@ class Worker:
                 "created_at": time.time(),
             }
             jobdir.write_json(staging / jobdir.SPEC, record)
-            directory = self.state_dir / job_id
             os.rename(staging, directory)
         except BaseException as exc:
             if handle is not None:
@@ -355,6 +383,14 @@ class Worker:
         if job.exit is None:
             self._watch_job(job)
         return self._status(job)
+
+    def _check_visible(self, cwd: str) -> None:
+        """A sandboxed job's explicit working directory must not lie in a hidden path (its writable
+        bind would show what is hidden)."""
+        real = os.path.realpath(cwd)
+        for hidden in self.hidden_paths:
+            if real == hidden or real.startswith(hidden.rstrip("/") + "/"):
+                raise InvalidSpec(f"cwd {cwd!r} is inside {hidden}, which jobs may not see")
 
     def _launch(self, job: _Job) -> dict[str, Any]:
         """Hand the job to the launcher and wait for its shim's report (a JSON line)."""
@@ -538,6 +574,9 @@ class Worker:
             namespaces=tuple(spec["namespaces"]) if run else (),
             output_bytes=output_bytes,
             output_capped=ended.get("output_capped", False),
+            uid=spec.get("uid"),
+            gid=spec.get("gid"),
+            sandboxed=spec.get("sandbox") is not None,
         )
 
     def _signal_shim(self, job: _Job, signum: int) -> None:
@@ -714,6 +753,43 @@ class Worker:
             log.exception("jobcore watcher: handling a change of job %s failed", job.id)
             return False
         return True
+
+
+def _hidden_paths(state_dir: Path, extra: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """The state directory and `extra`, as absolute paths with symlinks resolved (the kernel mounts
+    over the target), shortest first."""
+    paths = {str(state_dir)}
+    for path in extra:
+        if not os.path.isabs(path):
+            raise InvalidSpec(f"hidden path {os.fspath(path)!r} is relative: give an absolute path")
+        paths.add(os.path.realpath(path))
+    return sorted(paths, key=lambda p: (len(p), p))
+
+
+def _unreachable_ancestor(path: str | None, user: RunAs, hidden: Sequence[str]) -> list[str]:
+    """The outermost directory above `path` that `user` may not search (a 0700 parent of the state
+    directory, say), as a path to hide too: the sandbox's empty tmpfs over it is searchable, so the
+    job can reach its scratch directory. The job could not see into that directory anyway."""
+    if path is None:
+        return []
+    current = ""
+    for part in Path(path).parent.parts[1:]:
+        current += "/" + part
+        if any(current == h or current.startswith(h.rstrip("/") + "/") for h in hidden):
+            return []  # hidden already: the sandbox makes the path up to it searchable
+        try:
+            st = os.stat(current)
+        except OSError:
+            return []
+        if st.st_uid == user.uid:
+            ok = st.st_mode & 0o100
+        elif st.st_gid == user.gid:
+            ok = st.st_mode & 0o010
+        else:
+            ok = st.st_mode & 0o001
+        if not ok:
+            return [current]
+    return []
 
 
 def _readable(fd: int) -> bool:

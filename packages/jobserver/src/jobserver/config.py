@@ -26,6 +26,25 @@ MIB = 1024 * 1024
 
 DEFAULT_LIMITS = Limits(cpu=1.0, memory=512 * MIB, pids=256)
 
+#: Ways a request may weaken a job's isolation (the Isolation message's field names). Each is refused
+#: with PERMISSION_DENIED unless the caller's role allows it ([roles.<role>] allow = [...]).
+WEAKENINGS = (
+    "disable_pid",
+    "disable_mount",
+    "host_network",
+    "disable_uts",
+    "disable_ipc",
+    "disable_sandbox",
+    "run_as_root",
+)
+DEFAULT_ROLE_ALLOW: dict[str, frozenset[str]] = {
+    "admin": frozenset(WEAKENINGS),
+    "user": frozenset(),
+}
+#: uids (and gids) given to identities that the config does not map (like systemd's DynamicUser=):
+#: far above any account a distribution or an administrator creates.
+DEFAULT_UID_RANGE = (500000, 599999)
+
 
 def default_max_limits() -> Limits:
     """What a request may ask for at most, unless configured: the whole host, 32768 pids, IO unlimited."""
@@ -65,6 +84,23 @@ class ServerConfig:
     shutdown_grace_seconds: float = 10.0
     #: Bytes of stored output per job (None = no cap); past it jobcore stops the job.
     output_cap: int | None = 1024 * MIB
+    #: The config file these settings came from (hidden from jobs, with the key, cert and CA).
+    config_file: Path | None = None
+    #: Where identities without an explicit mapping get their uid (= gid), inclusive.
+    uid_range: tuple[int, int] = DEFAULT_UID_RANGE
+    #: Explicit identity -> (uid, gid) mappings ([sandbox.users]).
+    user_ids: dict[str, tuple[int, int]] = attrs.field(factory=dict)
+    #: More paths no job may see (besides the state directory, cert, key, CA and config file).
+    hidden_paths: tuple[Path, ...] = ()
+    #: role -> the isolation weakenings it may ask for (see WEAKENINGS).
+    role_allow: dict[str, frozenset[str]] = attrs.field(factory=lambda: dict(DEFAULT_ROLE_ALLOW))
+
+    def paths_hidden_from_jobs(self) -> list[Path]:
+        """Everything of the server's that a job must not see: state, keys, certificates, config."""
+        paths = [self.state_dir, self.cert, self.key, self.ca, *self.hidden_paths]
+        if self.config_file is not None:
+            paths.append(self.config_file)
+        return [p.absolute() for p in paths]
 
     @property
     def jobs_dir(self) -> Path:
@@ -73,6 +109,10 @@ class ServerConfig:
     @property
     def database_path(self) -> Path:
         return self.state_dir / "jobserver.db"
+
+    @property
+    def user_ids_path(self) -> Path:
+        return self.state_dir / "identities.db"
 
 
 #: flag name -> (environment variable, ServerConfig field, help)
@@ -212,7 +252,7 @@ def settings_from_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {where}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {where} is not valid TOML: {exc}") from None
-    _check_keys(where, data, ["server", "requests", "limits", "output"])
+    _check_keys(where, data, ["server", "requests", "limits", "output", "sandbox", "roles"])
     out: dict[str, Any] = {}
     for section, keys in (("server", _SERVER_KEYS), ("requests", _REQUEST_KEYS)):
         table = _check_keys(f"{where} [{section}]", data.get(section, {}), list(keys))
@@ -228,6 +268,63 @@ def settings_from_file(path: Path) -> dict[str, Any]:
         cap = output["cap"]
         unlimited = cap is False or cap == "none"
         out["output_cap"] = None if unlimited else _convert(f"{where} [output] cap", "size", cap)
+    out.update(_sandbox_settings(where, data.get("sandbox", {})))
+    if "roles" in data:
+        out["role_allow"] = _role_settings(where, data["roles"])
+    return out
+
+
+def _id(where: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**32 - 2:
+        raise ConfigError(f"{where}: expected a uid/gid from 1 to {2**32 - 2}, got {value!r}")
+    return value
+
+
+def _sandbox_settings(where: str, data: Any) -> dict[str, Any]:
+    table = _check_keys(f"{where} [sandbox]", data, ["uid_range", "users", "hidden_paths"])
+    out: dict[str, Any] = {}
+    if "uid_range" in table:
+        raw = table["uid_range"]
+        if not isinstance(raw, list) or len(raw) != 2:
+            raise ConfigError(f"{where} [sandbox] uid_range: expected [FIRST, LAST], got {raw!r}")
+        first, last = (_id(f"{where} [sandbox] uid_range", v) for v in raw)
+        if first > last:
+            raise ConfigError(f"{where} [sandbox] uid_range: {first} is above {last}")
+        out["uid_range"] = (first, last)
+    if "users" in table:
+        users = table["users"]
+        if not isinstance(users, Mapping):
+            raise ConfigError(f"{where} [sandbox.users]: expected a table of NAME = UID or [UID, GID]")
+        mapped: dict[str, tuple[int, int]] = {}
+        for name, raw in users.items():
+            at = f"{where} [sandbox.users] {name}"
+            if isinstance(raw, list) and len(raw) == 2:
+                mapped[name] = (_id(at, raw[0]), _id(at, raw[1]))
+            else:
+                mapped[name] = (_id(at, raw), _id(at, raw))
+        out["user_ids"] = mapped
+    if "hidden_paths" in table:
+        raw = table["hidden_paths"]
+        if not isinstance(raw, list) or not all(isinstance(p, str) and p.startswith("/") for p in raw):
+            raise ConfigError(f"{where} [sandbox] hidden_paths: expected a list of absolute paths")
+        out["hidden_paths"] = tuple(Path(p) for p in raw)
+    return out
+
+
+def _role_settings(where: str, data: Any) -> dict[str, frozenset[str]]:
+    roles = _check_keys(f"{where} [roles]", data, list(DEFAULT_ROLE_ALLOW))
+    out = dict(DEFAULT_ROLE_ALLOW)
+    for role, table in roles.items():
+        allow = _check_keys(f"{where} [roles.{role}]", table, ["allow"]).get("allow", [])
+        if not isinstance(allow, list) or not all(isinstance(a, str) for a in allow):
+            raise ConfigError(f"{where} [roles.{role}] allow: expected a list of names")
+        unknown = [a for a in allow if a not in WEAKENINGS]
+        if unknown:
+            raise ConfigError(
+                f"{where} [roles.{role}] allow: unknown {', '.join(map(repr, unknown))} "
+                f"(known: {', '.join(WEAKENINGS)})"
+            )
+        out[role] = frozenset(allow)
     return out
 
 
@@ -239,6 +336,7 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
     config_path = args.config or env.get(CONFIG_ENV)
     if config_path:
         settings.update(settings_from_file(Path(config_path)))
+        settings["config_file"] = Path(config_path)
     for flag, (env_name, field, _text) in FLAGS.items():
         value = getattr(args, field)
         source = f"{flag}"
@@ -264,3 +362,17 @@ def validate(config: ServerConfig) -> None:
         raise ConfigError(f"a default limit exceeds its maximum: {exc}") from None
     if config.default_stop_grace_seconds > config.max_stop_grace_seconds:
         raise ConfigError("default_stop_grace_seconds exceeds max_stop_grace_seconds")
+    first, last = config.uid_range
+    owners: dict[int, str] = {}
+    for name, (uid, _gid) in config.user_ids.items():
+        if uid in owners:
+            raise ConfigError(
+                f"[sandbox.users] {name} and {owners[uid]} both map to uid {uid}: each identity needs a "
+                "uid of its own (one could signal and read the other's jobs)"
+            )
+        owners[uid] = name
+        if first <= uid <= last:
+            raise ConfigError(
+                f"[sandbox.users] {name} = {uid} is inside uid_range {first}-{last}, from which other "
+                "identities get their uids: pick a uid outside it"
+            )

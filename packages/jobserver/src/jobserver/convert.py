@@ -11,12 +11,14 @@ import math
 import os
 import uuid
 
+import grpc
+
 from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
 from jobcore.errors import InvalidSpec
-from jobcore.spec import Isolation, JobSpec, Limits
+from jobcore.spec import Isolation, JobSpec, Limits, RunAs
 from jobcore.status import JobState, JobStatus
-from jobserver.config import ServerConfig
-from jobserver.errors import invalid
+from jobserver.config import WEAKENINGS, ServerConfig
+from jobserver.errors import RpcStatusError, invalid
 
 _STATE_TO_PROTO = {
     JobState.RUNNING: pb.JOB_STATE_RUNNING,
@@ -68,8 +70,32 @@ def limits_from_proto(msg: pb.Limits) -> Limits:
         raise invalid(f"limits: {exc}") from None
 
 
-def spec_from_request(req: pb.StartJobRequest, owner: str, config: ServerConfig) -> JobSpec:
-    """The JobSpec a StartJobRequest asks for, after the server's request caps."""
+def requested_weakenings(iso: pb.Isolation) -> list[str]:
+    """The isolation weakenings a request asks for (names of config.WEAKENINGS)."""
+    asked = [name for name in WEAKENINGS if getattr(iso, name)]
+    if iso.disable_mount and "disable_sandbox" not in asked:
+        asked.append("disable_sandbox")  # the sandbox's view lives in the job's mount namespace
+    return asked
+
+
+def check_isolation_policy(iso: pb.Isolation, role: str, config: ServerConfig) -> None:
+    """PERMISSION_DENIED unless the caller's role may ask for every weakening in the request."""
+    allowed = config.role_allow.get(role, frozenset())
+    refused = [name for name in requested_weakenings(iso) if name not in allowed]
+    if refused:
+        raise RpcStatusError(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"role {role!r} may not ask for {', '.join(refused)}: the server's policy keeps every "
+            "job of this role isolated and sandboxed (see [roles] in the server's config)",
+        )
+
+
+def spec_from_request(
+    req: pb.StartJobRequest, owner: str, config: ServerConfig, user: RunAs | None = None
+) -> JobSpec:
+    """The JobSpec a StartJobRequest asks for, after the server's request caps. `user` is who the job
+    runs as (None: the server's own user, i.e. root, for a request allowed run_as_root); the caller
+    checks the isolation policy first (check_isolation_policy)."""
     argv = list(req.argv)
     if not argv:
         raise invalid("argv is empty: give the command to run and its arguments")
@@ -84,8 +110,8 @@ def spec_from_request(req: pb.StartJobRequest, owner: str, config: ServerConfig)
     env_bytes = sum(_byte_size(k) + _byte_size(v) + 2 for k, v in env.items())
     if env_bytes > config.max_env_bytes:
         raise invalid(f"env takes {env_bytes} bytes, more than the {config.max_env_bytes} allowed")
-    cwd = req.cwd or "/"
-    if _byte_size(cwd) > config.max_cwd_bytes:
+    cwd = req.cwd or None
+    if cwd is not None and _byte_size(cwd) > config.max_cwd_bytes:
         raise invalid(f"cwd is longer than {config.max_cwd_bytes} bytes")
     iso = req.isolation
     isolation = Isolation(
@@ -94,6 +120,7 @@ def spec_from_request(req: pb.StartJobRequest, owner: str, config: ServerConfig)
         net=not iso.host_network,
         uts=not iso.disable_uts,
         ipc=not iso.disable_ipc,
+        sandbox="disable_sandbox" not in requested_weakenings(iso),
     )
     try:
         return JobSpec(
@@ -103,6 +130,7 @@ def spec_from_request(req: pb.StartJobRequest, owner: str, config: ServerConfig)
             limits=limits_from_proto(req.limits),
             isolation=isolation,
             owner=owner,
+            user=user,
         )
     except InvalidSpec as exc:
         raise invalid(str(exc)) from None
@@ -151,8 +179,9 @@ def job_to_proto(status: JobStatus, cwd: str = "") -> pb.Job:
         output_bytes=status.output_bytes,
         output_capped=status.output_capped,
         cwd=cwd or status.cwd,
+        sandboxed=status.sandboxed,
     )
-    for name in ("pid", "exit_code", "signal", "started_at", "ended_at"):
+    for name in ("pid", "exit_code", "signal", "started_at", "ended_at", "uid", "gid"):
         value = getattr(status, name)
         if value is not None:
             setattr(job, name, value)

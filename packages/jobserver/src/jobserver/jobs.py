@@ -103,11 +103,11 @@ class Jobs:
             self._starting[spec.owner] += 1
         try:
             status = self._worker.start(spec)
-            self._store.put(status, created_at=time.time(), cwd=spec.cwd)
+            self._store.put(status, created_at=time.time(), cwd=status.cwd)
         finally:
             with self._starting_lock:
                 self._starting[spec.owner] -= 1
-        return JobView(status=status, cwd=spec.cwd, live=True)
+        return JobView(status=status, cwd=status.cwd, live=True)
 
     def find(self, job_id: str, identity: Identity) -> JobView:
         """The job if `identity` may see it; otherwise NOT_FOUND, the same as for no such job."""

@@ -24,6 +24,7 @@ from jobcore.errors import JobError
 from jobserver.certinfo import OID_EC_PUBLIC_KEY, CertificateError, parse_pem
 from jobserver.config import ServerConfig
 from jobserver.health import HealthService, ServingStatus
+from jobserver.identities import IdentityError, UserIds
 from jobserver.interceptor import GuardInterceptor
 from jobserver.jobs import Jobs
 from jobserver.service import SERVICE_NAME, JobWorkerService
@@ -52,9 +53,34 @@ def _read(path: Path, what: str) -> bytes:
         raise StartupError(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
 
 
+def check_private_key_mode(path: Path) -> None:
+    """Refuse a private key that anyone but its owner may read, as ssh does."""
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except OSError as exc:
+        raise StartupError(f"cannot read the server key {path}: {exc.strerror or exc}") from None
+    if mode & 0o077:
+        raise StartupError(
+            f"the private key {path} is readable by group or others (mode {mode:04o}); "
+            f"fix it with: chmod 600 {path}"
+        )
+
+
+def prepare_state_dir(path: Path) -> None:
+    """The state directory: ours alone (0700, owned by the server's user), created when missing.
+    Jobs never see it either way (the sandbox hides it); this keeps every other local user out too."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.stat(path)
+    if st.st_uid != os.geteuid():
+        os.chown(path, os.geteuid(), os.getegid())
+    if st.st_mode & 0o777 != 0o700:
+        os.chmod(path, 0o700)
+
+
 def server_credentials(config: ServerConfig) -> grpc.ServerCredentials:
     """Mutual TLS: our ECDSA certificate, client certificates required and verified against the CA."""
     cert = _read(config.cert, "server certificate")
+    check_private_key_mode(config.key)
     key = _read(config.key, "server key")
     ca = _read(config.ca, "CA certificate")
     try:
@@ -111,6 +137,7 @@ class JobServer:
             max_limits=max_limits,
             output_cap=config.output_cap,
             on_job_ended=store.put,
+            hidden_paths=[str(p) for p in config.paths_hidden_from_jobs()],
         )
 
     def start(self) -> int:
@@ -130,10 +157,15 @@ class JobServer:
             )
         credentials = server_credentials(config)
         try:
-            config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            prepare_state_dir(config.state_dir)
             config.jobs_dir.mkdir(mode=0o700, exist_ok=True)
         except OSError as exc:
             raise StartupError(f"cannot create the state directory {config.state_dir}: {exc}") from None
+        try:
+            user_ids = UserIds(config.user_ids_path, config.uid_range, config.user_ids)
+        except IdentityError as exc:
+            raise StartupError(str(exc)) from None
+        self._stack.callback(user_ids.close)
         try:
             store = JobStore(config.database_path)
         except StoreError as exc:
@@ -152,7 +184,7 @@ class JobServer:
             state_dir=str(config.state_dir),
             **{k: getattr(report, k) for k in ("refreshed", "adopted", "vanished", "running")},
         )
-        self._service = JobWorkerService(worker, jobs, config)
+        self._service = JobWorkerService(worker, jobs, config, user_ids)
         workers = config.max_concurrent_streams + config.unary_threads
         self._executor = futures.ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix=RPC_THREAD_NAME, initializer=_name_os_thread

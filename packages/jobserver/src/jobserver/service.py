@@ -19,10 +19,11 @@ from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
 from jobclient._proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from jobcore import output_log
 from jobcore.errors import JobNotFound
-from jobcore.spec import OWNER_RE
+from jobcore.spec import OWNER_RE, RunAs
 from jobserver import convert
 from jobserver.config import ServerConfig
 from jobserver.errors import RpcStatusError, invalid
+from jobserver.identities import IdentityError, UserIds
 from jobserver.interceptor import caller, current_call
 from jobserver.jobs import Jobs
 
@@ -73,18 +74,27 @@ class StreamRegistry:
 
 
 class JobWorkerService(pb_grpc.JobWorkerServicer):
-    def __init__(self, worker: Any, jobs: Jobs, config: ServerConfig) -> None:
+    def __init__(self, worker: Any, jobs: Jobs, config: ServerConfig, user_ids: UserIds) -> None:
         self._worker = worker
         self._jobs = jobs
         self._config = config
+        self._user_ids = user_ids
         self.streams = StreamRegistry(config.max_concurrent_streams)
 
     def StartJob(self, request: pb.StartJobRequest, context: grpc.ServicerContext) -> pb.StartJobResponse:
         identity = caller()
-        spec = convert.spec_from_request(request, identity.name, self._config)
+        convert.check_isolation_policy(request.isolation, identity.role.value, self._config)
+        user = None if request.isolation.run_as_root else self._run_as(identity.name)
+        spec = convert.spec_from_request(request, identity.name, self._config, user)
         view = self._jobs.start(spec)
         current_call().job_id = view.status.id
         return pb.StartJobResponse(job=convert.job_to_proto(view.status, view.cwd))
+
+    def _run_as(self, name: str) -> RunAs:
+        try:
+            return self._user_ids.run_as(name)
+        except IdentityError as exc:
+            raise RpcStatusError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
 
     def StopJob(self, request: pb.StopJobRequest, context: grpc.ServicerContext) -> pb.StopJobResponse:
         job_id = convert.parse_job_id(request.job_id)

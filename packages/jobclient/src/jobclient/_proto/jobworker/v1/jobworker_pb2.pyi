@@ -65,18 +65,22 @@ class Limits(_message.Message):
     def __init__(self, cpu: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., pids: _Optional[int] = ..., io_read_bps: _Optional[int] = ..., io_write_bps: _Optional[int] = ..., io_read_iops: _Optional[int] = ..., io_write_iops: _Optional[int] = ...) -> None: ...
 
 class Isolation(_message.Message):
-    __slots__ = ("disable_pid", "disable_mount", "host_network", "disable_uts", "disable_ipc")
+    __slots__ = ("disable_pid", "disable_mount", "host_network", "disable_uts", "disable_ipc", "run_as_root", "disable_sandbox")
     DISABLE_PID_FIELD_NUMBER: _ClassVar[int]
     DISABLE_MOUNT_FIELD_NUMBER: _ClassVar[int]
     HOST_NETWORK_FIELD_NUMBER: _ClassVar[int]
     DISABLE_UTS_FIELD_NUMBER: _ClassVar[int]
     DISABLE_IPC_FIELD_NUMBER: _ClassVar[int]
+    RUN_AS_ROOT_FIELD_NUMBER: _ClassVar[int]
+    DISABLE_SANDBOX_FIELD_NUMBER: _ClassVar[int]
     disable_pid: bool
     disable_mount: bool
     host_network: bool
     disable_uts: bool
     disable_ipc: bool
-    def __init__(self, disable_pid: _Optional[bool] = ..., disable_mount: _Optional[bool] = ..., host_network: _Optional[bool] = ..., disable_uts: _Optional[bool] = ..., disable_ipc: _Optional[bool] = ...) -> None: ...
+    run_as_root: bool
+    disable_sandbox: bool
+    def __init__(self, disable_pid: _Optional[bool] = ..., disable_mount: _Optional[bool] = ..., host_network: _Optional[bool] = ..., disable_uts: _Optional[bool] = ..., disable_ipc: _Optional[bool] = ..., run_as_root: _Optional[bool] = ..., disable_sandbox: _Optional[bool] = ...) -> None: ...
 
 class ResourceUsage(_message.Message):
     __slots__ = ("cpu_seconds", "memory_peak_bytes", "io_read_bytes", "io_write_bytes")
@@ -91,7 +95,7 @@ class ResourceUsage(_message.Message):
     def __init__(self, cpu_seconds: _Optional[float] = ..., memory_peak_bytes: _Optional[int] = ..., io_read_bytes: _Optional[int] = ..., io_write_bytes: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "owner", "argv", "state", "pid", "exit_code", "signal", "oom_killed", "started_at", "ended_at", "reason", "stop_requested", "usage", "limits", "controller", "namespaces", "output_bytes", "output_capped", "cwd")
+    __slots__ = ("id", "owner", "argv", "state", "pid", "exit_code", "signal", "oom_killed", "started_at", "ended_at", "reason", "stop_requested", "usage", "limits", "controller", "namespaces", "output_bytes", "output_capped", "cwd", "uid", "gid", "sandboxed")
     ID_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     ARGV_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +115,9 @@ class Job(_message.Message):
     OUTPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_CAPPED_FIELD_NUMBER: _ClassVar[int]
     CWD_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    SANDBOXED_FIELD_NUMBER: _ClassVar[int]
     id: str
     owner: str
     argv: _containers.RepeatedScalarFieldContainer[str]
@@ -130,7 +137,10 @@ class Job(_message.Message):
     output_bytes: int
     output_capped: bool
     cwd: str
-    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., state: _Optional[_Union[JobState, str]] = ..., pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., reason: _Optional[str] = ..., stop_requested: _Optional[bool] = ..., usage: _Optional[_Union[ResourceUsage, _Mapping]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., controller: _Optional[str] = ..., namespaces: _Optional[_Iterable[str]] = ..., output_bytes: _Optional[int] = ..., output_capped: _Optional[bool] = ..., cwd: _Optional[str] = ...) -> None: ...
+    uid: int
+    gid: int
+    sandboxed: bool
+    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., state: _Optional[_Union[JobState, str]] = ..., pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., reason: _Optional[str] = ..., stop_requested: _Optional[bool] = ..., usage: _Optional[_Union[ResourceUsage, _Mapping]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., controller: _Optional[str] = ..., namespaces: _Optional[_Iterable[str]] = ..., output_bytes: _Optional[int] = ..., output_capped: _Optional[bool] = ..., cwd: _Optional[str] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., sandboxed: _Optional[bool] = ...) -> None: ...
 
 class StartJobRequest(_message.Message):
     __slots__ = ("argv", "env", "cwd", "limits", "isolation")
