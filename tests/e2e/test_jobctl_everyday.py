@@ -111,12 +111,16 @@ def test_logs_offset_resumes_at_a_byte(server: ServerProcess) -> None:
     assert b"past the end" in result.stderr
 
 
-def test_logs_follow_with_a_filter_and_timestamps_streams_live(server: ServerProcess, tmp_path: Path) -> None:
-    gate = tmp_path / "gate"
-    script = (
-        f"echo early; echo e-early >&2; while [ ! -e {gate} ]; do sleep 0.05; done; echo late >&2; exit 3"
-    )
+def gate_of(server: ServerProcess, job_id: str) -> Path:
+    """The file `while [ ! -e gate ]` waits for: in the job's own scratch directory (its cwd), which
+    the sandbox lets the job see and the test (root, on the host) write."""
+    return Path(status_json(server, job_id)["cwd"]) / "gate"
+
+
+def test_logs_follow_with_a_filter_and_timestamps_streams_live(server: ServerProcess) -> None:
+    script = "echo early; echo e-early >&2; while [ ! -e gate ]; do sleep 0.05; done; echo late >&2; exit 3"
     job_id = start(server, "sh", "-c", script)
+    gate = gate_of(server, job_id)
     proc = subprocess.Popen(
         [str(JOBCTL), "--user", "alice", "logs", "-f", "-t", "--stderr", job_id],
         env=jobctl_env(server.target),
@@ -399,10 +403,10 @@ def test_a_second_ctrl_c_to_run_kills_the_job_at_once(
     assert status_json(server, job["id"])["signal"] == signal.SIGKILL
 
 
-def test_logs_follow_resumes_across_a_server_restart(server: ServerProcess, tmp_path: Path) -> None:
-    gate = tmp_path / "gate"
-    script = f"echo before; echo e-before >&2; while [ ! -e {gate} ]; do sleep 0.05; done; echo after >&2"
+def test_logs_follow_resumes_across_a_server_restart(server: ServerProcess) -> None:
+    script = "echo before; echo e-before >&2; while [ ! -e gate ]; do sleep 0.05; done; echo after >&2"
     job_id = start(server, "sh", "-c", script)
+    gate = gate_of(server, job_id)
     assert wait_for(lambda: status_json(server, job_id)["output_bytes"] == len(b"before\ne-before\n"), 30)
     followers = {
         name: subprocess.Popen(

@@ -984,13 +984,12 @@ def cmd_logs(client: Client, args: argparse.Namespace) -> int:
                         offset = stream.offset
             return EXIT_OK
         except Unavailable as exc:
-            if not args.follow:
-                raise
+            if not args.follow or offset == args.offset:
+                raise  # nothing received yet: a server that is down is reported at once, exit 3
             # A follow survives a server restart like `run` does: resume at the offset reached (the
             # tail and the start time were applied by then).
-            if offset > args.offset:
-                options.pop("tail", None)
-                options.pop("since", None)
+            options.pop("tail", None)
+            options.pop("since", None)
             time.sleep(retry.next_delay(job_id, exc))
 
 
@@ -1014,6 +1013,9 @@ def _wait_ended(client: Client, job_id: str) -> Job:
     from jobclient.client import _Reconnect
 
     retry = _Reconnect(client.reconnect)
+    job = client.status(job_id)  # a server that is down, or an unknown job, is reported at once
+    if job.ended:
+        return job
     while True:
         try:
             with client.output(job_id, stream="none", follow=True) as stream:
