@@ -54,6 +54,9 @@ ELSEWHERE: dict[str, str] = {
     "make bench": "a measurement (minutes), not a test: bench/run_all.py",
     ".venv/bin/python bench/run_all.py --quick": "a measurement (about a minute, starts sshd), not a test",
     ".venv/bin/python bench/run_all.py --markdown": "a measurement (minutes), not a test",
+    ".venv/bin/python bench/cli_startup.py --runs 20 --server": (
+        "a measurement that starts sshd and needs the replaced source unpacked; its no-server form runs here"
+    ),
     ".venv/bin/python tests/vm/run_vm.py": (
         "boots a qemu VM (minutes, not in the host suite): `make test-vm`; the harness itself: "
         "tests/vm/test_run_vm.py"
