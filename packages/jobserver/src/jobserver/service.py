@@ -7,6 +7,7 @@ raised `RpcStatusError`s and jobcore errors into statuses. Requests are translat
 
 from __future__ import annotations
 
+import errno
 import math
 import threading
 from collections.abc import Iterator
@@ -190,9 +191,20 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
             tail_stream = output_log.ANY_STREAM if stream == output_log.NO_STREAM else stream
             offset = max(offset, output_log.tail_offset(directory, request.tail_lines, tail_stream))
         since_ns = round(request.since * 1e6) * 1000 if request.HasField("since") else None
-        reader = output_log.IndexedOutputReader(
-            directory, offset, follow=request.follow, stream=stream, since_ns=since_ns
-        )
+        try:
+            reader = output_log.IndexedOutputReader(
+                directory, offset, follow=request.follow, stream=stream, since_ns=since_ns
+            )
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOSPC, errno.ENOMEM):
+                raise
+            # Each indexed stream holds an inotify instance: the kernel caps them per user
+            # (fs.inotify.max_user_instances, 128 by default), besides the fd limits.
+            raise RpcStatusError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the server cannot open another filtered output stream now ({exc.strerror}); "
+                "retry later, or stream without --stdout/--stderr/--since/--tail/-t",
+            ) from None
         try:
             self.streams.add(reader)
             if not context.add_callback(reader.close):
