@@ -438,3 +438,22 @@ def test_logs_follow_resumes_across_a_server_restart(server: ServerProcess) -> N
     assert plain == logs(server, job_id)
     stamped = (first["stamped"] + results["stamped"][0]).splitlines()
     assert [m.group(2) for m in map(STAMP.match, stamped) if m] == [b"e-before", b"after"], stamped
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"stream": 99}, {"since": float("nan")}, {"since": float("inf")}],
+    ids=["unknown-stream", "nan-since", "infinite-since"],
+)
+def test_a_bad_indexed_request_is_invalid_argument(server: ServerProcess, fields: dict[str, Any]) -> None:
+    import grpc
+
+    from jobclient import Client, Credentials
+    from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
+
+    job_id = start(server, "true")
+    with Client(server.target, credentials=Credentials.for_user("alice", CERTS)) as client:
+        request = pb.StreamOutputRequest(job_id=job_id, **fields)
+        with pytest.raises(grpc.RpcError) as info:
+            list(client._stub.StreamOutput(request, timeout=30))
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
