@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import tomllib
 from pathlib import Path
@@ -141,3 +142,47 @@ def test_the_version_is_the_distributions() -> None:
     )
     assert version.stdout == f"jobctl {pyproject['project']['version']}\n"
     assert version.returncode == 0
+
+
+def test_client_from_env_reads_the_environment_and_the_context(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fake_jobworker import FakeServer
+
+    from jobclient import AsyncClient, Client
+
+    server = FakeServer()
+    try:
+        path = _config(
+            tmp_path,
+            f'current-context = "fake"\n[contexts.fake]\nserver = "{server.target}"\n'
+            f'ca = "{CERTS / "ca.crt"}"\ncert = "{CERTS / "bob.crt"}"\nkey = "{CERTS / "bob.key"}"\n',
+        )
+        for name in (
+            "JOBCTL_SERVER",
+            "JOBCTL_USER",
+            "JOBCTL_CERT",
+            "JOBCTL_KEY",
+            "JOBCTL_CA",
+            "JOBCTL_CONTEXT",
+        ):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("JOBCTL_CONFIG", str(path))
+        with Client.from_env(timeout=10) as client:
+            assert client.target == server.target
+            assert client.list() == []
+        assert server.servicer.requests[-1][1] == "Bob"  # the context's certificate
+        monkeypatch.setenv("JOBCTL_USER", "alice")
+        monkeypatch.setenv("JOBCTL_CERTS", str(CERTS))
+        with Client.from_env(timeout=10) as client:
+            client.list()
+        assert server.servicer.requests[-1][1] == "Alice"  # the environment wins over the context
+
+        async def async_list() -> str:
+            async with AsyncClient.from_env(timeout=10) as aclient:
+                await aclient.list()
+                return aclient.target
+
+        assert asyncio.run(async_list()) == server.target
+    finally:
+        server.stop()
