@@ -208,8 +208,6 @@ def tail_offset(directory: Path, lines: int, stream: int = ANY_STREAM) -> int:
                     continue
                 if lines == 0:
                     return offset + length
-                if not start:
-                    start = offset  # at worst, every line of this stream
                 position = offset + length
                 while position > offset:  # this record's bytes, backwards, a block at a time
                     block_start = max(offset, position - PIECE_BYTES)
@@ -226,7 +224,7 @@ def tail_offset(directory: Path, lines: int, stream: int = ANY_STREAM) -> int:
                             return block_start + found + 1
                         cut = found
                     position = block_start
-                start = offset
+                start = offset  # fewer lines than asked so far: from this record on
         return start
 
 
