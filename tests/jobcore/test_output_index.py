@@ -27,6 +27,7 @@ def write(directory: Path, *chunks: tuple[int, bytes]) -> OutputWriter:
     for stream, data in chunks:
         writer.append(stream, data)
         writer.flush_index()
+        time.sleep(0.001)  # chunks a millisecond apart, well past the 2 us `since` slack
     return writer
 
 
@@ -81,7 +82,9 @@ def test_first_offset_since(tmp_path: Path) -> None:
     write(tmp_path, *LOG).close(durable=False)
     records = read_index(tmp_path)
     assert first_offset_since(tmp_path, records[2][3]) == records[2][0]
-    assert first_offset_since(tmp_path, records[-1][3] + 1000) is None  # a microsecond later
+    # A time a microsecond past the chunk's (a double's rounding) still finds that chunk.
+    assert first_offset_since(tmp_path, records[2][3] + 1000) == records[2][0]
+    assert first_offset_since(tmp_path, records[-1][3] + 1_000_000) is None  # a millisecond later
 
 
 def test_a_follower_gets_new_records_and_ends_with_the_job(tmp_path: Path) -> None:

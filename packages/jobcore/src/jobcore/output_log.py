@@ -162,15 +162,19 @@ def _records(data: bytes) -> list[tuple[int, int, int, int]]:
     return [INDEX_RECORD.unpack_from(data, i) for i in range(0, usable, INDEX_RECORD.size)]
 
 
-def _micros(time_ns: int) -> int:
-    # Times are compared to the microsecond, rounded: the precision a client gets them with (a double
-    # of Unix seconds, a datetime), so that "since the time of that chunk" includes that chunk.
-    return (time_ns + 500) // 1000
+#: A chunk written up to this long before a `since` time still counts as written at it: clients get
+#: times as a double of Unix seconds (about 0.24 us apart at today's dates) and as microsecond
+#: datetimes, so "since the time of that chunk" must include that chunk whatever the rounding.
+SINCE_SLACK_NS = 2000
+
+
+def _at_or_after(time_ns: int, since_ns: int) -> bool:
+    return time_ns >= since_ns - SINCE_SLACK_NS
 
 
 def first_offset_since(directory: Path, since_ns: int) -> int | None:
-    """The offset of the first chunk written at or after `since_ns` (Unix ns, to the microsecond), or
-    None if there is none yet."""
+    """The offset of the first chunk written at or after `since_ns` (Unix ns, within SINCE_SLACK_NS),
+    or None if there is none yet."""
     try:
         f = (directory / OUTPUT_INDEX).open("rb")
     except FileNotFoundError:
@@ -178,7 +182,7 @@ def first_offset_since(directory: Path, since_ns: int) -> int | None:
     with f:
         while block := f.read(INDEX_RECORD.size * _INDEX_BLOCK):
             for offset, _length, _stream, time_ns in _records(block):
-                if _micros(time_ns) >= _micros(since_ns):
+                if _at_or_after(time_ns, since_ns):
                     return offset
     return None
 
@@ -232,8 +236,8 @@ class IndexedOutputReader:
     """A job's output from `offset` as (offset, data, stream, time_ns) pieces cut at index records.
 
     `stream` keeps one stream's pieces only (STDOUT, STDERR; ANY_STREAM for both; NO_STREAM for
-    none: the iteration then just ends with the job). `since_ns` skips pieces written earlier (to the
-    microsecond), up to the first that is not. With
+    none: the iteration then just ends with the job). `since_ns` skips pieces written earlier (by more
+    than SINCE_SLACK_NS), up to the first that is not. With
     `follow`, waits for new records (inotify on the job's directory) until the job has ended (its
     exit record exists) and every record was read. `close()`, from any thread, ends the iteration.
     Holds two file descriptors, an inotify instance, a wake-up pipe and at most one block of records.
@@ -302,7 +306,7 @@ class IndexedOutputReader:
                 self._pending.pop()
                 continue
             if self._since_ns is not None:
-                if _micros(time_ns) < _micros(self._since_ns):
+                if not _at_or_after(time_ns, self._since_ns):
                     self._pending.pop()
                     continue
                 self._since_ns = None  # from the first piece at or after `since` on, everything

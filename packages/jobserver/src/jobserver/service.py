@@ -190,7 +190,7 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         if request.HasField("tail_lines"):
             tail_stream = output_log.ANY_STREAM if stream == output_log.NO_STREAM else stream
             offset = max(offset, output_log.tail_offset(directory, request.tail_lines, tail_stream))
-        since_ns = round(request.since * 1e6) * 1000 if request.HasField("since") else None
+        since_ns = round(request.since * 1e9) if request.HasField("since") else None
         try:
             reader = output_log.IndexedOutputReader(
                 directory, offset, follow=request.follow, stream=stream, since_ns=since_ns
