@@ -64,8 +64,17 @@ HELP_ALSO_ALLOWED = {"shutil", "fnmatch", "posixpath", "errno", "zlib", "bz2", "
                      "lzma", "_lzma", "pwd", "grp", "textwrap", "_locale", "locale", "encodings.idna",
                      "stringprep", "unicodedata"}  # fmt: skip
 #: Never on the `start` path: jobctl's start needs the SDK, grpc and the generated code, but not the
-#: JSON converter (cattrs), the package metadata machinery, or TOML without a config file.
-START_FORBIDDEN = {"cattrs", "importlib.metadata", "jobclient._json", "tomllib", "email", "zipfile"}
+#: JSON converter (cattrs), the package metadata machinery, TOML without a config file, or pathlib
+#: (credentials and config use os.path: nothing else there imports pathlib).
+START_FORBIDDEN = {
+    "cattrs",
+    "importlib.metadata",
+    "jobclient._json",
+    "tomllib",
+    "email",
+    "zipfile",
+    "pathlib",
+}
 
 _PROBE = """
 import sys
