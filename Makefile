@@ -10,12 +10,12 @@ PYPROJECTS := $(addsuffix /pyproject.toml,$(MEMBERS))
 APT_PACKAGES := stress openssl iproute2 procps qemu-system-x86 busybox-static cpio kmod
 PYTEST_ARGS ?=
 
-.PHONY: help demo test test-host test-vm lint system-deps venv proto proto-check bench lock clean certs key-modes
+.PHONY: help demo test test-host test-vm lint system-deps venv proto proto-check bench lock clean certs key-modes check-floors
 
 help:
 	@echo "make demo     set everything up, start a jobserver with the checked-in certs and drive it"
 	@echo "make test     set everything up and run every test (lint, host suite, cgroup v2 VM suite)"
-	@echo "make test-host / test-vm / lint / proto / certs / bench / lock / clean"
+	@echo "make test-host / test-vm / lint / proto / certs / bench / lock / check-floors / clean"
 
 system-deps: .cache/apt.stamp
 .cache/apt.stamp: Makefile
@@ -32,6 +32,8 @@ venv: $(VENV)/.stamp
 $(VENV)/.stamp: requirements/dev.lock $(PYPROJECTS) workspace.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --require-hashes --no-deps -r requirements/dev.lock
+	@# The distributions were named jobcore/jobclient/jobserver before (docs/packaging.md): drop those.
+	@$(PY) -m pip uninstall -q -y jobcore jobclient jobserver 2>/dev/null || true
 	$(PY) -m pip install -q --no-deps --no-build-isolation $(addprefix -e ,$(MEMBERS))
 	@touch $@
 
@@ -51,8 +53,16 @@ test-host: system-deps venv key-modes
 # cgroup2-only kernel in a qemu VM (tests/vm/README.md). Without qemu it says so and skips, except
 # under CI=true, where that is a failure.
 # (Pure-Python validation and CLI tests stay on the host: every exec is slow under emulation.)
+# From the sandbox's tests, those whose outcome can depend on the cgroup version or the kernel's
+# mounts (the rest is the same code on any host, and every exec is slow under emulation).
+SANDBOX_VM_TESTS := $(addprefix tests/jobcore/test_sandbox.py::test_,\
+	the_job_runs_as_the_given_uid_with_no_groups_and_the_status_says_so \
+	without_a_user_the_job_runs_as_the_worker_but_with_no_capability the_hosts_filesystem_is_read_only \
+	the_state_directory_and_hidden_paths_are_inaccessible pid_1_is_no_door_to_the_host \
+	the_host_cannot_be_renamed_and_cgroup_files_cannot_be_written the_sandbox_keeps_limits_and_stop \
+	an_explicit_cwd_is_writable_where_its_user_may_write)
 VM_TESTS ?= tests/vm/v2_smoke tests/jobcore/controllers tests/jobcore/test_jobs.py \
-	tests/jobcore/test_limits.py tests/jobcore/test_namespaces.py tests/jobcore/test_sandbox.py
+	tests/jobcore/test_limits.py tests/jobcore/test_namespaces.py $(SANDBOX_VM_TESTS)
 test-vm: system-deps venv key-modes
 	$(PY) tests/vm/run_vm.py --unavailable-ok --env JOBCORE_TEST_BIG_OUTPUT=268435456 -- $(VM_TESTS) $(PYTEST_ARGS)
 
@@ -73,6 +83,12 @@ bench: system-deps venv key-modes
 lock:
 	$(PY) -m pip install -q pip-tools
 	$(VENV)/bin/pip-compile --generate-hashes --allow-unsafe --strip-extras -q -o requirements/dev.lock requirements/dev.in
+
+# The lowest versions the distributions claim to work with, installed from the index into a throwaway
+# venv, under the three suites (docs/packaging.md). Needs the index, so not part of `make test`; the
+# wheel build and install check is (tests/test_packaging.py).
+check-floors: system-deps
+	$(PYTHON) tools/check_floors.py
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .pytest_cache .ruff_cache

@@ -1,7 +1,16 @@
 #!/usr/bin/env bash
-# Regenerate every certificate and key in certs/ (and the negative-test fixtures in certs/test/).
+# Regenerate every certificate and key in certs/ (and the negative-test fixtures in certs/test/), or
+# issue single certificates from an existing CA:
 #
-#   bash certs/generate.sh            # or: make certs
+#   bash certs/generate.sh            # or: make certs   -- regenerates the whole checked-in set
+#   bash certs/generate.sh ca DIR                         -- a new CA (DIR/ca.crt, DIR/ca.key) for a deployment
+#   bash certs/generate.sh user NAME ROLE [--ca-dir DIR] [--out DIR] [--days N]
+#   bash certs/generate.sh server NAME [--dns NAME]... [--ip ADDR]... [--ca-dir DIR] [--out DIR] [--days N]
+#
+# `user` issues NAME.crt/.key (subject OU=ROLE, CN=NAME; ROLE is user or admin; EKU clientAuth);
+# `server` issues NAME.crt/.key (CN=NAME; EKU serverAuth; SAN = every --dns and --ip, at least one).
+# Both sign with DIR/ca.crt + ca.key (--ca-dir, default: this folder's CA) and write to --out (default:
+# the CA's folder); they never overwrite an existing file. See docs/certificates.md.
 #
 # ECDSA P-256 keys throughout: the server's TLS 1.3-only setting relies on ECDSA certificates (see
 # docs/certificates.md). Needs only openssl (1.1.1 or 3.x). Every run makes a NEW CA, so all certs change
@@ -99,6 +108,78 @@ CONF
     -startdate 20200101000000Z -enddate 20200102000000Z -preserveDN -extensions ext \
     -in "$WORK/$name.csr" -out "$dir/$name.crt" 2>"$WORK/ca.log" || { cat "$WORK/ca.log" >&2; exit 1; }
 }
+
+usage() {
+  sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -n 's/^#   //p' >&2
+  exit 2
+}
+die() { echo "generate.sh: $*" >&2; exit 1; }
+
+# issue_leaf KIND NAME SUBJECT EKU SAN PURPOSE CA_DIR OUT DAYS: one certificate, verified for PURPOSE.
+issue_leaf() {
+  local kind="$1" name="$2" subject="$3" eku="$4" san="$5" purpose="$6" cadir="$7" out="$8" days="$9"
+  [[ -f "$cadir/ca.crt" && -f "$cadir/ca.key" ]] || die "no CA in $cadir (ca.crt and ca.key); make one: generate.sh ca DIR"
+  [[ -d "$out" ]] || die "output folder $out does not exist"
+  for f in "$out/$name.crt" "$out/$name.key"; do
+    [[ ! -e "$f" ]] || die "$f already exists; remove it first to issue a new $kind certificate"
+  done
+  LEAF_DAYS="$days" leaf "$out" "$name" "$subject" "$eku" "$san" ca "$cadir"
+  chmod 644 "$out/$name.crt"
+  openssl verify -CAfile "$cadir/ca.crt" -purpose "$purpose" "$out/$name.crt" >/dev/null \
+    || die "$out/$name.crt does not verify against $cadir/ca.crt"
+  echo "$kind certificate: $out/$name.crt, key: $out/$name.key (signed by $cadir/ca.crt)"
+}
+
+issue() { # issue user|server ARGS...
+  local kind="$1" name="${2:-}"; shift 2 || usage
+  local cadir="$CERTS" out="" days="$LEAF_DAYS" role="" san=""
+  if [[ "$kind" == user ]]; then role="${1:-}"; shift || usage; fi
+  while (($#)); do
+    case "$1" in
+      --ca-dir) cadir="${2:?--ca-dir needs a folder}"; shift 2 ;;
+      --out) out="${2:?--out needs a folder}"; shift 2 ;;
+      --days) days="${2:?--days needs a number}"; shift 2 ;;
+      --dns) [[ "$kind" == server ]] || usage
+        [[ "${2:-}" =~ ^(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$ ]] \
+          || die "--dns ${2:-}: not a DNS name"
+        san="${san:+$san, }DNS:$2"; shift 2 ;;
+      --ip) [[ "$kind" == server ]] || usage
+        [[ "${2:-}" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ || "${2:-}" =~ ^[0-9A-Fa-f:]+:[0-9A-Fa-f:.]*$ ]] \
+          || die "--ip ${2:-}: not an IPv4 or IPv6 address"
+        san="${san:+$san, }IP:$2"; shift 2 ;;
+      *) usage ;;
+    esac
+  done
+  [[ "$days" =~ ^[1-9][0-9]{0,4}$ ]] || die "--days $days: not a number of days (1-99999)"
+  out="${out:-$cadir}"
+  if [[ "$kind" == user ]]; then
+    # The server takes the user name from the CN, lower-cased, as a jobcore owner name.
+    [[ "$name" =~ ^[A-Za-z_][A-Za-z0-9_.-]{0,63}$ ]] \
+      || die "user name '$name': letters, digits, '_', '.', '-' (not first), at most 64"
+    [[ "$role" == user || "$role" == admin ]] || die "role '$role': must be user or admin"
+    issue_leaf user "$(tr '[:upper:]' '[:lower:]' <<<"$name")" "$SUBJECT_BASE/OU=$role/CN=$name" \
+      clientAuth "" sslclient "$cadir" "$out" "$days"
+  else
+    [[ "$name" =~ ^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$ ]] || die "server name '$name': letters, digits, '_', '.', '-'"
+    [[ -n "$san" ]] || die "server $name: give at least one --dns NAME or --ip ADDR (the names clients connect to)"
+    issue_leaf server "$name" "$SUBJECT_BASE/OU=server/CN=$name" serverAuth "$san" sslserver "$cadir" "$out" "$days"
+  fi
+}
+
+case "${1:-all}" in
+  all) [[ $# -le 1 ]] || usage ;;
+  ca)
+    [[ $# -eq 2 ]] || usage
+    mkdir -p "$2"
+    [[ ! -e "$2/ca.key" && ! -e "$2/ca.crt" ]] || die "$2 already holds a CA (ca.crt/ca.key); not replacing it"
+    new_ca "$2" ca "JobWorker CA"
+    chmod 644 "$2/ca.crt"
+    echo "CA: $2/ca.crt, key: $2/ca.key (keep ca.key offline; servers and clients need only ca.crt)"
+    exit 0 ;;
+  user | server) issue "$@"; exit 0 ;;
+  -h | --help | help) usage ;;
+  *) usage ;;
+esac
 
 rm -f "$CERTS"/*.crt "$CERTS"/*.key "$CERTS"/*.srl
 rm -rf "$TEST"

@@ -22,9 +22,9 @@ def test_every_member_is_a_distribution_with_src_layout_and_its_own_tests() -> N
             project = tomllib.load(f)["project"]
         assert project["name"] == member["name"]
         assert project["version"]
-        assert (ROOT / member["path"] / "src" / member["name"] / "__init__.py").is_file()
+        assert (ROOT / member["path"] / "src" / member["package"] / "__init__.py").is_file()
         assert (ROOT / member["tests"]).is_dir()
-        names.append(member["name"])
+        names.append(member["package"])
     assert sorted(names) == ["jobclient", "jobcore", "jobserver"]
     on_disk = sorted(p.name for p in (ROOT / "packages").iterdir() if (p / "pyproject.toml").exists())
     assert on_disk == sorted(names), "a package is missing from workspace.toml (or the reverse)"
@@ -56,3 +56,55 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert "exec make test" in ci
     assert "make test" in (ROOT / "README.md").read_text()
+
+
+def test_distribution_names_are_one_family_and_import_names_stay_short() -> None:
+    assert [(m["name"], m["package"]) for m in members()] == [
+        ("remote-job-worker-core", "jobcore"),
+        ("remote-job-worker-client", "jobclient"),
+        ("remote-job-worker-server", "jobserver"),
+    ]
+
+
+def test_each_package_states_its_version_without_importlib_metadata() -> None:
+    # A constant, not importlib.metadata: jobctl's start-up time (and it works from a source tree).
+    code = (
+        "import jobcore as a, jobclient as b, jobserver as c\n"
+        "print(a.__version__, b.__version__, c.__version__)"
+    )
+    env = {"PATH": "/usr/bin:/bin"}
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    expected = {}
+    for member in members():
+        with open(ROOT / member["path"] / "pyproject.toml", "rb") as f:
+            expected[member["package"]] = tomllib.load(f)["project"]["version"]
+    assert out.stdout.split() == [expected[p] for p in ("jobcore", "jobclient", "jobserver")]
+    code = "import sys, jobclient; jobclient.__version__; print('importlib.metadata' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    assert out.stdout.strip() == "False"
+    code = "import jobserver; print(jobserver.DISTRIBUTION)"  # shown by `jobserver --version`
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    assert out.stdout.strip() == next(m["name"] for m in members() if m["package"] == "jobserver")
+
+
+def test_workspace_tool_checks_names_packages_and_versions() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "workspace.py"), "check"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.splitlines() == [f"{m['name']} 0.1.0" for m in members()]
+    packages = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "workspace.py"), "packages"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert packages.split() == ["jobcore", "jobclient", "jobserver"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from jobcore_testing import CONTROLLER, requires_root
 
-from jobcore import InvalidLimit, JobSpec, JobState, Limits, Worker
+from jobcore import InvalidLimit, JobSpec, JobState, Limits, RunAs, Worker
 from jobcore.controllers.block_device import resolve_block_device
 
 pytestmark = [requires_root, pytest.mark.skipif(shutil.which("stress") is None, reason="needs stress (apt)")]
@@ -85,7 +85,10 @@ def io_dir() -> Iterator[Path]:
 
 def test_direct_io_writes_are_throttled(limited: Worker, io_dir: Path) -> None:
     argv = ["dd", "if=/dev/zero", "of=out", "bs=1M", "count=50", "oflag=direct"]
-    status = limited.start(JobSpec(argv, cwd=str(io_dir), limits=Limits(io_write_bps=10 * MiB)))
+    # As an unprivileged user who owns the directory: the sandbox binds a uid-0 job's cwd read-only.
+    os.chown(io_dir, 500124, 500124)
+    spec = JobSpec(argv, cwd=str(io_dir), limits=Limits(io_write_bps=10 * MiB), user=RunAs(500124, 500124))
+    status = limited.start(spec)
     final = limited.wait(status.id, timeout=60)
     assert final.exit_code == 0, b"".join(limited.output(status.id))
     assert final.ended_at is not None and final.started_at is not None

@@ -32,11 +32,21 @@ def test_status_reports_the_namespaces_the_job_got(worker: Worker) -> None:
 
 
 def test_ps_inside_lists_only_the_jobs_processes_with_the_init_as_pid_1(worker: Worker) -> None:
-    out, _ = run(worker, ["ps", "-e", "-o", "pid=,comm="])
+    out, _ = run(worker, ["ps", "-e", "-o", "pid=,comm="], isolation=Isolation(sandbox=False))
     rows = [line.split(None, 1) for line in out.decode().strip().splitlines()]
     pids = [int(pid) for pid, _ in rows]
     assert pids[0] == 1
     assert len(rows) <= 3, rows  # the init, (sh,) ps: nothing of the host
+    assert max(pids) < 10
+
+
+def test_in_the_sandbox_ps_lists_the_jobs_processes_but_not_its_init(worker: Worker) -> None:
+    # hidepid: the init (root, non-dumpable) is invisible; its /proc/1/net would show the host's
+    out, _ = run(worker, ["ps", "-e", "-o", "pid=,comm="])
+    rows = [line.split(None, 1) for line in out.decode().strip().splitlines()]
+    pids = [int(pid) for pid, _ in rows]
+    assert 1 not in pids and rows, rows
+    assert len(rows) <= 2, rows  # (sh,) ps: nothing of the host
     assert max(pids) < 10
 
 

@@ -124,7 +124,7 @@ def test_the_state_directory_and_hidden_paths_are_inaccessible(tmp_path: Path) -
                 out, _ = sh(worker, script, user=user)
                 assert "PRIVATE KEY" not in out and "secret config" not in out
                 assert "first job output" not in out
-                assert out.endswith("end\n")
+                assert "end\n" in out
                 listing, _ = sh(worker, f"ls -A {base}/jobs {base} 2>/dev/null; echo", user=user)
                 assert first.id not in listing  # type: ignore[attr-defined]
             assert secret.read_text() == "PRIVATE KEY"
@@ -145,6 +145,47 @@ def test_cwd_tmp_is_the_jobs_private_tmp(worker: Worker, tmp_path: Path) -> None
     assert out.splitlines()[:2] == ["/tmp", f"ls: cannot access '{tmp_path}': No such file or directory"]
 
 
+def test_pid_1_shows_nothing_of_the_hosts_network_or_mounts(worker: Worker) -> None:
+    host_mounts = Path("/proc/self/mountinfo").read_text()
+    for user in (AS_USER, None):
+        out, _ = sh(
+            worker, "cat /proc/1/net/tcp /proc/1/net/unix /proc/1/mountinfo 2>&1; echo end", user=user
+        )
+        assert "local_address" not in out and "Inode" not in out, out  # the tables' header lines
+        assert not any(line in out for line in host_mounts.splitlines()[:3])
+
+
+@pytest.mark.parametrize("cwd", ["/.", "//", "/proc/self/cwd", "/var/..", "/tmp/.."])
+def test_no_spelling_of_root_as_cwd_makes_the_host_writable(worker: Worker, cwd: str) -> None:
+    marker = Path("/var/lib") / f"jobcore-cwd-test-{os.getpid()}"
+    for user in (AS_USER, None):
+        try:
+            status = worker.start(JobSpec(["sh", "-c", f"touch {marker} 2>&1; pwd"], cwd=cwd, user=user))
+        except InvalidSpec as exc:
+            assert "/proc" in str(exc)  # /proc/self/cwd: refused outright
+            continue
+        worker.wait(status.id, timeout=30)
+        out = b"".join(worker.output(status.id)).decode()
+        assert "Read-only file system" in out, out
+        assert not marker.exists()
+
+
+def test_cwd_on_the_hosts_dev_shm_or_proc_is_refused_or_private(worker: Worker) -> None:
+    leak = Path("/dev/shm") / f"jobcore-cwd-test-{os.getpid()}"
+    out, _ = sh(worker, f"pwd; echo x > {leak.name} && echo wrote", cwd="/dev/shm/", user=AS_USER)
+    assert out.splitlines() == ["/dev/shm", "wrote"]  # the job's own /dev/shm...
+    assert not leak.exists()  # ...not the host's
+    for cwd in ("/proc/self/fd", "/proc/sys", "/sys/fs/cgroup", "/dev"):
+        with pytest.raises(InvalidSpec, match="give a directory of a real file system"):
+            worker.start(JobSpec(["true"], cwd=cwd, user=AS_USER))
+
+
+def test_uid_0_gets_its_explicit_cwd_read_only(worker: Worker, tmp_path: Path) -> None:
+    out, _ = sh(worker, "touch f 2>&1; echo x > /tmp/t && echo tmp-ok", cwd=str(tmp_path))
+    assert "Read-only file system" in out and "tmp-ok" in out
+    assert not (tmp_path / "f").exists()
+
+
 def test_a_cwd_inside_a_hidden_path_is_refused(worker: Worker) -> None:
     with pytest.raises(InvalidSpec, match="which jobs may not see"):
         worker.start(JobSpec(["true"], cwd=str(worker.state_dir)))
@@ -157,17 +198,18 @@ def test_a_cwd_swapped_for_a_symlink_into_a_hidden_path_after_the_check_is_refus
     # and the bind: the shim checks what it opened. (Simulated: the check is passed, then swapped.)
     work = tmp_path / "mine"
     work.mkdir()
-    original = worker._check_visible  # the one way to land the swap inside the race window
+    original = worker._sandbox_cwd  # the one way to land the swap inside the race window
 
-    def check_then_swap(cwd: str) -> None:
-        original(cwd)
+    def check_then_swap(cwd: str) -> str:
+        checked = original(cwd)
         work.rmdir()
         work.symlink_to(worker.state_dir)
+        return checked
 
-    worker._check_visible = check_then_swap  # type: ignore[method-assign]
+    worker._sandbox_cwd = check_then_swap  # type: ignore[method-assign]
     status = worker.start(JobSpec(["ls", "-A"], cwd=str(work), user=AS_USER))
     assert status.state is JobState.FAILED_TO_START
-    assert status.reason is not None and "which jobs may not see" in status.reason
+    assert status.reason is not None and "it changed since the job was started" in status.reason
 
 
 def test_the_sandbox_works_without_cgroups(tmp_path: Path) -> None:
@@ -186,7 +228,8 @@ def test_pid_1_is_no_door_to_the_host(worker: Worker) -> None:
     )
     for user in (AS_USER, None):
         out, status = sh(worker, script, user=user)
-        assert out.count("Permission denied") >= 3, out
+        # invisible (hidepid) to another uid; unreadable (non-dumpable) to uid 0 without capabilities
+        assert out.count("Permission denied") + out.count("No such file or directory") >= 3, out
         assert "nsenter-refused" in out
         # uid 0 may signal the job's init, which only passes the signal on to the job's command
         assert "kill-refused" in out or user is None

@@ -68,7 +68,9 @@ def test_the_config_sets_range_users_hidden_paths_and_roles(tmp_path: Path) -> N
     assert config.uid_range == (800000, 800100)
     assert config.user_ids == {"alice": (1001, 1001), "bob": (1002, 1003)}
     assert Path("/etc/secret") in config.paths_hidden_from_jobs()
-    assert config.config_file in config.paths_hidden_from_jobs()
+    hidden = config.paths_hidden_from_jobs()
+    assert config.config_file in hidden and config.config_file.parent in hidden
+    assert Path("/etc/jobworker") in hidden  # the default key's directory, with the certificates
     assert config.role_allow["user"] == frozenset({"host_network"})
     assert config.role_allow["admin"] == DEFAULT_ROLE_ALLOW["admin"] == frozenset(WEAKENINGS)
 
@@ -89,6 +91,13 @@ def test_the_config_sets_range_users_hidden_paths_and_roles(tmp_path: Path) -> N
 def test_bad_sandbox_settings_are_clear_errors(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         config_from(tmp_path, text)
+
+
+def test_system_directories_holding_a_key_are_not_hidden_whole() -> None:
+    config = ServerConfig(key=Path("/etc/server.key"), cert=Path("/var/lib/server.crt"))
+    hidden = config.paths_hidden_from_jobs()
+    assert Path("/etc/server.key") in hidden and Path("/var/lib/server.crt") in hidden
+    assert Path("/etc") not in hidden and Path("/var/lib") not in hidden
 
 
 def test_every_weakening_is_refused_for_users_by_default() -> None:

@@ -28,6 +28,15 @@ def test_unit_delegates_cgroups_and_leaves_jobs_running_on_stop() -> None:
     assert "--state-dir /var/lib/jobworker" in service["ExecStart"]
 
 
+def test_unit_waits_for_readiness_and_opens_the_operator_endpoints() -> None:
+    service = _service_section()
+    assert service["Type"] == "notify"  # the server sends READY=1 (tests/jobserver/test_operations.py)
+    assert service["NotifyAccess"] == "main"
+    assert "--health-listen unix:/run/jobworker/health.sock" in service["ExecStart"]
+    assert service["RuntimeDirectory"] == "jobworker"
+    assert "--metrics-listen 127.0.0.1:" in service["ExecStart"]
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
 def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
     # ExecStart must name an existing program for verify: point it at this checkout's entry point.

@@ -63,7 +63,7 @@ environment (an option on the command line wins; both win over the context):
   JOBCTL_SERVER   --server          JOBCTL_USER  --user      JOBCTL_CERTS  --certs
   JOBCTL_CERT     --cert            JOBCTL_KEY   --key       JOBCTL_CA     --ca
   JOBCTL_CONTEXT  --context         JOBCTL_CONFIG  the config file
-  JOBCTL_TLS_SERVER_NAME            the name the server's certificate must hold
+  JOBCTL_TLS_SERVER_NAME  --tls-server-name  the name the server's certificate must hold
   JOBCTL_JSON     --json (1/true/yes/on or 0/false/no/off)     JOBCTL_RECONNECT  --reconnect
 
 config file ($JOBCTL_CONFIG, default ~/.config/jobctl/config.toml), named contexts:
@@ -393,6 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--key", metavar="FILE", help="client private key (PEM)")
     parser.add_argument("--ca", metavar="FILE", help="CA certificate that signed the server's (PEM)")
     parser.add_argument(
+        "--tls-server-name", metavar="NAME",
+        help="expect NAME in the server's certificate instead of the --server host, e.g. "
+        "--server 127.0.0.1:50051 --tls-server-name worker-1.example.com",
+    )  # fmt: skip
+    parser.add_argument(
         "--json", action="store_true", help="machine-readable output (start, status, stop, list)"
     )
     parser.add_argument(
@@ -521,6 +526,7 @@ def _settings(args: argparse.Namespace) -> config.Settings:
             cert=args.cert,
             key=args.key,
             ca=args.ca,
+            tls_server_name=args.tls_server_name,
             context=args.context,
         )
     except ConfigError as e:

@@ -23,6 +23,7 @@ from jobcore.spec import Isolation, JobSpec, Limits, RunAs
 from jobcore.status import JobState, JobStatus, ResourceUsage
 from jobcore.worker import OutputReader, Worker
 
+#: The version of this distribution (tests/test_workspace.py keeps it equal to pyproject.toml's).
 __version__ = "0.1.0"
 
 __all__ = [

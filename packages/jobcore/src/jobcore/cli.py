@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 import attrs
 
-from jobcore import units
+from jobcore import __version__, units
 from jobcore.controllers import load_controller, probe_all
 from jobcore.errors import InvalidSpec, JobError
 from jobcore.spec import Isolation, JobSpec, Limits, RunAs
@@ -166,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  python -m jobcore run -- echo hello\n  python -m jobcore probe --json",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="action", required=True, metavar="COMMAND", parser_class=_Parser)
     run = sub.add_parser(
         "run",

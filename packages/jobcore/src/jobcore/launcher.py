@@ -24,7 +24,8 @@ from pathlib import Path
 
 # Imported before any fork so that every shim starts with them loaded (a fork shares them for free).
 from jobcore import linux, shim
-from jobcore.shim import StartError, describe, load_controller_class
+from jobcore.command import StartError, describe
+from jobcore.shim import load_controller_class
 
 
 class _PidNamespaces:

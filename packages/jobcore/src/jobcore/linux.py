@@ -42,7 +42,14 @@ MS_PRIVATE = 1 << 18
 MOUNT_ATTR_RDONLY = 0x00000001
 MOUNT_ATTR_NOSUID = 0x00000002
 AT_RECURSIVE = 0x8000
-_SYS_MOUNT_SETATTR = 442  # the same number on every architecture (the unified syscall table)
+AT_EMPTY_PATH = 0x1000
+_AT_FDCWD = -100
+OPEN_TREE_CLONE = 1
+MOVE_MOUNT_F_EMPTY_PATH = 0x00000004
+# The new mount API's numbers are the same on every architecture (the unified syscall table).
+_SYS_OPEN_TREE = 428
+_SYS_MOVE_MOUNT = 429
+_SYS_MOUNT_SETATTR = 442
 _SYS_CAPSET = {"x86_64": 126, "aarch64": 91}.get(os.uname().machine)
 
 PR_SET_PDEATHSIG = 1
@@ -134,20 +141,42 @@ class _MountAttr(ctypes.Structure):
     ]
 
 
-def mount_setattr(path: str, set_flags: int = 0, clear_flags: int = 0, recursive: bool = False) -> None:
-    """mount_setattr(2): set and clear MOUNT_ATTR_* flags of the mount at `path` (and, `recursive`,
-    of every mount below it). ENOSYS before Linux 5.12."""
+def mount_setattr(
+    path: str, set_flags: int = 0, clear_flags: int = 0, recursive: bool = False, fd: int | None = None
+) -> None:
+    """mount_setattr(2): set and clear MOUNT_ATTR_* flags of the mount at `path` — or of the mount
+    `fd` (from open_tree) — and, `recursive`, of every mount below it. ENOSYS before Linux 5.12."""
     attr = _MountAttr(set_flags, clear_flags, 0, 0)
-    flags = AT_RECURSIVE if recursive else 0
+    flags = (AT_RECURSIVE if recursive else 0) | (AT_EMPTY_PATH if fd is not None else 0)
     result = _libc.syscall(
         ctypes.c_long(_SYS_MOUNT_SETATTR),
-        ctypes.c_int(-100),  # AT_FDCWD
-        os.fsencode(path),
+        ctypes.c_int(_AT_FDCWD if fd is None else fd),
+        b"" if fd is not None else os.fsencode(path),
         ctypes.c_uint(flags),
         ctypes.byref(attr),
         ctypes.c_size_t(ctypes.sizeof(attr)),
     )
     _check(result, path)
+
+
+def open_tree_clone(fd: int, recursive: bool = True) -> int:
+    """open_tree(2) with OPEN_TREE_CLONE: a detached copy of the mount tree at `fd` (an O_PATH fd),
+    as a new fd. Nothing is resolved by path, so nothing can be swapped under it."""
+    flags = OPEN_TREE_CLONE | os.O_CLOEXEC | AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
+    return _check(_libc.syscall(ctypes.c_long(_SYS_OPEN_TREE), ctypes.c_int(fd), b"", ctypes.c_uint(flags)))
+
+
+def move_mount(tree_fd: int, target: str) -> None:
+    """move_mount(2): attach the detached tree `tree_fd` at `target`."""
+    result = _libc.syscall(
+        ctypes.c_long(_SYS_MOVE_MOUNT),
+        ctypes.c_int(tree_fd),
+        b"",
+        ctypes.c_int(_AT_FDCWD),
+        os.fsencode(target),
+        ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
+    )
+    _check(result, target)
 
 
 class _CapHeader(ctypes.Structure):

@@ -9,7 +9,7 @@ entered its namespaces (bubblewrap's and runc's order: mounts first, then privil
     read-only → drop every privilege → exec
 
 Each step raises `SandboxError` naming what it could not do. The plan comes from the job's spec record
-(`Worker.start` computes it): `{"hide": [paths], "scratch": path | None, "writable_cwd": bool}`.
+(`Worker.start` computes it): `{"hide": [paths], "scratch": path | None, "cwd_bind": None | "ro" | "rw"}`.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ _PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus")
 #: A mode-0 file bind-mounted over each hidden file (systemd's /run/systemd/inaccessible/reg).
 _INACCESSIBLE = "/dev/.inaccessible"
 _TMPFS_FLAGS = linux.MS_NOSUID | linux.MS_NODEV
+_PROC_FLAGS = linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
+_NO_GID = 2**32 - 2
 #: Highest capability number of this kernel: read once in the launcher, shared by every shim.
 LAST_CAP = linux.last_capability()
 
@@ -83,9 +85,9 @@ def prepare_filesystem(plan: dict[str, Any], cwd: str, pid_namespace: bool, net_
                 fds[f"dev/{name}"] = _open_path(f"/dev/{name}")
             if plan.get("scratch"):
                 fds["scratch"] = _open_path(plan["scratch"], directory=True)
-            if plan.get("writable_cwd"):
+            if plan.get("cwd_bind"):
                 fds["cwd"] = _open_path(cwd, directory=True)
-                _refuse_hidden(fds["cwd"], cwd, plan.get("hide", ()))
+                _check_opened_cwd(fds["cwd"], cwd, plan.get("hide", ()))
         with _step("make the host's filesystem read-only"):
             linux.mount_setattr("/", linux.MOUNT_ATTR_RDONLY | linux.MOUNT_ATTR_NOSUID, recursive=True)
         with _step("mount a private /tmp"):
@@ -95,14 +97,17 @@ def prepare_filesystem(plan: dict[str, Any], cwd: str, pid_namespace: bool, net_
         with _step("set up /dev"):
             _minimal_dev(fds)
         if "cwd" in fds:
-            with _step(f"make the working directory {cwd} writable"):
+            writable = plan["cwd_bind"] == "rw"
+            with _step(f"bind the working directory {cwd}{' writable' if writable else ''}"):
                 os.makedirs(cwd, mode=0o755, exist_ok=True)  # only where it is gone: under /tmp
-                _bind(fds["cwd"], cwd, recursive=True)
-                linux.mount_setattr(cwd, clear_flags=linux.MOUNT_ATTR_RDONLY)
+                _bind_tree(fds["cwd"], cwd, writable)
         _hide(plan.get("hide", ()), fds.get("scratch"), plan.get("scratch"))
         if pid_namespace:
             with _step("mount /proc"):
-                linux.mount_proc()
+                # hidepid: the job sees only the processes it may trace, so not its init (root, and
+                # non-dumpable even to a uid-0 job), whose /proc/1/net and mountinfo are the host's.
+                # gid: the group exempt from hidepid, by default 0 (a uid-0 job's): one nobody has.
+                linux.mount("proc", "/proc", "proc", _PROC_FLAGS, f"hidepid=2,gid={_NO_GID}")
                 for name in _PROC_READ_ONLY:
                     path = f"/proc/{name}"
                     if os.path.exists(path):
@@ -116,11 +121,26 @@ def prepare_filesystem(plan: dict[str, Any], cwd: str, pid_namespace: bool, net_
             os.close(fd)
 
 
-def _refuse_hidden(fd: int, cwd: str, hidden: Sequence[str]) -> None:
-    """The Worker checked the working directory's real path at start; the job's user may have swapped a
-    directory of its own for a symlink since. What the fd holds is what would be bound writable, so
-    check that (no race left: the fd pins the directory)."""
+def _bind_tree(fd: int, target: str, writable: bool) -> None:
+    """Bind what `fd` holds (with the mounts below it, which stay read-only) at `target`, writable or
+    not: a detached clone made from the fd, made writable through its own fd, then attached — no
+    step resolves the source by path, so nothing swapped in meanwhile can be made writable instead."""
+    tree = linux.open_tree_clone(fd)
+    try:
+        if writable:
+            linux.mount_setattr(target, clear_flags=linux.MOUNT_ATTR_RDONLY, fd=tree)
+        linux.move_mount(tree, target)
+    finally:
+        os.close(tree)
+
+
+def _check_opened_cwd(fd: int, cwd: str, hidden: Sequence[str]) -> None:
+    """The Worker resolved the working directory and checked it at start; the job's user may have
+    swapped a directory of its own for a symlink since. What the fd holds is what would be bound
+    writable, so check that (no race left: the fd pins the directory)."""
     real = os.readlink(f"/proc/self/fd/{fd}")
+    if real != cwd:
+        raise SandboxError(f"the working directory {cwd} is now {real}: it changed since the job was started")
     for path in hidden:
         if real == path or real.startswith(path.rstrip("/") + "/"):
             raise SandboxError(f"the working directory {cwd} leads into {path}, which jobs may not see")
@@ -161,8 +181,7 @@ def _hide(paths: Sequence[str], scratch_fd: int | None, scratch: str | None) -> 
     if scratch_fd is not None and scratch is not None:
         with _step(f"mount the job's scratch directory {scratch}"):
             os.makedirs(scratch, mode=0o711, exist_ok=True)
-            _bind(scratch_fd, scratch)
-            linux.mount_setattr(scratch, clear_flags=linux.MOUNT_ATTR_RDONLY)
+            _bind_tree(scratch_fd, scratch, writable=True)
     for path in hidden_dirs:
         with _step(f"hide {path} from the job"):
             linux.mount_setattr(path, linux.MOUNT_ATTR_RDONLY)

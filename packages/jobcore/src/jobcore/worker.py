@@ -316,17 +316,18 @@ class Worker:
             raise InvalidSpec(f"start() takes a JobSpec, got {type(spec).__name__}")
         limits = spec.limits.resolve(self.default_limits, self.max_limits)
         sandboxed = spec.isolation.sandbox
-        if spec.cwd is not None:
-            if not os.path.isdir(spec.cwd):
-                raise InvalidSpec(f"cwd {spec.cwd!r} does not exist or is not a directory")
+        given = spec.cwd
+        if given is not None:
+            if not os.path.isdir(given):
+                raise InvalidSpec(f"cwd {given!r} does not exist or is not a directory")
             if sandboxed:
-                self._check_visible(spec.cwd)
+                given = self._sandbox_cwd(given)
         job_id = jobdir.new_job_id()
         directory = self.state_dir / job_id
-        scratch = str(directory / jobdir.SCRATCH) if sandboxed and spec.cwd is None else None
-        cwd = scratch or spec.cwd or "/"
+        scratch = str(directory / jobdir.SCRATCH) if sandboxed and given is None else None
+        cwd = scratch or given or "/"
         user = spec.user or RunAs(os.geteuid(), os.getegid())
-        self.controller.check(limits, spec.cwd or str(self.state_dir))
+        self.controller.check(limits, given or str(self.state_dir))
         staging = self.state_dir / f".{job_id}.new"
         handle: Handle | None = None
         try:
@@ -334,7 +335,7 @@ class Worker:
             if scratch is not None:
                 (staging / jobdir.SCRATCH).mkdir(mode=0o700)
                 os.chown(staging / jobdir.SCRATCH, user.uid, user.gid)
-            handle = self.controller.create(spec.owner, job_id, limits, spec.cwd or str(self.state_dir))
+            handle = self.controller.create(spec.owner, job_id, limits, given or str(self.state_dir))
             record = {
                 "id": job_id,
                 "owner": spec.owner,
@@ -349,9 +350,13 @@ class Worker:
                 else {
                     "hide": self.hidden_paths + _unreachable_ancestor(scratch, user, self.hidden_paths),
                     "scratch": scratch,
-                    # "/" is never writable (a bind over the root is not seen by path lookups), and
-                    # /tmp, /var/tmp, /dev/shm are the job's own already (the host's stay unseen).
-                    "writable_cwd": spec.cwd is not None and spec.cwd not in _PRIVATE_CWDS,
+                    # An explicit cwd is bound in at its own path (visible even under the private
+                    # /tmp), writable — except for uid 0, who owns most of the host: its explicit
+                    # cwd stays read-only (its scratch directory and /tmp are writable). "/" is
+                    # never bound; /tmp, /var/tmp and /dev/shm are the job's own already.
+                    "cwd_bind": None
+                    if given is None or given in _PRIVATE_CWDS
+                    else ("ro" if user.uid == 0 else "rw"),
                 },
                 "namespaces": list(spec.isolation.enabled()),
                 "limits": attrs.asdict(handle.applied()),
@@ -384,13 +389,22 @@ class Worker:
             self._watch_job(job)
         return self._status(job)
 
-    def _check_visible(self, cwd: str) -> None:
-        """A sandboxed job's explicit working directory must not lie in a hidden path (its writable
-        bind would show what is hidden)."""
-        real = os.path.realpath(cwd)
+    def _sandbox_cwd(self, cwd: str) -> str:
+        """A sandboxed job's explicit working directory, resolved (no symlink, no `.`, no `//`: the
+        path the shim will bind and check again). It must be on a real file system, not /proc, /sys
+        or /dev (their entries lead into other processes' and the host's views), and not in a hidden
+        path (its writable bind would show what is hidden)."""
+        try:
+            real = os.path.realpath(cwd, strict=True)
+        except OSError as exc:
+            raise InvalidSpec(f"cwd {cwd!r} cannot be resolved: {exc.strerror or exc}") from None
+        for kernel in ("/proc", "/sys", "/dev"):
+            if (real == kernel or real.startswith(kernel + "/")) and real != "/dev/shm":
+                raise InvalidSpec(f"cwd {cwd!r} is on {kernel}: give a directory of a real file system")
         for hidden in self.hidden_paths:
             if real == hidden or real.startswith(hidden.rstrip("/") + "/"):
                 raise InvalidSpec(f"cwd {cwd!r} is inside {hidden}, which jobs may not see")
+        return real
 
     def _launch(self, job: _Job) -> dict[str, Any]:
         """Hand the job to the launcher and wait for its shim's report (a JSON line)."""

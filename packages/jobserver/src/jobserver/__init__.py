@@ -16,4 +16,7 @@ os.environ["GRPC_SSL_CIPHER_SUITES"] = TLS12_CIPHER_SUITES
 #: (the server still refuses TLS 1.2 per call, see `jobserver.identity`).
 GRPC_IMPORTED_FIRST = "grpc" in sys.modules
 
+#: The version of this distribution (kept equal to pyproject.toml's by tests/test_workspace.py).
 __version__ = "0.1.0"
+#: The name this package is distributed under (`pip install remote-job-worker-server`).
+DISTRIBUTION = "remote-job-worker-server"

@@ -13,8 +13,9 @@ import jobserver  # noqa: F401  isort: skip
 
 import structlog
 
-from jobserver.config import ConfigError, load_config
+from jobserver.config import ConfigError, ServerConfig, load_config
 from jobserver.logs import configure_logging
+from jobserver.native_logs import NativeStderr
 from jobserver.server import JobServer, StartupError
 
 
@@ -24,7 +25,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"jobserver: error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(config.log_format)
+    native = NativeStderr()  # gRPC's C-core lines into the structured log
+    configure_logging(config.log_format, config.log_level, native.start())
+    try:
+        return _serve(config)
+    finally:
+        native.stop()
+
+
+def _serve(config: ServerConfig) -> int:
     log = structlog.get_logger("jobserver")
     stop = threading.Event()
     received: list[str] = []

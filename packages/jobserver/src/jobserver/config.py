@@ -21,6 +21,7 @@ import attrs
 from jobcore.errors import InvalidLimit
 from jobcore.spec import Limits, host_cpu_count, host_memory_bytes
 from jobcore.units import parse_cpu, parse_rate, parse_size
+from jobserver import DISTRIBUTION, __version__
 
 MIB = 1024 * 1024
 
@@ -44,6 +45,10 @@ DEFAULT_ROLE_ALLOW: dict[str, frozenset[str]] = {
 #: uids (and gids) given to identities that the config does not map (like systemd's DynamicUser=):
 #: far above any account a distribution or an administrator creates.
 DEFAULT_UID_RANGE = (500000, 599999)
+#: Directories too widely used to hide because the server's key or config lies in them.
+_SHARED_DIRS = frozenset(
+    {"/var/lib", "/var/run", "/var/tmp", "/usr/local", "/usr/share", "/usr/lib", "/usr/bin", "/run/user"}
+)
 
 
 def default_max_limits() -> Limits:
@@ -67,6 +72,12 @@ class ServerConfig:
     log_format: str | None = None
     #: File the bound port is written to once the server listens (useful with port 0).
     port_file: Path | None = None
+    #: "debug", "info", "warning" or "error": the least severe event logged.
+    log_level: str = "info"
+    #: HOST:PORT of the plaintext HTTP endpoint serving Prometheus metrics at /metrics (None = off).
+    metrics_listen: str | None = None
+    #: HOST:PORT or unix:PATH of the plaintext gRPC health endpoint for probes (None = off).
+    health_listen: str | None = None
     default_limits: Limits = DEFAULT_LIMITS
     max_limits: Limits = attrs.field(factory=default_max_limits)
     max_running_jobs_per_user: int = 32
@@ -96,11 +107,19 @@ class ServerConfig:
     role_allow: dict[str, frozenset[str]] = attrs.field(factory=lambda: dict(DEFAULT_ROLE_ALLOW))
 
     def paths_hidden_from_jobs(self) -> list[Path]:
-        """Everything of the server's that a job must not see: state, keys, certificates, config."""
-        paths = [self.state_dir, self.cert, self.key, self.ca, *self.hidden_paths]
+        """Everything of the server's that a job must not see: the state directory, the key, the
+        certificates and the config file, and the directories that hold them (keys of other
+        identities, a CA key, often lie beside them: /etc/jobworker, a checkout's certs/) unless such
+        a directory is one of the system's own (/etc, /var/lib, ...), which jobs need."""
+        files = [self.cert, self.key, self.ca]
         if self.config_file is not None:
-            paths.append(self.config_file)
-        return [p.absolute() for p in paths]
+            files.append(self.config_file)
+        paths = [self.state_dir, *files, *self.hidden_paths]
+        for file in files:
+            parent = file.absolute().parent
+            if len(parent.parts) > 2 and str(parent) not in _SHARED_DIRS:
+                paths.append(parent)
+        return list(dict.fromkeys(p.absolute() for p in paths))
 
     @property
     def jobs_dir(self) -> Path:
@@ -129,6 +148,17 @@ FLAGS: dict[str, tuple[str, str, str]] = {
     ),
     "--log-format": ("JOBSERVER_LOG_FORMAT", "log_format", "json or console (default: console on a TTY)"),
     "--port-file": ("JOBSERVER_PORT_FILE", "port_file", "write the bound port to this file"),
+    "--log-level": ("JOBSERVER_LOG_LEVEL", "log_level", "debug, info, warning or error (default info)"),
+    "--metrics-listen": (
+        "JOBSERVER_METRICS_LISTEN",
+        "metrics_listen",
+        "HOST:PORT to serve Prometheus metrics on, plaintext, at /metrics (default: off)",
+    ),
+    "--health-listen": (
+        "JOBSERVER_HEALTH_LISTEN",
+        "health_listen",
+        "HOST:PORT or unix:PATH for a plaintext gRPC health service, for probes (default: off)",
+    ),
 }
 CONFIG_ENV = "JOBSERVER_CONFIG"
 
@@ -141,6 +171,9 @@ _SERVER_KEYS = {
     "controller": str,
     "log_format": str,
     "port_file": Path,
+    "log_level": str,
+    "metrics_listen": str,
+    "health_listen": str,
     "max_concurrent_streams": int,
     "unary_threads": int,
     "max_receive_message_bytes": "size",
@@ -167,6 +200,10 @@ _LIMIT_PARSERS: dict[str, Callable[[str], int | float]] = {
 }
 
 
+def version_line() -> str:
+    return f"jobserver {__version__} ({DISTRIBUTION})"
+
+
 def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jobserver",
@@ -174,6 +211,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
         epilog="Each flag can also be set by the environment variable shown; flags win over the "
         "environment, which wins over the config file.",
     )
+    parser.add_argument("--version", action="version", version=version_line())
     parser.add_argument("--config", help=f"TOML config file [{CONFIG_ENV}]")
     for flag, (env, _field, text) in FLAGS.items():
         parser.add_argument(flag, help=f"{text} [{env}]")
@@ -349,13 +387,26 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
     return config
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _is_host_port(address: str) -> bool:
+    host, sep, port = address.rpartition(":")
+    return bool(sep and host and port.isdigit() and int(port) <= 65535)
+
+
 def validate(config: ServerConfig) -> None:
     """Cross-field checks: a known log format, a HOST:PORT, defaults within the maximums."""
     if config.log_format not in (None, "json", "console"):
         raise ConfigError(f"log format {config.log_format!r} is not one of json, console")
-    host, sep, port = config.listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"listen address {config.listen!r} is not HOST:PORT")
+    if config.log_level not in LOG_LEVELS:
+        raise ConfigError(f"log level {config.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    for what, address in (("listen", config.listen), ("metrics listen", config.metrics_listen)):
+        if address is not None and not _is_host_port(address):
+            raise ConfigError(f"{what} address {address!r} is not HOST:PORT")
+    health = config.health_listen
+    if health is not None and not (_is_host_port(health) or (health.startswith("unix:") and health[5:])):
+        raise ConfigError(f"health listen address {health!r} is not HOST:PORT or unix:PATH")
     try:
         Limits().resolve(config.default_limits, config.max_limits)
     except InvalidLimit as exc:

@@ -27,6 +27,7 @@ import structlog
 from jobcore.errors import ControllerError, InvalidJobId, InvalidSpec, JobNotFound, StopTimeout, WorkerError
 from jobserver.errors import RpcStatusError
 from jobserver.identity import Identity, identity_from_auth_context
+from jobserver.metrics import ServerMetrics
 
 _current: contextvars.ContextVar[CallInfo] = contextvars.ContextVar("jobserver_call")
 
@@ -116,8 +117,9 @@ def _request_job_id(request: Any) -> str | None:
 
 # grpc ships no type stubs, so its base class is Any to mypy.
 class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, log: Any = None) -> None:
+    def __init__(self, log: Any = None, metrics: ServerMetrics | None = None) -> None:
         self._log = log or structlog.get_logger("jobserver.audit")
+        self._metrics = metrics
         self._errors = structlog.get_logger("jobserver")
 
     def intercept_service(
@@ -129,8 +131,11 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return None
         method = handler_call_details.method
+        if handler.request_streaming and handler.response_streaming:
+            # Server reflection (bidirectional): the same guard; its requests are not ours to decode.
+            return handler._replace(stream_stream=self._guard_stream(method, handler.stream_stream))
         if handler.request_streaming:
-            # No method of ours streams requests; refuse rather than let one bypass the guard.
+            # No method of ours streams requests only; refuse rather than let one bypass the guard.
             def refuse(_request: Any, context: grpc.ServicerContext) -> Any:
                 context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not served")
 
@@ -178,6 +183,9 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     ) -> None:
         level = self._log.debug if call.method in QUIET_METHODS else self._log.info
         identity = call.identity
+        seconds = time.monotonic() - started
+        if self._metrics is not None:
+            self._metrics.rpc_done(call.method, code.name, seconds)
         level(
             "rpc",
             user=identity.name if identity else None,
@@ -185,7 +193,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             method=call.method,
             job_id=call.job_id,
             code=code.name,
-            duration_ms=round((time.monotonic() - started) * 1000, 2),
+            duration_ms=round(seconds * 1000, 2),
             peer=peer,
             **({"detail": detail} if detail else {}),
         )
@@ -217,6 +225,8 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             call = CallInfo(method=method, job_id=_request_job_id(request))
             code, detail = grpc.StatusCode.OK, None
             responses: Iterator[Any] | None = None
+            if self._metrics is not None:
+                self._metrics.stream_opened()
             try:
                 token = _current.set(call)
                 try:
@@ -232,6 +242,8 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                         break
                     finally:
                         _current.reset(token)
+                    if self._metrics is not None:
+                        self._metrics.streamed(item)
                     yield item
                 if not context.is_active():
                     code = grpc.StatusCode.CANCELLED
@@ -246,5 +258,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 if close is not None:
                     close()
                 self._audit(call, code, started, detail, context.peer())
+                if self._metrics is not None:
+                    self._metrics.stream_closed()
 
         return guarded

@@ -29,6 +29,7 @@ from jobcore.spec import JobSpec
 from jobcore.status import JobState, JobStatus
 from jobserver.errors import RpcStatusError, job_not_found
 from jobserver.identity import Identity
+from jobserver.lifecycle import JobEvents
 from jobserver.store import JobStore
 
 VANISHED_REASON = "the job's directory vanished from the state directory; its output is gone"
@@ -51,8 +52,11 @@ class ReconcileReport:
 
 
 class Jobs:
-    def __init__(self, worker: Any, store: JobStore, max_running_per_user: int) -> None:
+    def __init__(
+        self, worker: Any, store: JobStore, max_running_per_user: int, events: JobEvents | None = None
+    ) -> None:
         self._worker = worker
+        self._events = events
         self._store = store
         self._max_running = max_running_per_user
         #: Starts in progress per user, counted against the cap until their job is running.
@@ -104,6 +108,8 @@ class Jobs:
         try:
             status = self._worker.start(spec)
             self._store.put(status, created_at=time.time(), cwd=status.cwd)
+            if self._events is not None:
+                self._events.started(status)
         finally:
             with self._starting_lock:
                 self._starting[spec.owner] -= 1
@@ -127,6 +133,8 @@ class Jobs:
     def stop(self, view: JobView, grace: float) -> JobView:
         if not view.live:
             return view
+        if self._events is not None and not view.status.state.ended:
+            self._events.stop_requested(view.status, grace)
         status = self._worker.stop(view.status.id, grace=grace)
         self._store.put(status)
         return attrs.evolve(view, status=status)

@@ -1,17 +1,38 @@
-"""structlog set-up: JSON lines by default, the console renderer on a TTY or when asked."""
+"""structlog set-up: JSON lines by default, the console renderer on a TTY or when asked.
+
+Everything ends up in the same stream and format: structlog events, the standard `logging` records of
+jobcore and other libraries (bridged here), and gRPC's C-core lines (`jobserver.native_logs`).
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
-def configure_logging(log_format: str | None) -> None:
-    """Log to stderr. `log_format` is "json", "console", or None (console on a TTY, else JSON)."""
-    fmt = log_format or ("console" if sys.stderr.isatty() else "json")
+
+class _ToStructlog(logging.Handler):
+    """Hands standard-library log records (jobcore's, for one) to structlog, under the record's logger."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            log = structlog.get_logger(record.name)
+            method = getattr(log, record.levelname.lower(), log.error)
+            method(record.getMessage(), logger=record.name, exc_info=record.exc_info or None)
+        except Exception:
+            self.handleError(record)
+
+
+def configure_logging(log_format: str | None, level: str = "info", stream: TextIO | None = None) -> None:
+    """Log to `stream` (stderr). `log_format` is "json", "console", or None (console on a TTY, else
+    JSON); `level` is the least severe level logged: "debug", "info", "warning" or "error"."""
+    out = stream or sys.stderr
+    fmt = log_format or ("console" if out.isatty() else "json")
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer() if fmt == "console" else structlog.processors.JSONRenderer()
     )
@@ -26,7 +47,12 @@ def configure_logging(log_format: str | None) -> None:
             else structlog.dev.set_exc_info,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _ToStructlog)]:
+        root.removeHandler(handler)
+    root.addHandler(_ToStructlog())
+    root.setLevel(LEVELS[level])

@@ -17,16 +17,21 @@ from typing import Any
 
 import grpc
 import structlog
+from grpc_reflection.v1alpha import reflection
 
 import jobserver
 from jobclient._proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from jobcore.errors import JobError
+from jobcore.status import JobStatus
 from jobserver.certinfo import OID_EC_PUBLIC_KEY, CertificateError, parse_pem
 from jobserver.config import ServerConfig
 from jobserver.health import HealthService, ServingStatus
 from jobserver.identities import IdentityError, UserIds
 from jobserver.interceptor import GuardInterceptor
 from jobserver.jobs import Jobs
+from jobserver.lifecycle import JobEvents
+from jobserver.metrics import ServerMetrics
+from jobserver.operations import Operations, OperationsError, job_state_counts
 from jobserver.service import SERVICE_NAME, JobWorkerService
 from jobserver.store import JobStore, StoreError
 
@@ -111,6 +116,9 @@ class JobServer:
         self._executor: futures.ThreadPoolExecutor | None = None
         self._service: JobWorkerService | None = None
         self._health = HealthService((SERVICE_NAME,))
+        self.metrics = ServerMetrics()
+        self.events = JobEvents(self.metrics)
+        self.operations = Operations(config, self.metrics, (SERVICE_NAME,))
         self._stopped = threading.Event()
         self.port: int | None = None
         self.worker: Any = None
@@ -136,9 +144,13 @@ class JobServer:
             default_limits=default_limits,
             max_limits=max_limits,
             output_cap=config.output_cap,
-            on_job_ended=store.put,
+            on_job_ended=lambda status: self._job_ended(store, status),
             hidden_paths=[str(p) for p in config.paths_hidden_from_jobs()],
         )
+
+    def _job_ended(self, store: JobStore, status: JobStatus) -> None:
+        store.put(status)
+        self.events.ended(status)
 
     def start(self) -> int:
         """Open the state, re-attach to jobs, listen; returns the bound port."""
@@ -177,8 +189,11 @@ class JobServer:
             raise StartupError(f"cannot start the job worker on {config.jobs_dir}: {exc}") from None
         self.worker = worker
         self._stack.callback(worker.close)
-        jobs = Jobs(worker, store, config.max_running_jobs_per_user)
+        jobs = Jobs(worker, store, config.max_running_jobs_per_user, events=self.events)
+        running_before = {r.id for r in store.list() if not r.status.state.ended}
         report = jobs.reconcile()
+        self.events.ended_while_down(running_before, store)
+        self.metrics.count_jobs_with(lambda: job_state_counts(store))
         self._log.info(
             "state reconciled",
             state_dir=str(config.state_dir),
@@ -192,7 +207,7 @@ class JobServer:
         self._stack.callback(self._executor.shutdown, wait=True, cancel_futures=True)
         server = grpc.server(
             self._executor,
-            interceptors=[GuardInterceptor()],
+            interceptors=[GuardInterceptor(metrics=self.metrics)],
             options=[
                 ("grpc.max_receive_message_length", config.max_receive_message_bytes),
                 ("grpc.so_reuseport", 0),
@@ -201,6 +216,7 @@ class JobServer:
         )
         pb_grpc.add_JobWorkerServicer_to_server(self._service, server)
         server.add_generic_rpc_handlers([self._health.handler()])
+        reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME), server)
         try:
             port: int = server.add_secure_port(config.listen, credentials)
         except RuntimeError as exc:
@@ -211,9 +227,14 @@ class JobServer:
         self._server = server
         self._stack.callback(server.stop, None)
         self.port = port
+        self._log.info("listening", address=config.listen, port=port, controller=worker.controller.name)
+        self._stack.callback(self.operations.close)
+        try:
+            self.operations.start(port)
+        except OperationsError as exc:
+            raise StartupError(str(exc)) from None
         if config.port_file:
             _write_port_file(config.port_file, port)
-        self._log.info("listening", address=config.listen, port=port, controller=worker.controller.name)
         return port
 
     def stop(self, grace: float | None = None) -> None:
@@ -223,6 +244,7 @@ class JobServer:
         self._stopped.set()
         grace = self.config.shutdown_grace_seconds if grace is None else grace
         self._health.set_all(ServingStatus.NOT_SERVING)
+        self.operations.stopping()
         if self._server is not None:
             done = self._server.stop(grace)
             if self._service is not None:
