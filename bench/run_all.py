@@ -1038,17 +1038,35 @@ def render(report: Report, info: dict[str, str], argv: list[str], jobcore: str |
     )
     lines += ["", "notes:"] + [f"- {n}" for n in report.notes]
     if jobcore:
-        lines += ["", "bench/jobcore_bench.py (library level, same run):", "```", jobcore.rstrip(), "```"]
+        lines += [
+            "",
+            "bench/jobcore_bench.py and bench/sandbox_cost.py (library level, same run):",
+            "```",
+            jobcore.rstrip(),
+            "```",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def run_jobcore_bench(quick: bool) -> str:
-    args = ["--starts", "20", "--gib", "0.05"] if quick else ["--starts", "100", "--gib", "1"]
-    argv = [sys.executable, str(Path(__file__).resolve().parent / "jobcore_bench.py"), *args]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=3600, check=False)
-    if proc.returncode != 0:
-        return f"$ {' '.join(argv[1:])}\nexited {proc.returncode}:\n{proc.stderr[-3000:]}"
-    return f"$ {' '.join(['python', *argv[1:]])}\n{proc.stdout}"
+    """jobcore_bench.py, then sandbox_cost.py (what the sandbox adds to a start), in this run."""
+    here = Path(__file__).resolve().parent
+    runs = [
+        (
+            "jobcore_bench.py",
+            ["--starts", "20", "--gib", "0.05"] if quick else ["--starts", "100", "--gib", "1"],
+        ),
+        ("sandbox_cost.py", ["--starts", "30" if quick else "300"]),
+    ]
+    outputs = []
+    for script, args in runs:
+        argv = [sys.executable, str(here / script), *args]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=3600, check=False, cwd=here)
+        if proc.returncode != 0:
+            outputs.append(f"$ {' '.join(argv[1:])}\nexited {proc.returncode}:\n{proc.stderr[-3000:]}")
+        else:
+            outputs.append(f"$ {' '.join(['python', *argv[1:]])}\n{proc.stdout}")
+    return "\n".join(outputs)
 
 
 WORKDIR_ENV = "RJW_BENCH_WORKDIR"

@@ -345,3 +345,22 @@ def kill_job_processes(jobs_dir: Path) -> None:
 def seq_output(n: int) -> bytes:
     """What `seq 1 N` prints."""
     return b"".join(b"%d\n" % i for i in range(1, n + 1))
+
+
+def mint_client_cert(work_dir: Path, name: str, role: str = "user") -> tuple[Path, Path]:
+    """A client certificate for CN=`name`, OU=`role`, signed by certs/ca.key now (nothing checked in);
+    (certificate, key)."""
+    key, csr, cert, ext = (work_dir / f"{name}.{kind}" for kind in ("key", "csr", "crt", "ext"))
+    ext.write_text(
+        "[ext]\nbasicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature\n"
+        "extendedKeyUsage = clientAuth\n"
+    )
+    for args in (
+        ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(key)],
+        ["req", "-new", "-key", str(key), "-subj", f"/O=JobWorker/OU={role}/CN={name}", "-out", str(csr)],
+        ["x509", "-req", "-in", str(csr), "-CA", str(CERTS / "ca.crt"), "-CAkey", str(CERTS / "ca.key"),
+         "-set_serial", "0x" + os.urandom(8).hex(), "-sha256", "-days", "7", "-extfile", str(ext),
+         "-extensions", "ext", "-out", str(cert)],
+    ):  # fmt: skip
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+    return cert, key

@@ -50,7 +50,9 @@ def var_lib() -> Iterator[Path]:
 
 
 @pytest.fixture
-def server(start_server: Callable[..., ServerProcess], var_lib: Path) -> ServerProcess:
+def server(var_lib: Path, start_server: Callable[..., ServerProcess]) -> ServerProcess:
+    # var_lib first: set up before start_server, so torn down after it (the servers' jobs are stopped
+    # while their state directory still exists)
     return start_server(state_dir=var_lib / "state")
 
 
@@ -219,7 +221,7 @@ def test_jobctl_no_pid_ns_is_refused_with_one_clear_line(server: ServerProcess) 
 
 
 def test_with_no_pid_ns_allowed_alice_still_cannot_signal_bob(
-    start_server: Callable[..., ServerProcess], var_lib: Path, tmp_path: Path
+    var_lib: Path, start_server: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
     config = tmp_path / "server.toml"
     config.write_text('[roles.user]\nallow = ["disable_pid"]\n')

@@ -8,10 +8,17 @@ Duration: `JOBWORKER_SOAK_SECONDS` (default 60, what CI runs; 300 is the full fi
 Afterwards the server must be back to where it was: no extra threads (outside the two pools that keep
 idle threads by design, each bounded), no extra file descriptors, no cgroup and no live shim or job
 process of any job the test created.
+
+Issue 12's cases ride along: all through the load a fourth identity (mallory, minted at test time)
+floods the server in rounds of 300 concurrent StopJob(grace=20) calls on a job that ignores SIGTERM
+and 300 follow streams, and every other client must still see no error at all. At the end two
+finished jobs get a damaged record each (exit.json `{`, an empty run.json) and the server restarts
+on that state: it must come up, list every job, and report the damaged two as lost.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import threading
@@ -20,13 +27,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import attrs
+import grpc
 import pytest
 from e2e_support import (
+    CERTS,
     ServerProcess,
     cgroup_dirs_of,
     fd_count,
     fd_targets,
     live_job_processes,
+    mint_client_cert,
     needs_root,
     seq_output,
     thread_counts,
@@ -35,6 +45,8 @@ from e2e_support import (
 )
 
 from jobclient import Client, Credentials, JobClientError, JobState
+from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient._proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 
 pytestmark = needs_root
 
@@ -43,6 +55,8 @@ MAX_STREAMS = 64
 UNARY_THREADS = 16
 USERS = ("alice", "bob", "carl", "alice", "bob", "carl")
 MAX_LONG_PER_CLIENT = 4
+#: Calls of each kind in one round of mallory's flood.
+FLOOD = 300
 
 
 @attrs.define
@@ -151,7 +165,49 @@ def client_loop(target: str, user: str, rng: random.Random, deadline: float, tal
                     tally.error("a stream helper thread did not finish")
 
 
-def run_load(target: str, seconds: float, seed: int, tally: Tally) -> None:
+def flood_loop(target: str, cert: Path, key: Path, deadline: float, tally: Tally) -> None:
+    """Mallory's rounds of 300 StopJob(grace=20) and 300 follow streams at once, until `deadline`."""
+    credentials = grpc.ssl_channel_credentials(
+        (CERTS / "ca.crt").read_bytes(), key.read_bytes(), cert.read_bytes()
+    )
+    allowed = {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    with grpc.secure_channel(target, credentials) as channel:
+        stub = pb_grpc.JobWorkerStub(channel)
+        argv = ["sh", "-c", "trap '' TERM; echo flood; while :; do sleep 1; done"]
+        while time.monotonic() < deadline:
+            # A new job each round: once a job has ended, a stop or a stream of it holds nothing.
+            job = stub.StartJob(pb.StartJobRequest(argv=argv), timeout=30).job
+            with tally.lock:
+                tally.job_ids.add(job.id)
+            try:
+                stop = pb.StopJobRequest(job_id=job.id, grace_seconds=20)
+                calls = [stub.StopJob.future(stop, timeout=120) for _ in range(FLOOD)]
+                follow = pb.StreamOutputRequest(job_id=job.id, follow=True)
+                streams = [stub.StreamOutput(follow, timeout=120) for _ in range(FLOOD)]
+                for call in calls:
+                    error = call.exception(timeout=120)
+                    if error is not None and error.code() not in allowed:
+                        tally.error(f"mallory's StopJob: {error.code()} {error.details()}")
+                exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
+                refused = sum(1 for s in streams if s.done() and s.code() == exhausted)
+                for stream in streams:
+                    stream.cancel()
+                tally.count("flood rounds")
+                tally.count(f"flood streams refused {'some' if refused else 'none'}")
+            finally:
+                stub.StopJob(pb.StopJobRequest(job_id=job.id, grace_seconds=0), timeout=60)
+                for _ in range(600):
+                    if (
+                        stub.GetJob(pb.GetJobRequest(job_id=job.id), timeout=30).job.state
+                        != pb.JOB_STATE_RUNNING
+                    ):
+                        break
+                    time.sleep(0.1)
+
+
+def run_load(
+    target: str, seconds: float, seed: int, tally: Tally, flooder: tuple[Path, Path] | None = None
+) -> None:
     rng = random.Random(seed)
     deadline = time.monotonic() + seconds
     threads = [
@@ -160,6 +216,10 @@ def run_load(target: str, seconds: float, seed: int, tally: Tally) -> None:
         )
         for user in USERS
     ]
+    if flooder is not None:
+        threads.append(
+            threading.Thread(target=flood_loop, args=(target, *flooder, deadline, tally), name="mallory")
+        )
     for t in threads:
         t.start()
     for t in threads:
@@ -194,12 +254,14 @@ def test_mixed_load_from_several_clients_leaves_nothing_behind(
 
     tally = Tally()
     started = time.monotonic()
-    run_load(server.target, SOAK_SECONDS, seed, tally)
+    run_load(server.target, SOAK_SECONDS, seed, tally, flooder=mint_client_cert(tmp_path, "mallory"))
     elapsed = time.monotonic() - started
     print(f"{elapsed:.0f} s of load: {dict(sorted(tally.counts.items()))}")
     assert not tally.errors, tally.errors[:20]
     assert tally.counts.get("starts", 0) >= 10, tally.counts
     assert tally.counts.get("stops", 0) >= 1, tally.counts
+    assert tally.counts.get("flood rounds", 0) >= 1, tally.counts
+    assert tally.counts.get("flood streams refused none", 0) == 0, tally.counts
 
     def settled() -> bool:
         other, _rpc, _engine = thread_counts(pid)
@@ -226,4 +288,24 @@ def test_mixed_load_from_several_clients_leaves_nothing_behind(
     jobs_dir = server.state_dir / "jobs"
     assert wait_for(lambda: not live_job_processes(jobs_dir, all_ids), 30), live_job_processes(jobs_dir)
     assert wait_for(lambda: not cgroup_dirs_of(all_ids), 30), cgroup_dirs_of(all_ids)
+    assert server.terminate() == 0
+
+    # Damaged records must not keep the server from starting again, nor hide the other jobs.
+    finished = sorted(job.id for job in jobs if job.state is JobState.EXITED)
+    (jobs_dir / finished[0] / "exit.json").write_bytes(b"{")
+    (jobs_dir / finished[1] / "run.json").write_bytes(b"")
+    server.restart()
+    with Client(server.target, credentials=Credentials.for_user("carl")) as admin:
+        after = {job.id: job for job in admin.list(all_users=True)}
+    assert after.keys() == all_ids
+    assert after[finished[0]].state is JobState.LOST
+    assert after[finished[1]].state is JobState.LOST
+    assert all(after[job.id].state is job.state for job in jobs if job.id not in finished[:2])
+    damaged = [
+        line
+        for line in server.log_text().splitlines()
+        if line.startswith("{") and "is lost" in json.loads(line)["event"]
+    ]
+    assert any(f"{finished[0]}/exit.json" in line for line in damaged), damaged
+    assert any(f"{finished[1]}/run.json" in line for line in damaged), damaged
     assert server.terminate() == 0

@@ -53,7 +53,7 @@ def test_bad_cwd_is_refused(cwd: object, message: str) -> None:
         JobSpec(["true"], cwd=cwd)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("owner", ["", "Alice", "../x", "a/b", "x" * 65, "-a"])
+@pytest.mark.parametrize("owner", ["", "Alice", "../x", "a/b", "x" * 65, "-a", "alice\n"])
 def test_bad_owner_is_refused(owner: str) -> None:
     with pytest.raises(InvalidSpec, match="owner"):
         JobSpec(["true"], owner=owner)

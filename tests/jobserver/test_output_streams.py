@@ -60,7 +60,7 @@ def test_follow_from_an_offset_and_without_follow(server: RunningServer) -> None
 
 
 def test_stream_limit_answers_resource_exhausted(make_server: object) -> None:
-    server: RunningServer = make_server(max_concurrent_streams=2)  # type: ignore[operator]
+    server: RunningServer = make_server(max_concurrent_streams=2, max_streams_per_user=2)  # type: ignore[operator]
     client = server.client("alice")
     job = client.start(["sleep", "300"])
     req = pb.StreamOutputRequest(job_id=job.id, follow=True)
@@ -113,7 +113,7 @@ def test_clients_leaving_mid_stream_leave_no_threads_or_fds(
     server_processes: list[ServerProcess], tmp_path: Path
 ) -> None:
     config = tmp_path / "jobserver.toml"
-    config.write_text("[server]\nmax_concurrent_streams = 30\nunary_threads = 4\n")
+    config.write_text("[server]\nmax_concurrent_streams = 30\nmax_streams_per_user = 30\nunary_threads = 4\n")
     proc = ServerProcess(tmp_path / "state", tmp_path, "--config", str(config))
     server_processes.append(proc)
     client = proc.client("alice")

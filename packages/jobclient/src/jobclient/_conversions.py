@@ -130,6 +130,7 @@ def job_from_proto(message: pb.Job) -> Job:
         output_bytes=message.output_bytes,
         output_capped=message.output_capped,
         cwd=message.cwd,
+        argv_truncated=message.argv_truncated,
         uid=_optional(message, "uid"),
         gid=_optional(message, "gid"),
         sandboxed=message.sandboxed,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 # Set GRPC_VERBOSITY yourself to see grpc's logs.
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
-from jobclient import config
+from jobclient import cli_removal, config
 from jobclient._version import __version__
 from jobclient.errors import (
     ConfigError,
@@ -491,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.description = "Print a shell completion script."
     p.add_argument("shell", choices=["bash"], help="the shell (bash)")
+    cli_removal.add_commands(commands, fmt)
     return parser
 
 
@@ -1079,6 +1080,7 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "stop": cmd_stop,
     "wait": cmd_wait,
     "list": cmd_list,
+    **cli_removal.COMMANDS,
 }
 
 

@@ -84,6 +84,14 @@ def _sync_writer(out: OutputSink | None) -> Callable[[bytes], object]:
     raise TypeError(f"out must be a binary file-like object or a callable, not {type(out).__name__}")
 
 
+#: A bound on ListJobs pages followed (a server that always sends a next token must not loop us forever).
+_MAX_PAGES = 100_000
+
+
+def _discard(_chunk: bytes) -> None:
+    """An output sink that keeps nothing (`stop` following a job to its end)."""
+
+
 #: How long `wait`/`run` keep trying to follow a job while the server is unreachable (a restart).
 RECONNECT_SECONDS = 60.0
 
@@ -163,7 +171,8 @@ class _BaseClient:
         return [*_CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", self.tls_server_name)]
 
     def _stop_timeout(self, grace: float | None) -> float | None:
-        # StopJob returns once the job has ended, which may take the whole grace period.
+        # StopJob returns once the job has ended or the server's stop wait (5 s) is over, whichever
+        # comes first; the grace bounds both.
         if self.timeout is None:
             return None
         return self.timeout + (grace if grace is not None else _SERVER_DEFAULT_GRACE)
@@ -275,10 +284,27 @@ class Client(_BaseClient):
         return conv.job_from_proto(response.job)
 
     def stop(self, job_id: str, *, grace: float | None = None) -> Job:
-        """SIGTERM the job, SIGKILL it after `grace` seconds (server default 10); return it once ended."""
+        """SIGTERM the job, SIGKILL it after `grace` seconds (server default 10); return it once ended.
+
+        The server answers within its stop wait (5 s by default) with the stop under way; for a longer
+        grace period this then follows the job (discarding its output) until it has ended."""
         request = conv.stop_request(job_id, grace)
         try:
             response: pb.StopJobResponse = self._stub.StopJob(request, timeout=self._stop_timeout(grace))
+        except grpc.RpcError as e:
+            raise self._error(e, job_id) from e
+        job = conv.job_from_proto(response.job)
+        if job.ended:
+            return job
+        return self.wait(job_id, out=_discard, offset=job.output_bytes)
+
+    def delete(self, job_id: str) -> Job:
+        """Delete an ended job (its record and stored output); returns it as last seen. The owner or
+        an admin may. FailedPrecondition while it runs, JobNotFound for someone else's."""
+        try:
+            response: pb.DeleteJobResponse = self._stub.DeleteJob(
+                pb.DeleteJobRequest(job_id=job_id), timeout=self.timeout
+            )
         except grpc.RpcError as e:
             raise self._error(e, job_id) from e
         return conv.job_from_proto(response.job)
@@ -294,13 +320,26 @@ class Client(_BaseClient):
         return conv.job_from_proto(response.job)
 
     def list(self, *, all_users: bool = False, user: str | None = None) -> builtins.list[Job]:
-        """The caller's jobs, oldest first; an admin may ask for everyone's or one user's."""
+        """The caller's jobs, oldest first; an admin may ask for everyone's or one user's. Every page
+        the server returns is fetched; argv may be shortened (`Job.argv_truncated`)."""
+        return builtins.list(self.iter_jobs(all_users=all_users, user=user))
+
+    def iter_jobs(
+        self, *, all_users: bool = False, user: str | None = None, page_size: int = 0
+    ) -> Iterator[Job]:
+        """Like `list`, one page at a time (`page_size` 0: the server's default)."""
         request = conv.list_request(all_users, user)
-        try:
-            response: pb.ListJobsResponse = self._stub.ListJobs(request, timeout=self.timeout)
-        except grpc.RpcError as e:
-            raise self._error(e) from e
-        return [conv.job_from_proto(job) for job in response.jobs]
+        request.page_size = page_size
+        for _ in range(_MAX_PAGES):
+            try:
+                response: pb.ListJobsResponse = self._stub.ListJobs(request, timeout=self.timeout)
+            except grpc.RpcError as e:
+                raise self._error(e) from e
+            yield from (conv.job_from_proto(job) for job in response.jobs)
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
+        raise JobClientError(f"the server sent more than {_MAX_PAGES} pages of jobs")
 
     def output(
         self,
@@ -495,6 +534,19 @@ class AsyncClient(_BaseClient):
             )
         except grpc.RpcError as e:
             raise self._error(e, job_id) from e
+        job = conv.job_from_proto(response.job)
+        if job.ended:
+            return job
+        return await self.wait(job_id, out=_discard, offset=job.output_bytes)
+
+    async def delete(self, job_id: str) -> Job:
+        """See `Client.delete`."""
+        try:
+            response: pb.DeleteJobResponse = await self._stub.DeleteJob(
+                pb.DeleteJobRequest(job_id=job_id), timeout=self.timeout
+            )
+        except grpc.RpcError as e:
+            raise self._error(e, job_id) from e
         return conv.job_from_proto(response.job)
 
     async def status(self, job_id: str) -> Job:
@@ -509,12 +561,25 @@ class AsyncClient(_BaseClient):
 
     async def list(self, *, all_users: bool = False, user: str | None = None) -> builtins.list[Job]:
         """See `Client.list`."""
+        return [job async for job in self.iter_jobs(all_users=all_users, user=user)]
+
+    async def iter_jobs(
+        self, *, all_users: bool = False, user: str | None = None, page_size: int = 0
+    ) -> AsyncIterator[Job]:
+        """See `Client.iter_jobs`; iterate with `async for`."""
         request = conv.list_request(all_users, user)
-        try:
-            response: pb.ListJobsResponse = await self._stub.ListJobs(request, timeout=self.timeout)
-        except grpc.RpcError as e:
-            raise self._error(e) from e
-        return [conv.job_from_proto(job) for job in response.jobs]
+        request.page_size = page_size
+        for _ in range(_MAX_PAGES):
+            try:
+                response: pb.ListJobsResponse = await self._stub.ListJobs(request, timeout=self.timeout)
+            except grpc.RpcError as e:
+                raise self._error(e) from e
+            for job in response.jobs:
+                yield conv.job_from_proto(job)
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
+        raise JobClientError(f"the server sent more than {_MAX_PAGES} pages of jobs")
 
     def output(
         self,

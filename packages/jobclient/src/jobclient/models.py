@@ -129,6 +129,8 @@ class Job:
     output_bytes: int = 0
     output_capped: bool = False
     cwd: str = ""
+    argv_truncated: bool = False
+    """True when argv was shortened (listings); `Client.status` returns it whole."""
     uid: int | None = None
     """The uid the command ran as."""
     gid: int | None = None

@@ -53,3 +53,21 @@ class StateError(JobError, OSError):
 
 class StopTimeout(WorkerError):
     """A stopped job did not end in time (its processes could not be killed, or its shim hangs)."""
+
+
+class CorruptStateFile(JobError, ValueError):
+    """A file of a job's state directory is unreadable or malformed (empty, truncated, not JSON, not an
+    object, a field missing or of the wrong type, a directory in its place). Names the file."""
+
+    def __init__(self, path: object, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+class JobStillRunning(JobError):
+    """The operation needs an ended job (e.g. removing it) and this one is still running."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} is still running; stop it first")
+        self.job_id = job_id

@@ -246,7 +246,7 @@ def _validate_env(_inst: Any, _attr: Any, env: dict[str, str]) -> None:
     for key, val in env.items():
         if not isinstance(key, str) or not isinstance(val, str):
             raise InvalidSpec(f"env entry {key!r} must map a string to a string")
-        if not ENV_NAME_RE.match(key):
+        if not ENV_NAME_RE.fullmatch(key):
             raise InvalidSpec(f"env name {key!r} is invalid: it must be non-empty, without '=' or NUL")
         if "\x00" in val:
             raise InvalidSpec(f"env value of {key} contains a NUL byte")
@@ -262,7 +262,7 @@ def _validate_cwd(_inst: Any, _attr: Any, cwd: str | None) -> None:
 
 
 def _validate_owner(_inst: Any, _attr: Any, owner: str) -> None:
-    if not isinstance(owner, str) or not OWNER_RE.match(owner):
+    if not isinstance(owner, str) or not OWNER_RE.fullmatch(owner):
         raise InvalidSpec(
             f"owner {owner!r} is invalid: use 1-64 lower-case letters, digits, '_', '.' or '-', "
             "starting with a letter or '_'"

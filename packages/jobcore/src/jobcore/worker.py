@@ -25,7 +25,15 @@ import attrs
 
 from jobcore import jobdir, linux
 from jobcore.controllers import Capabilities, Handle, ResourceController, load_controller
-from jobcore.errors import InvalidSpec, JobNotFound, StateError, StopTimeout, WorkerError
+from jobcore.errors import (
+    CorruptStateFile,
+    InvalidSpec,
+    JobNotFound,
+    JobStillRunning,
+    StateError,
+    StopTimeout,
+    WorkerError,
+)
 from jobcore.spec import JobSpec, Limits, RunAs
 from jobcore.status import JobState, JobStatus, ResourceUsage
 
@@ -41,6 +49,12 @@ KILL_TIMEOUT = 15.0
 DEFAULT_CHUNK = 256 * 1024
 
 _WATCH_MASK = linux.IN_MODIFY | linux.IN_MOVED_TO
+#: Watched on the state directory: a job directory removed or moved away. (The job directory's own
+#: IN_DELETE_SELF comes only once nothing pins it, and the shim's open output files do.)
+_IN_MOVED_FROM = 0x00000040
+_IN_DELETE = 0x00000200
+_STATE_DIR_MASK = _IN_DELETE | _IN_MOVED_FROM
+VANISHED_REASON = "the job's directory vanished from the state directory; the job was killed"
 #: Working directories that the sandbox's own mounts provide (see `JobSpec.cwd`).
 _PRIVATE_CWDS = ("/", "/tmp", "/var/tmp", "/dev/shm")
 
@@ -203,6 +217,7 @@ class Worker:
             # nothing per job watched.
             self._epoll = select.epoll()
             self._epoll.register(self._inotify.fd, select.EPOLLIN)
+            self._state_wd = self._inotify.add_watch(str(self.state_dir), _STATE_DIR_MASK)
             self._epoll.register(self._wake_r, select.EPOLLIN)
             self._launcher, self._launcher_sock = self._start_launcher()
             self._load_existing(sweep_unknown_cgroups)
@@ -468,7 +483,10 @@ class Worker:
 
     def status(self, job_id: str) -> JobStatus:
         """The job's current status. Raises InvalidJobId or JobNotFound."""
-        return self._status(self._get(job_id))
+        job = self._get(job_id)
+        if job.exit is None and not job.dir.is_dir():
+            self._job_vanished(job)
+        return self._status(job)
 
     def list(self, owner: str | None = None) -> list[JobStatus]:
         """Every job (or `owner`'s), oldest first."""
@@ -493,28 +511,69 @@ class Worker:
             job.cond.wait_for(lambda: job.exit is not None or self.closed, timeout)
         return self._status(job)
 
-    def stop(self, job_id: str, grace: float | None = None) -> JobStatus:
+    def stop(self, job_id: str, grace: float | None = None, *, timeout: float | None = None) -> JobStatus:
         """SIGTERM the job, wait up to `grace` seconds (default: the Worker's, 10 s), then SIGKILL
         every process of the job. Returns the ended status. Stopping an ended job returns its status;
-        a second stop with a shorter grace shortens the wait."""
+        a second stop with a shorter grace shortens the wait. With `timeout`, waits at most that long
+        and returns the status as it is then (RUNNING with stop_requested while the grace period
+        lasts): the stop carries on without the caller (the shim owns its timer)."""
         job = self._get(job_id)
         grace = self.default_grace if grace is None else _check_grace(grace)
         if job.exit is not None:
             return self._status(job)
+        vanished = False
         with job.cond:  # one stop request written at a time; the earliest deadline wins
             now = time.time()
-            previous = jobdir.read_json(job.dir / jobdir.STOP)
+            previous = _read_or_none(job.dir / jobdir.STOP)
+            if previous is None:
+                _remove_damaged(job.dir / jobdir.STOP)
             request = {"grace": grace, "requested_at": now}
             if previous is not None and previous["requested_at"] + previous["grace"] < now + grace:
                 request = previous
-            jobdir.write_json(job.dir / jobdir.STOP, request)
+            try:
+                jobdir.write_json(job.dir / jobdir.STOP, request)
+            except FileNotFoundError:
+                vanished = not job.dir.is_dir()
+                if not vanished:
+                    raise
+        if vanished:
+            self._job_vanished(job)
+            return self._status(job)
         self._signal_shim(job, signal.SIGTERM)
         deadline = request["requested_at"] + request["grace"] + KILL_TIMEOUT
+        wait_until = deadline if timeout is None else min(deadline, time.time() + max(0.0, timeout))
         with job.cond:
-            job.cond.wait_for(lambda: job.exit is not None or self.closed, max(0.0, deadline - time.time()))
+            job.cond.wait_for(lambda: job.exit is not None or self.closed, max(0.0, wait_until - time.time()))
         if not job.ended:
+            if wait_until < deadline:
+                return self._status(job)
             raise StopTimeout(f"job {job_id} did not end within {KILL_TIMEOUT:.0f} s of its grace period")
         return self._status(job)
+
+    def remove(self, job_id: str) -> JobStatus:
+        """Forget an ended job and delete its directory (records and output); returns its last status.
+        Raises JobNotFound, or JobStillRunning while it runs. Readers still open keep what they hold."""
+        job = self._get(job_id)
+        if job.exit is None:
+            raise JobStillRunning(job_id)
+        status = self._status(job)
+        with self._lock:
+            self._jobs.pop(job_id, None)
+        _wait_shim_gone(job.dir, timeout=5.0)  # it may still be tidying up after writing exit.json
+        for attempt in range(3):
+            try:
+                shutil.rmtree(job.dir)
+                break
+            except FileNotFoundError:
+                if not job.dir.exists():
+                    break  # an entry went away under us: look again (bounded)
+            except OSError as exc:
+                raise StateError(
+                    exc.errno or 0, f"cannot delete the directory of job {job_id}: {exc}"
+                ) from exc
+            if attempt == 2:
+                raise StateError(0, f"cannot delete the directory of job {job_id}: it keeps changing")
+        return status
 
     def output(
         self, job_id: str, offset: int = 0, follow: bool = True, chunk_size: int = DEFAULT_CHUNK
@@ -600,9 +659,11 @@ class Worker:
         except ProcessLookupError:
             pass  # it is ending; the watcher will see it
 
-    def _record_lost(self, job: _Job, reason: str) -> None:
-        """Mark a job whose shim is gone without an exit record as LOST, and kill what is left of it."""
-        run = jobdir.read_json(job.dir / jobdir.RUN)
+    def _record_lost(self, job: _Job, reason: str, *, trust_records: bool = True) -> None:
+        """Mark a job whose shim is gone without an exit record (or whose records are damaged) as
+        LOST, and kill what is left of it: its shim, its command and everything in its cgroup."""
+        _kill_shim_of(job.dir)
+        run = _read_or_none(job.dir / jobdir.RUN) if trust_records else None
         if run and linux.process_start_ticks(run["pid"]) == run.get("pid_start_ticks"):
             try:
                 os.kill(run["pid"], signal.SIGKILL)
@@ -612,16 +673,45 @@ class Worker:
             job.handle(self.controller).destroy()
         except Exception as exc:
             log.warning("cleanup of lost job %s: %s", job.id, exc)
-        recorded = jobdir.read_json(job.dir / jobdir.EXIT)
+        recorded = _read_or_none(job.dir / jobdir.EXIT) if trust_records else None
         if recorded is not None:
             job.exit = recorded
             return
         job.exit = {"state": JobState.LOST.value, "ended_at": time.time(), "reason": reason}
         try:
+            _remove_damaged(job.dir / jobdir.EXIT)
             jobdir.write_json(job.dir / jobdir.EXIT, job.exit, durable=True)
         except OSError as exc:
             # Known in memory; a later Worker finds the shim gone and decides the same again.
             log.error("cannot record that job %s is lost: %s", job.id, exc)
+
+    def _job_vanished(self, job: _Job) -> None:
+        """The directory of a running job is gone (removed by hand, a wiped disk): nothing can be
+        recorded for it any more, but it is still ended: its shim is killed through its pidfd and
+        everything in its cgroup is killed; the job is LOST (in memory; there is nowhere to write)."""
+        with job.cond:
+            if job.exit is not None:
+                return
+            job.exit = {"state": JobState.LOST.value, "ended_at": time.time(), "reason": VANISHED_REASON}
+        log.warning("jobcore: the directory of running job %s vanished; killing the job", job.id)
+        with self._lock:
+            pidfd = job.pidfd
+            if pidfd is not None:
+                try:
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        try:
+            job.handle(self.controller).destroy()
+        except Exception as exc:
+            log.warning("cleanup of vanished job %s: %s", job.id, exc)
+        self._unwatch(job)
+        job.bump()
+        if self._on_job_ended is not None:
+            try:
+                self._on_job_ended(self._status(job))
+            except Exception:
+                log.exception("on_job_ended callback failed for job %s", job.id)
 
     def _load_existing(self, sweep_unknown: bool) -> None:
         """Re-attach to the jobs of an earlier Worker; mark those whose shim vanished as LOST."""
@@ -637,24 +727,13 @@ class Worker:
             if not jobdir.JOB_ID_RE.match(entry.name) or not entry.is_dir():
                 continue
             try:
-                spec = jobdir.read_json(entry / jobdir.SPEC)
-            except ValueError as exc:
-                log.warning("skipping %s: unreadable spec (%s)", entry, exc)
-                continue
-            if spec is None:
-                continue
-            job = _Job(entry.name, entry, spec)
-            job.run = jobdir.read_json(entry / jobdir.RUN)
-            job.exit = jobdir.read_json(entry / jobdir.EXIT)
-            self._jobs[job.id] = job
-            if job.exit is not None:
-                continue
-            shim = jobdir.read_json(entry / jobdir.SHIM)
-            alive = shim is not None and linux.process_start_ticks(shim["pid"]) == shim["start_ticks"]
-            if alive and self._watch_job(job):
-                running.add(job.id)
-            elif job.exit is None:
-                self._record_lost(job, "the job's shim exited without recording how the job ended")
+                if self._load_job(entry):
+                    running.add(entry.name)
+            except CorruptStateFile as exc:
+                # One damaged job must never keep the Worker (and so the server) from starting.
+                log.warning("jobcore: job %s is lost: %s", entry.name, exc)
+                if not self._lose_corrupt_job(entry, exc):
+                    abandoned.add(entry.name)  # its cgroup, if any, is killed and removed below
 
         def is_live(_owner: str, job_id: str) -> bool:
             if job_id in self._jobs:
@@ -665,6 +744,59 @@ class Worker:
 
         for path in self.controller.sweep(is_live):
             log.info("removed stale cgroup %s", path)
+
+    def _load_job(self, entry: Path) -> bool:
+        """Re-attach to the job in `entry`; True when it is running. Raises CorruptStateFile for a
+        damaged record (before the job is registered)."""
+        spec = jobdir.read_record(entry / jobdir.SPEC)
+        if spec is None:
+            raise CorruptStateFile(entry / jobdir.SPEC, "is missing")
+        if spec["id"] != entry.name:
+            raise CorruptStateFile(entry / jobdir.SPEC, f"names job {spec['id']!r}, not {entry.name}")
+        job = _Job(entry.name, entry, spec)
+        job.run = jobdir.read_record(entry / jobdir.RUN)
+        job.exit = jobdir.read_record(entry / jobdir.EXIT)
+        shim = jobdir.read_record(entry / jobdir.SHIM) if job.exit is None else None
+        if job.exit is None and shim is None:
+            raise CorruptStateFile(entry / jobdir.SHIM, "is missing (the shim left no record of itself)")
+        try:
+            self._status(job)  # every field a status needs, of the right kind
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptStateFile(entry, f"its records do not make a job status ({exc!r})") from None
+        with self._lock:
+            self._jobs[job.id] = job
+        if job.exit is not None:
+            return False
+        alive = shim is not None and linux.process_start_ticks(shim["pid"]) == shim["start_ticks"]
+        if alive and self._watch_job(job):
+            return True
+        if job.exit is None:
+            self._record_lost(job, "the job's shim exited without recording how the job ended")
+        return False
+
+    def _lose_corrupt_job(self, entry: Path, error: CorruptStateFile) -> bool:
+        """A job with a damaged record: kill whatever runs of it and mark it LOST (its other records
+        replaced by a LOST exit.json). Without a usable spec.json the job cannot be described at all:
+        its directory is moved to `.quarantine/` and False is returned (the cgroup sweep removes it)."""
+        try:
+            spec = jobdir.read_record(entry / jobdir.SPEC)
+        except CorruptStateFile:
+            spec = None
+        if spec is None or spec.get("id") != entry.name:
+            _kill_shim_of(entry)
+            quarantine = self.state_dir / ".quarantine"
+            try:
+                quarantine.mkdir(mode=0o700, exist_ok=True)
+                os.rename(entry, quarantine / f"{entry.name}.{time.time_ns()}")
+                log.warning("jobcore: moved %s to %s", entry, quarantine)
+            except OSError as exc:
+                log.error("jobcore: cannot move %s to %s: %s", entry, quarantine, exc)
+            return False
+        job = _Job(entry.name, entry, spec)
+        with self._lock:
+            self._jobs[job.id] = job
+        self._record_lost(job, f"a file of the job's state is damaged: {error}", trust_records=False)
+        return True
 
     def _watch_job(self, job: _Job) -> bool:
         """Start watching a running job (inotify on its directory, pidfd on its shim). Returns False
@@ -740,13 +872,21 @@ class Worker:
                         pass
                 elif fd == self._inotify.fd:
                     changed: dict[str, _Job] = {}
-                    for wd, _mask, _name in self._inotify.read_events():
+                    gone: dict[str, _Job] = {}
+                    for wd, _mask, name in self._inotify.read_events():
                         with self._lock:
-                            job = self._by_wd.get(wd)
-                        if job is not None:
+                            job = self._jobs.get(name) if wd == self._state_wd else self._by_wd.get(wd)
+                        if job is None:
+                            continue
+                        if wd == self._state_wd:
+                            gone[job.id] = job
+                        else:
                             changed[job.id] = job
                     for job in changed.values():
                         self._job_changed_safely(job, shim_gone=False)
+                    for job in gone.values():
+                        if job.exit is None and not job.dir.is_dir():
+                            self._job_vanished(job)
                 else:
                     with self._lock:
                         job = self._by_pidfd.get(fd)
@@ -767,6 +907,50 @@ class Worker:
             log.exception("jobcore watcher: handling a change of job %s failed", job.id)
             return False
         return True
+
+
+def _read_or_none(path: Path) -> dict[str, Any] | None:
+    """A record, or None when it is absent or damaged (for callers that decide without it)."""
+    try:
+        return jobdir.read_record(path)
+    except CorruptStateFile as exc:
+        log.warning("jobcore: ignoring %s", exc)
+        return None
+
+
+def _remove_damaged(path: Path) -> None:
+    """Remove a directory found where a record file belongs, so that the record can be written."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _wait_shim_gone(directory: Path, timeout: float) -> None:
+    """Wait (bounded, on a pidfd) until the job's shim, if shim.json names one still alive, exits."""
+    shim = _read_or_none(directory / jobdir.SHIM)
+    if shim is None:
+        return
+    try:
+        pidfd = os.pidfd_open(shim["pid"])
+    except ProcessLookupError:
+        return
+    try:
+        if linux.process_start_ticks(shim["pid"]) == shim["start_ticks"]:  # not a reused pid
+            select.select([pidfd], [], [], timeout)
+    finally:
+        os.close(pidfd)
+
+
+def _kill_shim_of(directory: Path) -> None:
+    """SIGKILL the job's shim if shim.json names a live one (checked by its start time, so a reused
+    pid is never hit). The shim of a job with a PID namespace is its PID 1: the kernel then kills every
+    process of the job."""
+    shim = _read_or_none(directory / jobdir.SHIM)
+    if shim is None or linux.process_start_ticks(shim["pid"]) != shim["start_ticks"]:
+        return
+    try:
+        os.kill(shim["pid"], signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _hidden_paths(state_dir: Path, extra: Sequence[str | os.PathLike[str]]) -> list[str]:

@@ -42,8 +42,14 @@ def _serve(config: ServerConfig) -> int:
         received.append(signal.Signals(signum).name)
         stop.set()
 
+    def on_hangup(_signum: int, _frame: FrameType | None) -> None:
+        # SIGHUP's default action would end the server silently. There are no log files to reopen
+        # (logs go to stderr) and the configuration is read once: logged and otherwise ignored.
+        log.warning("SIGHUP received and ignored: restart the server to apply a new configuration")
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     server = JobServer(config)
     try:
         server.start()

@@ -22,6 +22,7 @@ from jobcore.errors import InvalidLimit
 from jobcore.spec import Limits, host_cpu_count, host_memory_bytes
 from jobcore.units import parse_cpu, parse_rate, parse_size
 from jobserver import DISTRIBUTION, __version__
+from jobserver.retention import parse_age
 
 MIB = 1024 * 1024
 
@@ -90,11 +91,34 @@ class ServerConfig:
     max_concurrent_streams: int = 256
     #: Threads serving calls: every open stream holds one (gRPC's synchronous server).
     unary_threads: int = 32
+    #: Unary calls / output streams one identity may have in flight (None: a quarter of the pool part).
+    max_calls_per_user: int | None = None
+    max_streams_per_user: int | None = None
+    #: Calls gRPC queues for a thread beyond the pool before it answers RESOURCE_EXHAUSTED itself.
+    max_queued_calls: int = 1024
+    #: How long StopJob waits for the job to end before it answers with the stop under way.
+    stop_wait_seconds: float = 5.0
     default_stop_grace_seconds: float = 10.0
     max_stop_grace_seconds: float = 300.0
     shutdown_grace_seconds: float = 10.0
     #: Bytes of stored output per job (None = no cap); past it jobcore stops the job.
     output_cap: int | None = 1024 * MIB
+    #: Bytes of stored output per user (None = no quota); at it, the user's new jobs are refused.
+    output_user_quota: int | None = 10 * 1024 * MIB
+    #: Retention: ended jobs older than this many seconds are deleted (None: kept however old)...
+    retention_max_age_seconds: float | None = 30 * 86400.0
+    #: ...and so are those past the most recent N ended jobs of each user (None: no limit).
+    retention_max_ended_jobs_per_user: int | None = 1000
+    retention_interval_seconds: float = 600.0
+
+    @property
+    def calls_per_user(self) -> int:
+        return self.max_calls_per_user or max(1, self.unary_threads // 4)
+
+    @property
+    def streams_per_user(self) -> int:
+        return self.max_streams_per_user or max(1, self.max_concurrent_streams // 4)
+
     #: The config file these settings came from (hidden from jobs, with the key, cert and CA).
     config_file: Path | None = None
     #: Where identities without an explicit mapping get their uid (= gid), inclusive.
@@ -176,6 +200,9 @@ _SERVER_KEYS = {
     "health_listen": str,
     "max_concurrent_streams": int,
     "unary_threads": int,
+    "max_calls_per_user": int,
+    "max_streams_per_user": int,
+    "max_queued_calls": int,
     "max_receive_message_bytes": "size",
     "shutdown_grace_seconds": float,
 }
@@ -188,6 +215,7 @@ _REQUEST_KEYS = {
     "max_cwd_bytes": int,
     "default_stop_grace_seconds": float,
     "max_stop_grace_seconds": float,
+    "stop_wait_seconds": float,
 }
 _LIMIT_PARSERS: dict[str, Callable[[str], int | float]] = {
     "cpu": parse_cpu,
@@ -290,7 +318,7 @@ def settings_from_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {where}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {where} is not valid TOML: {exc}") from None
-    _check_keys(where, data, ["server", "requests", "limits", "output", "sandbox", "roles"])
+    _check_keys(where, data, ["server", "requests", "limits", "output", "retention", "sandbox", "roles"])
     out: dict[str, Any] = {}
     for section, keys in (("server", _SERVER_KEYS), ("requests", _REQUEST_KEYS)):
         table = _check_keys(f"{where} [{section}]", data.get(section, {}), list(keys))
@@ -301,11 +329,26 @@ def settings_from_file(path: Path) -> dict[str, Any]:
         out["default_limits"] = _limits_from_table(f"{where} [limits.default]", limits["default"], None)
     if "max" in limits:
         out["max_limits"] = _limits_from_table(f"{where} [limits.max]", limits["max"], default_max_limits())
-    output = _check_keys(f"{where} [output]", data.get("output", {}), ["cap"])
-    if "cap" in output:
-        cap = output["cap"]
-        unlimited = cap is False or cap == "none"
-        out["output_cap"] = None if unlimited else _convert(f"{where} [output] cap", "size", cap)
+    output = _check_keys(f"{where} [output]", data.get("output", {}), ["cap", "user_quota"])
+    for key, field in (("cap", "output_cap"), ("user_quota", "output_user_quota")):
+        if key in output:
+            value = output[key]
+            unlimited = value is False or value == "none"
+            out[field] = None if unlimited else _convert(f"{where} [output] {key}", "size", value)
+    retention = _check_keys(
+        f"{where} [retention]",
+        data.get("retention", {}),
+        ["max_age", "max_ended_jobs_per_user", "interval_seconds"],
+    )
+    if "max_age" in retention:
+        out["retention_max_age_seconds"] = _age(f"{where} [retention] max_age", retention["max_age"])
+    if "max_ended_jobs_per_user" in retention:
+        value = retention["max_ended_jobs_per_user"]
+        where_key = f"{where} [retention] max_ended_jobs_per_user"
+        out["retention_max_ended_jobs_per_user"] = None if value is False else _convert(where_key, int, value)
+    if "interval_seconds" in retention:
+        where_key = f"{where} [retention] interval_seconds"
+        out["retention_interval_seconds"] = _convert(where_key, float, retention["interval_seconds"])
     out.update(_sandbox_settings(where, data.get("sandbox", {})))
     if "roles" in data:
         out["role_allow"] = _role_settings(where, data["roles"])
@@ -366,6 +409,21 @@ def _role_settings(where: str, data: Any) -> dict[str, frozenset[str]]:
     return out
 
 
+def _age(where: str, value: Any) -> float | None:
+    """A retention age: seconds, or a string such as "12h", "30d", "2w"; false = no maximum."""
+    if value is False:
+        return None
+    try:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ValueError(f"expected an age such as 3600, '12h' or '30d', got {value!r}")
+        seconds = parse_age(value) if isinstance(value, str) else float(value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"{where}: must be positive, got {value!r}")
+    return seconds
+
+
 def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> ServerConfig:
     """The configuration from built-in defaults, the config file, the environment and `argv`."""
     env = os.environ if environ is None else environ
@@ -411,6 +469,10 @@ def validate(config: ServerConfig) -> None:
         Limits().resolve(config.default_limits, config.max_limits)
     except InvalidLimit as exc:
         raise ConfigError(f"a default limit exceeds its maximum: {exc}") from None
+    if config.calls_per_user > config.unary_threads:
+        raise ConfigError("max_calls_per_user exceeds unary_threads (one user could hold every thread)")
+    if config.streams_per_user > config.max_concurrent_streams:
+        raise ConfigError("max_streams_per_user exceeds max_concurrent_streams")
     if config.default_stop_grace_seconds > config.max_stop_grace_seconds:
         raise ConfigError("default_stop_grace_seconds exceeds max_stop_grace_seconds")
     first, last = config.uid_range

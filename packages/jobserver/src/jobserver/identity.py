@@ -6,18 +6,23 @@ extendedKeyUsage lacks clientAuth). This module checks what the handshake does n
 * the connection is TLS 1.3 (a second line behind the cipher-list trick in `jobserver/__init__.py`);
 * the certificate *has* an extendedKeyUsage with clientAuth (BoringSSL accepts a certificate without
   any EKU extension for any purpose);
-* exactly one CN that is a valid user name and exactly one OU that is a known role.
+* exactly one CN that is a valid user name and exactly one OU that is a known role;
+* the certificate is a leaf signed directly by our CA, not through an intermediate (`direct_issuer`).
+
+A user name is the CN lower-cased, and must match `USER_NAME_RE` in full: ASCII only, so that no
+Unicode case folding can turn one name into another (the Kelvin sign "\u212aarl" lower-cases to "karl"),
+and no trailing newline slips through a `$`.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping, Sequence
 
 import attrs
 import grpc
 
-from jobcore.spec import OWNER_RE
 from jobserver.certinfo import (
     OID_CLIENT_AUTH,
     OID_COMMON_NAME,
@@ -25,7 +30,19 @@ from jobserver.certinfo import (
     CertificateError,
     parse_pem,
 )
+from jobserver.direct_issuer import DirectIssuers
 from jobserver.errors import RpcStatusError
+
+#: What a user name (a certificate's CN, lower-cased) must be, matched in full: jobcore's owner syntax.
+USER_NAME_RE = re.compile(r"[a-z_][a-z0-9_.-]{0,63}", re.ASCII)
+
+
+def user_name(text: str) -> str | None:
+    """`text` lower-cased as a user name, or None when it is not one (non-ASCII, bad characters...)."""
+    if not text.isascii():
+        return None
+    name = text.lower()
+    return name if USER_NAME_RE.fullmatch(name) else None
 
 
 class Role(enum.StrEnum):
@@ -54,8 +71,11 @@ def _denied(message: str) -> RpcStatusError:
     return RpcStatusError(grpc.StatusCode.PERMISSION_DENIED, message)
 
 
-def identity_from_auth_context(auth: Mapping[str, Sequence[bytes]]) -> Identity:
-    """The caller's identity from `ServicerContext.auth_context()`, or RpcStatusError saying why not."""
+def identity_from_auth_context(
+    auth: Mapping[str, Sequence[bytes]], issuers: DirectIssuers | None = None
+) -> Identity:
+    """The caller's identity from `ServicerContext.auth_context()`, or RpcStatusError saying why not.
+    With `issuers`, the certificate must also be signed directly by one of those CAs."""
     if auth.get("transport_security_type") != [b"ssl"] or not auth.get("x509_pem_cert"):
         raise _unauthenticated("a client certificate is required")
     version = b"".join(auth.get("ssl_tls_version", []))
@@ -65,15 +85,22 @@ def identity_from_auth_context(auth: Mapping[str, Sequence[bytes]]) -> Identity:
         cert = parse_pem(auth["x509_pem_cert"][0])
     except CertificateError as exc:
         raise _unauthenticated(f"the client certificate cannot be read: {exc}") from None
+    if issuers is not None:
+        problem = issuers.check(bytes(auth["x509_pem_cert"][0]))
+        if problem is not None:
+            raise _unauthenticated(problem)
     usages = cert.extended_key_usages
     if usages is None or OID_CLIENT_AUTH not in usages:
         raise _denied("the client certificate is not for client authentication (no clientAuth usage)")
     names = cert.subject_values(OID_COMMON_NAME)
     if len(names) != 1:
         raise _denied("the client certificate must name exactly one user (CN)")
-    name = names[0].lower()
-    if not OWNER_RE.match(name):
-        raise _denied(f"the client certificate's CN {names[0]!r} is not a valid user name")
+    name = user_name(names[0])
+    if name is None:
+        raise _denied(
+            f"the client certificate's CN {names[0][:80]!r} is not a valid user name "
+            f"(ASCII letters, digits, '_', '.', '-'; up to 64; not starting with a digit, '.' or '-')"
+        )
     units = cert.subject_values(OID_ORGANIZATIONAL_UNIT)
     if len(units) != 1:
         raise _denied("the client certificate must carry exactly one role (OU)")

@@ -12,6 +12,7 @@ that names a job uses; list scopes by `jobserver.service`. Both read the identit
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import errno
 import sqlite3
@@ -24,9 +25,19 @@ import attrs
 import grpc
 import structlog
 
-from jobcore.errors import ControllerError, InvalidJobId, InvalidSpec, JobNotFound, StopTimeout, WorkerError
+from jobcore.errors import (
+    ControllerError,
+    InvalidJobId,
+    InvalidSpec,
+    JobNotFound,
+    JobStillRunning,
+    StopTimeout,
+    WorkerError,
+)
+from jobserver.direct_issuer import DirectIssuers
 from jobserver.errors import RpcStatusError
 from jobserver.identity import Identity, identity_from_auth_context
+from jobserver.limits_per_user import CallShares
 from jobserver.metrics import ServerMetrics
 
 _current: contextvars.ContextVar[CallInfo] = contextvars.ContextVar("jobserver_call")
@@ -65,6 +76,8 @@ def failure_for(exc: Exception) -> RpcStatusError | None:
         return RpcStatusError(grpc.StatusCode.NOT_FOUND, f"job {exc.job_id} not found")
     if isinstance(exc, InvalidSpec | InvalidJobId):
         return RpcStatusError(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    if isinstance(exc, JobStillRunning):
+        return RpcStatusError(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
     if isinstance(exc, ControllerError):
         return RpcStatusError(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
     if isinstance(exc, StopTimeout):
@@ -117,9 +130,19 @@ def _request_job_id(request: Any) -> str | None:
 
 # grpc ships no type stubs, so its base class is Any to mypy.
 class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, log: Any = None, metrics: ServerMetrics | None = None) -> None:
+    def __init__(
+        self,
+        log: Any = None,
+        metrics: ServerMetrics | None = None,
+        shares: CallShares | None = None,
+        issuers: DirectIssuers | None = None,
+    ) -> None:
         self._log = log or structlog.get_logger("jobserver.audit")
         self._metrics = metrics
+        #: Each identity's bounded share of calls and streams in flight (None: unbounded).
+        self._shares = shares
+        #: Our CA(s): client certificates must be signed by one directly (None: not checked).
+        self._issuers = issuers
         self._errors = structlog.get_logger("jobserver")
 
     def intercept_service(
@@ -151,12 +174,17 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         )
 
     def _authenticate(self, call: CallInfo, request: Any, context: grpc.ServicerContext) -> None:
-        call.identity = identity_from_auth_context(context.auth_context())
+        call.identity = identity_from_auth_context(context.auth_context(), self._issuers)
         if isinstance(request, MalformedRequest):  # only after authentication: no probing without a cert
             raise RpcStatusError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"the request is not a valid {call.method.rsplit('/', 1)[-1]} message: {request.error}",
             )
+
+    def _share(self, call: CallInfo, stream: bool) -> contextlib.AbstractContextManager[None]:
+        if self._shares is None or call.identity is None:
+            return contextlib.nullcontext()
+        return self._shares.held(call.identity.name, stream=stream)
 
     def _fail(self, exc: Exception, call: CallInfo, context: grpc.ServicerContext) -> None:
         """Abort the call for `exc` (context.abort raises)."""
@@ -206,7 +234,8 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             token = _current.set(call)
             try:
                 self._authenticate(call, request, context)
-                response = inner(request, context)
+                with self._share(call, stream=False):
+                    response = inner(request, context)
                 if not context.is_active():  # the client left (or its deadline passed) meanwhile
                     code = grpc.StatusCode.CANCELLED
                 return response
@@ -227,10 +256,12 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             responses: Iterator[Any] | None = None
             if self._metrics is not None:
                 self._metrics.stream_opened()
+            share = contextlib.ExitStack()
             try:
                 token = _current.set(call)
                 try:
                     self._authenticate(call, request, context)
+                    share.enter_context(self._share(call, stream=True))
                     responses = iter(inner(request, context))
                 finally:
                     _current.reset(token)
@@ -257,6 +288,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 close = getattr(responses, "close", None)
                 if close is not None:
                     close()
+                share.close()
                 self._audit(call, code, started, detail, context.peer())
                 if self._metrics is not None:
                     self._metrics.stream_closed()

@@ -16,6 +16,7 @@ Reconciliation at start (`reconcile`), after a crash or a SIGKILL:
 
 from __future__ import annotations
 
+import builtins
 import collections
 import threading
 import time
@@ -23,16 +24,22 @@ from typing import Any
 
 import attrs
 import grpc
+import structlog
 
 from jobcore.errors import JobNotFound
 from jobcore.spec import JobSpec
 from jobcore.status import JobState, JobStatus
+from jobcore.units import format_size
 from jobserver.errors import RpcStatusError, job_not_found
 from jobserver.identity import Identity
 from jobserver.lifecycle import JobEvents
-from jobserver.store import JobStore
+from jobserver.store import JobRecord, JobStore
 
-VANISHED_REASON = "the job's directory vanished from the state directory; its output is gone"
+log = structlog.get_logger("jobserver")
+
+VANISHED_REASON = (
+    "the job's directory vanished from the state directory; its output is gone and its processes were killed"
+)
 
 
 @attrs.frozen
@@ -53,10 +60,21 @@ class ReconcileReport:
 
 class Jobs:
     def __init__(
-        self, worker: Any, store: JobStore, max_running_per_user: int, events: JobEvents | None = None
+        self,
+        worker: Any,
+        store: JobStore,
+        max_running_per_user: int,
+        *,
+        events: JobEvents | None = None,
+        stop_wait: float | None = None,
+        output_quota: int | None = None,
     ) -> None:
         self._worker = worker
         self._events = events
+        #: Bytes of stored output one user may have before their new jobs are refused (None: no quota).
+        self._output_quota = output_quota
+        #: How long `stop` waits for the end (None: until it ended); the stop goes on past it.
+        self._stop_wait = stop_wait
         self._store = store
         self._max_running = max_running_per_user
         #: Starts in progress per user, counted against the cap until their job is running.
@@ -68,12 +86,12 @@ class Jobs:
         live = {status.id: status for status in self._worker.list()}
         for status in live.values():
             self._store.put(status)
-        vanished = 0
+        vanished: set[str] = set()
         for job_id in known - live.keys():
             record = self._store.get(job_id)
             if record is None or record.status.state.ended:
                 continue
-            vanished += 1
+            vanished.add(job_id)
             self._store.put(
                 attrs.evolve(
                     record.status,
@@ -83,13 +101,26 @@ class Jobs:
                     reason=VANISHED_REASON,
                 )
             )
+        if vanished:
+            self._kill_vanished(vanished)
         running = sum(1 for s in live.values() if s.state is JobState.RUNNING)
         return ReconcileReport(
             refreshed=len(live.keys() & known),
             adopted=len(live.keys() - known),
-            vanished=vanished,
+            vanished=len(vanished),
             running=running,
         )
+
+    def _kill_vanished(self, job_ids: set[str]) -> None:
+        """A LOST job must not keep running: kill and remove the cgroups of jobs whose directory
+        vanished (the Worker does not know them; only these ids are touched, never anyone else's)."""
+        try:
+            removed = self._worker.controller.sweep(lambda _owner, job_id: job_id not in job_ids)
+        except Exception as exc:  # one stuck cgroup must not keep the server from starting
+            log.error("cannot kill every job whose directory vanished", error=str(exc))
+            return
+        for path in removed:
+            log.warning("killed a job whose directory vanished", cgroup=path)
 
     def start(self, spec: JobSpec) -> JobView:
         """Start a job unless its owner already runs as many as allowed (RESOURCE_EXHAUSTED).
@@ -106,6 +137,7 @@ class Jobs:
                 )
             self._starting[spec.owner] += 1
         try:
+            self._check_output_quota(spec.owner)
             status = self._worker.start(spec)
             self._store.put(status, created_at=time.time(), cwd=status.cwd)
             if self._events is not None:
@@ -114,6 +146,22 @@ class Jobs:
             with self._starting_lock:
                 self._starting[spec.owner] -= 1
         return JobView(status=status, cwd=status.cwd, live=True)
+
+    def _check_output_quota(self, owner: str) -> None:
+        """RESOURCE_EXHAUSTED when `owner`'s stored output (ended jobs' records plus running jobs'
+        output so far) reached the quota: one user must not fill the state disk for everyone."""
+        quota = self._output_quota
+        if quota is None:
+            return
+        used = self._store.output_bytes(owner)
+        used += sum(s.output_bytes for s in self._worker.list(owner) if not s.state.ended)
+        if used >= quota:
+            raise RpcStatusError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"user {owner} stores {used} bytes of job output ({format_size(used)}), at or past the "
+                f"quota of {quota} bytes ({format_size(quota)}); delete ended jobs (jobctl rm, jobctl "
+                "prune) to start new ones",
+            )
 
     def find(self, job_id: str, identity: Identity) -> JobView:
         """The job if `identity` may see it; otherwise NOT_FOUND, the same as for no such job."""
@@ -135,14 +183,57 @@ class Jobs:
             return view
         if self._events is not None and not view.status.state.ended:
             self._events.stop_requested(view.status, grace)
-        status = self._worker.stop(view.status.id, grace=grace)
+        status = self._worker.stop(view.status.id, grace=grace, timeout=self._stop_wait)
         self._store.put(status)
         return attrs.evolve(view, status=status)
 
+    def delete(self, view: JobView) -> JobView:
+        """Delete an ended job: its directory (output included) first, then its record, so that a
+        crash in between leaves a record of history rather than a job nobody listed."""
+        job_id = view.status.id
+        if not view.status.state.ended:
+            raise RpcStatusError(
+                grpc.StatusCode.FAILED_PRECONDITION, f"job {job_id} is still running; stop it first"
+            )
+        if view.live:
+            try:
+                self._worker.remove(job_id)
+            except JobNotFound:
+                pass  # removed meanwhile by another call
+        self._store.delete(job_id)
+        return view
+
+    def prunable(self, older_than: float | None, keep_per_owner: int | None) -> builtins.list[str]:
+        return self._store.prunable(older_than, keep_per_owner)
+
+    def delete_ended(self, job_id: str) -> bool:
+        """Delete `job_id` if it has ended (for the retention policy); False when it runs or is gone."""
+        record = self._store.get(job_id)
+        try:
+            view = JobView(status=self._worker.status(job_id), cwd="", live=True)
+        except JobNotFound:
+            if record is None:
+                return False
+            view = JobView(status=record.status, cwd=record.cwd, live=False)
+        if not view.status.state.ended:
+            return False
+        self.delete(view)
+        return True
+
     def list(self, owner: str | None) -> list[JobView]:
         """Jobs oldest first; running ones with their live status."""
+        return self._views(self._store.list(owner))
+
+    def page(
+        self, owner: str | None, after: tuple[float, str] | None, limit: int
+    ) -> builtins.list[tuple[JobView, tuple[float, str]]]:
+        """Up to `limit` jobs after position `after`, each with its own position (for page tokens)."""
+        records: builtins.list[JobRecord] = self._store.page(owner, after, limit)
+        return [(view, (r.created_at, r.id)) for view, r in zip(self._views(records), records, strict=True)]
+
+    def _views(self, records: builtins.list[JobRecord]) -> builtins.list[JobView]:
         views = []
-        for record in self._store.list(owner):
+        for record in records:
             status, live = record.status, True
             if not status.state.ended:
                 try:

@@ -25,13 +25,16 @@ from jobcore.errors import JobError
 from jobcore.status import JobStatus
 from jobserver.certinfo import OID_EC_PUBLIC_KEY, CertificateError, parse_pem
 from jobserver.config import ServerConfig
+from jobserver.direct_issuer import DirectIssuers
 from jobserver.health import HealthService, ServingStatus
 from jobserver.identities import IdentityError, UserIds
 from jobserver.interceptor import GuardInterceptor
 from jobserver.jobs import Jobs
 from jobserver.lifecycle import JobEvents
+from jobserver.limits_per_user import CallShares
 from jobserver.metrics import ServerMetrics
 from jobserver.operations import Operations, OperationsError, job_state_counts
+from jobserver.retention import RetentionPolicy, RetentionSweeper
 from jobserver.service import SERVICE_NAME, JobWorkerService
 from jobserver.store import JobStore, StoreError
 
@@ -106,6 +109,14 @@ def _write_port_file(path: Path, port: int) -> None:
     os.replace(tmp, path)
 
 
+def retention_policy(config: ServerConfig) -> RetentionPolicy:
+    return RetentionPolicy(
+        max_age_seconds=config.retention_max_age_seconds,
+        max_ended_jobs_per_user=config.retention_max_ended_jobs_per_user,
+        interval_seconds=config.retention_interval_seconds,
+    )
+
+
 class JobServer:
     def __init__(self, config: ServerConfig, worker_factory: Any = None) -> None:
         self.config = config
@@ -169,6 +180,10 @@ class JobServer:
             )
         credentials = server_credentials(config)
         try:
+            issuers = DirectIssuers(_read(config.ca, "CA certificate"))
+        except CertificateError as exc:
+            raise StartupError(f"the CA certificate {config.ca} cannot be used: {exc}") from None
+        try:
             prepare_state_dir(config.state_dir)
             config.jobs_dir.mkdir(mode=0o700, exist_ok=True)
         except OSError as exc:
@@ -189,7 +204,14 @@ class JobServer:
             raise StartupError(f"cannot start the job worker on {config.jobs_dir}: {exc}") from None
         self.worker = worker
         self._stack.callback(worker.close)
-        jobs = Jobs(worker, store, config.max_running_jobs_per_user, events=self.events)
+        jobs = Jobs(
+            worker,
+            store,
+            config.max_running_jobs_per_user,
+            events=self.events,
+            stop_wait=config.stop_wait_seconds,
+            output_quota=config.output_user_quota,
+        )
         running_before = {r.id for r in store.list() if not r.status.state.ended}
         report = jobs.reconcile()
         self.events.ended_while_down(running_before, store)
@@ -199,20 +221,26 @@ class JobServer:
             state_dir=str(config.state_dir),
             **{k: getattr(report, k) for k in ("refreshed", "adopted", "vanished", "running")},
         )
+        sweeper = RetentionSweeper(jobs, retention_policy(config))
+        sweeper.start()
+        self._stack.callback(sweeper.close)
         self._service = JobWorkerService(worker, jobs, config, user_ids)
         workers = config.max_concurrent_streams + config.unary_threads
         self._executor = futures.ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix=RPC_THREAD_NAME, initializer=_name_os_thread
         )
         self._stack.callback(self._executor.shutdown, wait=True, cancel_futures=True)
+        shares = CallShares(config.calls_per_user, config.streams_per_user)
         server = grpc.server(
             self._executor,
-            interceptors=[GuardInterceptor(metrics=self.metrics)],
+            interceptors=[GuardInterceptor(metrics=self.metrics, shares=shares, issuers=issuers)],
             options=[
                 ("grpc.max_receive_message_length", config.max_receive_message_bytes),
                 ("grpc.so_reuseport", 0),
             ],
-            maximum_concurrent_rpcs=workers,
+            # Past the pool, a bounded queue: a burst of calls refused at once by the per-user shares
+            # must not make gRPC refuse everyone else's calls meanwhile.
+            maximum_concurrent_rpcs=workers + config.max_queued_calls,
         )
         pb_grpc.add_JobWorkerServicer_to_server(self._service, server)
         server.add_generic_rpc_handlers([self._health.handler()])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import math
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,13 +19,14 @@ import grpc
 
 from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
 from jobclient._proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
-from jobcore import output_log
+from jobcore import jobdir, output_log
 from jobcore.errors import JobNotFound
-from jobcore.spec import OWNER_RE, RunAs
-from jobserver import convert
+from jobcore.spec import RunAs
+from jobserver import convert, listing
 from jobserver.config import ServerConfig
 from jobserver.errors import RpcStatusError, invalid
 from jobserver.identities import IdentityError, UserIds
+from jobserver.identity import user_name
 from jobserver.interceptor import caller, current_call
 from jobserver.jobs import Jobs
 
@@ -108,6 +110,11 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         view = self._jobs.find(job_id, caller())
         return pb.GetJobResponse(job=convert.job_to_proto(view.status, view.cwd))
 
+    def DeleteJob(self, request: pb.DeleteJobRequest, context: grpc.ServicerContext) -> pb.DeleteJobResponse:
+        job_id = convert.parse_job_id(request.job_id)
+        view = self._jobs.delete(self._jobs.find(job_id, caller()))
+        return pb.DeleteJobResponse(job=convert.job_to_proto(view.status, view.cwd))
+
     def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.ListJobsResponse:
         identity = caller()
         scope = convert.list_scope(request)
@@ -121,17 +128,35 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
                 )
             owner = None
         else:
-            owner = request.user.lower()
-            if not owner:
+            if not request.user:
                 raise invalid("scope LIST_SCOPE_USER needs user: whose jobs to list")
-            if not OWNER_RE.match(owner):
+            owner = user_name(request.user)
+            if owner is None:
                 raise invalid(f"user {request.user[:64]!r} is not a valid user name")
             if owner != identity.name and not identity.is_admin:
                 raise RpcStatusError(
                     grpc.StatusCode.PERMISSION_DENIED, "listing another user's jobs needs the admin role"
                 )
-        views = self._jobs.list(owner)
-        return pb.ListJobsResponse(jobs=[convert.job_to_proto(v.status, v.cwd) for v in views])
+        return self._list_page(request, owner)
+
+    def _list_page(self, request: pb.ListJobsRequest, owner: str | None) -> pb.ListJobsResponse:
+        """One bounded page of `owner`'s jobs (everyone's for None); see jobserver.listing."""
+        limit = listing.page_size(request)
+        found = self._jobs.page(owner, listing.decode_token(request.page_token), limit + 1)
+        response = pb.ListJobsResponse()
+        size = 0
+        last: tuple[float, str] = (0.0, "")
+        view: Any
+        for count, (view, position) in enumerate(found):
+            job = convert.job_to_proto(view.status, view.cwd)
+            listing.shorten_argv(job)
+            size += job.ByteSize() + 8
+            if count == limit or (count and size > listing.MAX_PAGE_BYTES):
+                response.next_page_token = listing.encode_token(last)
+                break
+            response.jobs.append(job)
+            last = position
+        return response
 
     def StreamOutput(
         self, request: pb.StreamOutputRequest, context: grpc.ServicerContext
@@ -143,11 +168,15 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
                 grpc.StatusCode.FAILED_PRECONDITION, f"the output of job {job_id} is no longer stored here"
             )
         offset = request.offset
-        if view.status.state.ended and offset > view.status.output_bytes:
+        stored = view.status.output_bytes
+        if offset > stored:  # running jobs too: an offset is a position in what is stored
             raise RpcStatusError(
                 grpc.StatusCode.OUT_OF_RANGE,
-                f"offset {offset} is past the end of job {job_id}'s output "
-                f"({view.status.output_bytes} bytes)",
+                f"offset {offset} is past the end of job {job_id}'s output ({stored} bytes so far)",
+            )
+        if view.status.started_at is not None and not self._output_present(job_id):
+            raise RpcStatusError(
+                grpc.StatusCode.DATA_LOSS, f"the output file of job {job_id} is missing from the server"
             )
         if _selects_by_index(request):
             yield from self._stream_by_index(job_id, request, context)
@@ -164,16 +193,32 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
             # blocked read so the thread is released at once.
             if not context.add_callback(reader.close):
                 reader.close()
-            for chunk in reader:
-                yield pb.StreamOutputResponse(data=chunk, offset=offset)
-                offset += len(chunk)
+            try:
+                for chunk in reader:
+                    yield pb.StreamOutputResponse(data=chunk, offset=offset)
+                    offset += len(chunk)
+            except OSError as exc:
+                raise RpcStatusError(
+                    grpc.StatusCode.DATA_LOSS,
+                    f"the output of job {job_id} cannot be read at offset {offset}: {exc.strerror or exc}",
+                ) from None
             if self.streams.closed and context.is_active():
                 raise RpcStatusError(
                     grpc.StatusCode.UNAVAILABLE, f"the server is shutting down; resume from offset {offset}"
                 )
+            if offset < stored and context.is_active():
+                raise RpcStatusError(
+                    grpc.StatusCode.DATA_LOSS,
+                    f"the stored output of job {job_id} ends at byte {offset}, short of the {stored} "
+                    "bytes it had: the output file was truncated or replaced",
+                )
         finally:
             self.streams.remove(reader)
             reader.close()
+
+    def _output_present(self, job_id: str) -> bool:
+        """Whether the job's output file is in the Worker's state directory (jobcore's layout)."""
+        return os.path.lexists(os.path.join(self._worker.state_dir, job_id, jobdir.OUTPUT))
 
     def _stream_by_index(
         self, job_id: str, request: pb.StreamOutputRequest, context: grpc.ServicerContext

@@ -10,7 +10,9 @@ nothing measurable and keeps every connection accounted for (closed in `close()`
 
 from __future__ import annotations
 
+import builtins
 import json
+import logging
 import sqlite3
 import threading
 from pathlib import Path
@@ -20,7 +22,12 @@ import attrs
 import cattrs
 
 from jobcore.spec import Limits
-from jobcore.status import JobStatus
+from jobcore.status import JobState, JobStatus
+
+log = logging.getLogger("jobserver.store")
+
+#: The reason a job gets when its row in the database cannot be read.
+UNREADABLE_RECORD_REASON = "the server's record of this job is damaged; what it said is lost"
 
 SCHEMA_VERSION = 1
 
@@ -134,12 +141,84 @@ class JobStore:
             params = (owner,)
         with self._lock:
             rows = self._db.execute(query + " ORDER BY created_at, id", params).fetchall()
-        return [_record(row) for row in rows]
+        return [record for row in rows if (record := _record(row)) is not None]
+
+    def page(
+        self, owner: str | None, after: tuple[float, str] | None, limit: int
+    ) -> builtins.list[JobRecord]:
+        """Up to `limit` records oldest first, of one owner or of everyone, after position `after`
+        (created_at, id) when given."""
+        query = "SELECT id, owner, created_at, cwd, status FROM jobs"
+        clauses: list[str] = []
+        params: list[Any] = []
+        if owner is not None:
+            clauses.append("owner = ?")
+            params.append(owner)
+        if after is not None:
+            clauses.append("(created_at, id) > (?, ?)")
+            params.extend(after)
+        if clauses:
+            query += " WHERE " + " AND ".join(clauses)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY created_at, id LIMIT ?", (*params, limit)).fetchall()
+        return [record for row in rows if (record := _record(row)) is not None]
+
+    def delete(self, job_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    def prunable(self, older_than: float | None, keep_per_owner: int | None) -> builtins.list[str]:
+        """Ids of ended jobs that ended before `older_than` (a time) or are past the `keep_per_owner`
+        most recently ended of their owner. A damaged row counts by its creation time."""
+        if older_than is None and keep_per_owner is None:
+            return []
+        query = """
+            SELECT id FROM (
+                SELECT id, t, ROW_NUMBER() OVER (PARTITION BY owner ORDER BY t DESC, id DESC) AS n
+                FROM (SELECT id, owner, COALESCE(
+                          CASE WHEN json_valid(status) THEN json_extract(status, '$.ended_at') END,
+                          created_at) AS t
+                      FROM jobs WHERE ended))
+            WHERE t < ? OR n > ?"""
+        cutoff = older_than if older_than is not None else float("-inf")
+        keep = keep_per_owner if keep_per_owner is not None else 2**62
+        with self._lock:
+            return [row[0] for row in self._db.execute(query, (cutoff, keep))]
+
+    def output_bytes(self, owner: str) -> int:
+        """Bytes of output the records of `owner`'s ended jobs say are stored."""
+        query = """SELECT COALESCE(SUM(CASE WHEN json_valid(status)
+                       THEN COALESCE(json_extract(status, '$.output_bytes'), 0) ELSE 0 END), 0)
+                   FROM jobs WHERE owner = ? AND ended"""
+        with self._lock:
+            return int(self._db.execute(query, (owner,)).fetchone()[0])
 
     def ids(self) -> set[str]:
         with self._lock:
-            return {row[0] for row in self._db.execute("SELECT id FROM jobs")}
+            return {row[0] for row in self._db.execute("SELECT id FROM jobs") if isinstance(row[0], str)}
 
 
-def _record(row: tuple[str, str, float, str, str]) -> JobRecord:
-    return JobRecord(id=row[0], owner=row[1], created_at=row[2], cwd=row[3], status=status_from_json(row[4]))
+def _record(row: tuple[Any, ...]) -> JobRecord | None:
+    """A row as a record. A damaged row (its status not a JobStatus in JSON, a column of the wrong
+    type) must not make every listing fail: it is logged, and served as a LOST job when its id and
+    owner can still be read, or skipped when not."""
+    job_id, owner, created_at, cwd, text = row
+    if not isinstance(job_id, str) or not isinstance(owner, str) or not owner:
+        log.warning("job database: skipping a row with an unreadable id or owner (id %r)", job_id)
+        return None
+    if isinstance(created_at, bool) or not isinstance(created_at, int | float):
+        created_at = 0.0
+    if not isinstance(cwd, str):
+        cwd = ""
+    try:
+        if not isinstance(text, str):
+            raise TypeError(f"the status column holds {type(text).__name__}")
+        status = status_from_json(text)
+        if status.id != job_id or status.owner != owner:
+            raise ValueError("the status names another job or owner")
+    except Exception as exc:  # any decoding failure: JSON, cattrs, enum values
+        log.warning("job database: the record of job %s is unreadable (%s); served as lost", job_id, exc)
+        status = JobStatus(
+            id=job_id, owner=owner, argv=(), state=JobState.LOST, reason=UNREADABLE_RECORD_REASON
+        )
+    return JobRecord(id=job_id, owner=owner, created_at=float(created_at), cwd=cwd, status=status)

@@ -37,9 +37,9 @@ class CgroupWriteError(ControllerError):
 
 def check_names(owner: str, job_id: str) -> None:
     """Raise ControllerError unless owner and job_id are safe single path components."""
-    if not _OWNER_RE.match(owner):
+    if not _OWNER_RE.fullmatch(owner):
         raise ControllerError(f"owner {owner!r} cannot name a cgroup directory")
-    if not _JOB_ID_RE.match(job_id):
+    if not _JOB_ID_RE.fullmatch(job_id):
         raise ControllerError(f"job id {job_id!r} cannot name a cgroup directory")
 
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cjobworker/v1/jobworker.proto\x12\x0cjobworker.v1\"\x9a\x02\n\x06Limits\x12\x10\n\x03\x63pu\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0cmemory_bytes\x18\x02 \x01(\x04H\x01\x88\x01\x01\x12\x11\n\x04pids\x18\x03 \x01(\x04H\x02\x88\x01\x01\x12\x18\n\x0bio_read_bps\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12\x19\n\x0cio_write_bps\x18\x05 \x01(\x04H\x04\x88\x01\x01\x12\x19\n\x0cio_read_iops\x18\x06 \x01(\x04H\x05\x88\x01\x01\x12\x1a\n\rio_write_iops\x18\x07 \x01(\x04H\x06\x88\x01\x01\x42\x06\n\x04_cpuB\x0f\n\r_memory_bytesB\x07\n\x05_pidsB\x0e\n\x0c_io_read_bpsB\x0f\n\r_io_write_bpsB\x0f\n\r_io_read_iopsB\x10\n\x0e_io_write_iops\"\xa5\x01\n\tIsolation\x12\x13\n\x0b\x64isable_pid\x18\x01 \x01(\x08\x12\x15\n\rdisable_mount\x18\x02 \x01(\x08\x12\x14\n\x0chost_network\x18\x03 \x01(\x08\x12\x13\n\x0b\x64isable_uts\x18\x04 \x01(\x08\x12\x13\n\x0b\x64isable_ipc\x18\x05 \x01(\x08\x12\x13\n\x0brun_as_root\x18\x06 \x01(\x08\x12\x17\n\x0f\x64isable_sandbox\x18\x07 \x01(\x08\"\xcd\x01\n\rResourceUsage\x12\x18\n\x0b\x63pu_seconds\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1e\n\x11memory_peak_bytes\x18\x02 \x01(\x04H\x01\x88\x01\x01\x12\x1a\n\rio_read_bytes\x18\x03 \x01(\x04H\x02\x88\x01\x01\x12\x1b\n\x0eio_write_bytes\x18\x04 \x01(\x04H\x03\x88\x01\x01\x42\x0e\n\x0c_cpu_secondsB\x14\n\x12_memory_peak_bytesB\x10\n\x0e_io_read_bytesB\x11\n\x0f_io_write_bytes\"\xb8\x04\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0c\n\x04\x61rgv\x18\x03 \x03(\t\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.jobworker.v1.JobState\x12\x10\n\x03pid\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x16\n\texit_code\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12\x13\n\x06signal\x18\x07 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\noom_killed\x18\x08 \x01(\x08\x12\x17\n\nstarted_at\x18\t \x01(\x01H\x03\x88\x01\x01\x12\x15\n\x08\x65nded_at\x18\n \x01(\x01H\x04\x88\x01\x01\x12\x0e\n\x06reason\x18\x0b \x01(\t\x12\x16\n\x0estop_requested\x18\x0c \x01(\x08\x12*\n\x05usage\x18\r \x01(\x0b\x32\x1b.jobworker.v1.ResourceUsage\x12$\n\x06limits\x18\x0e \x01(\x0b\x32\x14.jobworker.v1.Limits\x12\x12\n\ncontroller\x18\x0f \x01(\t\x12\x12\n\nnamespaces\x18\x10 \x03(\t\x12\x14\n\x0coutput_bytes\x18\x11 \x01(\x04\x12\x15\n\routput_capped\x18\x12 \x01(\x08\x12\x0b\n\x03\x63wd\x18\x13 \x01(\t\x12\x10\n\x03uid\x18\x14 \x01(\rH\x05\x88\x01\x01\x12\x10\n\x03gid\x18\x15 \x01(\rH\x06\x88\x01\x01\x12\x11\n\tsandboxed\x18\x16 \x01(\x08\x42\x06\n\x04_pidB\x0c\n\n_exit_codeB\t\n\x07_signalB\r\n\x0b_started_atB\x0b\n\t_ended_atB\x06\n\x04_uidB\x06\n\x04_gid\"\xdf\x01\n\x0fStartJobRequest\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\x12\x33\n\x03\x65nv\x18\x02 \x03(\x0b\x32&.jobworker.v1.StartJobRequest.EnvEntry\x12\x0b\n\x03\x63wd\x18\x03 \x01(\t\x12$\n\x06limits\x18\x04 \x01(\x0b\x32\x14.jobworker.v1.Limits\x12*\n\tisolation\x18\x05 \x01(\x0b\x32\x17.jobworker.v1.Isolation\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"2\n\x10StartJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.jobworker.v1.Job\"N\n\x0eStopJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1a\n\rgrace_seconds\x18\x02 \x01(\x01H\x00\x88\x01\x01\x42\x10\n\x0e_grace_seconds\"1\n\x0fStopJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.jobworker.v1.Job\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"0\n\x0eGetJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.jobworker.v1.Job\"G\n\x0fListJobsRequest\x12&\n\x05scope\x18\x01 \x01(\x0e\x32\x17.jobworker.v1.ListScope\x12\x0c\n\x04user\x18\x02 \x01(\t\"3\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.jobworker.v1.Job\"\xcd\x01\n\x13StreamOutputRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12.\n\x06stream\x18\x14 \x01(\x0e\x32\x1e.jobworker.v1.OutputStreamName\x12\x10\n\x08\x61nnotate\x18\x15 \x01(\x08\x12\x12\n\x05since\x18\x16 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\ntail_lines\x18\x17 \x01(\x04H\x01\x88\x01\x01\x42\x08\n\x06_sinceB\r\n\x0b_tail_lines\"\x80\x01\n\x14StreamOutputResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12.\n\x06stream\x18\x14 \x01(\x0e\x32\x1e.jobworker.v1.OutputStreamName\x12\x11\n\x04time\x18\x15 \x01(\x01H\x00\x88\x01\x01\x42\x07\n\x05_time*\x9b\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_RUNNING\x10\x01\x12\x14\n\x10JOB_STATE_EXITED\x10\x02\x12\x14\n\x10JOB_STATE_KILLED\x10\x03\x12\x1d\n\x19JOB_STATE_FAILED_TO_START\x10\x04\x12\x12\n\x0eJOB_STATE_LOST\x10\x05*d\n\tListScope\x12\x1a\n\x16LIST_SCOPE_UNSPECIFIED\x10\x00\x12\x12\n\x0eLIST_SCOPE_OWN\x10\x01\x12\x12\n\x0eLIST_SCOPE_ALL\x10\x02\x12\x13\n\x0fLIST_SCOPE_USER\x10\x03*}\n\x10OutputStreamName\x12\x1d\n\x19OUTPUT_STREAM_UNSPECIFIED\x10\x00\x12\x18\n\x14OUTPUT_STREAM_STDOUT\x10\x01\x12\x18\n\x14OUTPUT_STREAM_STDERR\x10\x02\x12\x16\n\x12OUTPUT_STREAM_NONE\x10\x03\x32\x87\x03\n\tJobWorker\x12I\n\x08StartJob\x12\x1d.jobworker.v1.StartJobRequest\x1a\x1e.jobworker.v1.StartJobResponse\x12\x46\n\x07StopJob\x12\x1c.jobworker.v1.StopJobRequest\x1a\x1d.jobworker.v1.StopJobResponse\x12\x43\n\x06GetJob\x12\x1b.jobworker.v1.GetJobRequest\x1a\x1c.jobworker.v1.GetJobResponse\x12I\n\x08ListJobs\x12\x1d.jobworker.v1.ListJobsRequest\x1a\x1e.jobworker.v1.ListJobsResponse\x12W\n\x0cStreamOutput\x12!.jobworker.v1.StreamOutputRequest\x1a\".jobworker.v1.StreamOutputResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cjobworker/v1/jobworker.proto\x12\x0cjobworker.v1\"\x9a\x02\n\x06Limits\x12\x10\n\x03\x63pu\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0cmemory_bytes\x18\x02 \x01(\x04H\x01\x88\x01\x01\x12\x11\n\x04pids\x18\x03 \x01(\x04H\x02\x88\x01\x01\x12\x18\n\x0bio_read_bps\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12\x19\n\x0cio_write_bps\x18\x05 \x01(\x04H\x04\x88\x01\x01\x12\x19\n\x0cio_read_iops\x18\x06 \x01(\x04H\x05\x88\x01\x01\x12\x1a\n\rio_write_iops\x18\x07 \x01(\x04H\x06\x88\x01\x01\x42\x06\n\x04_cpuB\x0f\n\r_memory_bytesB\x07\n\x05_pidsB\x0e\n\x0c_io_read_bpsB\x0f\n\r_io_write_bpsB\x0f\n\r_io_read_iopsB\x10\n\x0e_io_write_iops\"\xa5\x01\n\tIsolation\x12\x13\n\x0b\x64isable_pid\x18\x01 \x01(\x08\x12\x15\n\rdisable_mount\x18\x02 \x01(\x08\x12\x14\n\x0chost_network\x18\x03 \x01(\x08\x12\x13\n\x0b\x64isable_uts\x18\x04 \x01(\x08\x12\x13\n\x0b\x64isable_ipc\x18\x05 \x01(\x08\x12\x13\n\x0brun_as_root\x18\x06 \x01(\x08\x12\x17\n\x0f\x64isable_sandbox\x18\x07 \x01(\x08\"\xcd\x01\n\rResourceUsage\x12\x18\n\x0b\x63pu_seconds\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1e\n\x11memory_peak_bytes\x18\x02 \x01(\x04H\x01\x88\x01\x01\x12\x1a\n\rio_read_bytes\x18\x03 \x01(\x04H\x02\x88\x01\x01\x12\x1b\n\x0eio_write_bytes\x18\x04 \x01(\x04H\x03\x88\x01\x01\x42\x0e\n\x0c_cpu_secondsB\x14\n\x12_memory_peak_bytesB\x10\n\x0e_io_read_bytesB\x11\n\x0f_io_write_bytes\"\xd0\x04\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0c\n\x04\x61rgv\x18\x03 \x03(\t\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.jobworker.v1.JobState\x12\x10\n\x03pid\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x16\n\texit_code\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12\x13\n\x06signal\x18\x07 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\noom_killed\x18\x08 \x01(\x08\x12\x17\n\nstarted_at\x18\t \x01(\x01H\x03\x88\x01\x01\x12\x15\n\x08\x65nded_at\x18\n \x01(\x01H\x04\x88\x01\x01\x12\x0e\n\x06reason\x18\x0b \x01(\t\x12\x16\n\x0estop_requested\x18\x0c \x01(\x08\x12*\n\x05usage\x18\r \x01(\x0b\x32\x1b.jobworker.v1.ResourceUsage\x12$\n\x06limits\x18\x0e \x01(\x0b\x32\x14.jobworker.v1.Limits\x12\x12\n\ncontroller\x18\x0f \x01(\t\x12\x12\n\nnamespaces\x18\x10 \x03(\t\x12\x14\n\x0coutput_bytes\x18\x11 \x01(\x04\x12\x15\n\routput_capped\x18\x12 \x01(\x08\x12\x0b\n\x03\x63wd\x18\x13 \x01(\t\x12\x16\n\x0e\x61rgv_truncated\x18\x1e \x01(\x08\x12\x10\n\x03uid\x18\x14 \x01(\rH\x05\x88\x01\x01\x12\x10\n\x03gid\x18\x15 \x01(\rH\x06\x88\x01\x01\x12\x11\n\tsandboxed\x18\x16 \x01(\x08\x42\x06\n\x04_pidB\x0c\n\n_exit_codeB\t\n\x07_signalB\r\n\x0b_started_atB\x0b\n\t_ended_atB\x06\n\x04_uidB\x06\n\x04_gid\"\xdf\x01\n\x0fStartJobRequest\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\x12\x33\n\x03\x65nv\x18\x02 \x03(\x0b\x32&.jobworker.v1.StartJobRequest.EnvEntry\x12\x0b\n\x03\x63wd\x18\x03 \x01(\t\x12$\n\x06limits\x18\x04 \x01(\x0b\x32\x14.jobworker.v1.Limits\x12*\n\tisolation\x18\x05 \x01(\x0b\x32\x17.jobworker.v1.Isolation\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"2\n\x10StartJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.jobworker.v1.Job\"N\n\x0eStopJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1a\n\rgrace_seconds\x18\x02 \x01(\x01H\x00\x88\x01\x01\x42\x10\n\x0e_grace_seconds\"1\n\x0fStopJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.jobworker.v1.Job\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"0\n\x0eGetJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.jobworker.v1.Job\"n\n\x0fListJobsRequest\x12&\n\x05scope\x18\x01 \x01(\x0e\x32\x17.jobworker.v1.ListScope\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\n \x01(\x05\x12\x12\n\npage_token\x18\x0b \x01(\t\"L\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.jobworker.v1.Job\x12\x17\n\x0fnext_page_token\x18\n \x01(\t\"\xcd\x01\n\x13StreamOutputRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12.\n\x06stream\x18\x14 \x01(\x0e\x32\x1e.jobworker.v1.OutputStreamName\x12\x10\n\x08\x61nnotate\x18\x15 \x01(\x08\x12\x12\n\x05since\x18\x16 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\ntail_lines\x18\x17 \x01(\x04H\x01\x88\x01\x01\x42\x08\n\x06_sinceB\r\n\x0b_tail_lines\"\x80\x01\n\x14StreamOutputResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12.\n\x06stream\x18\x14 \x01(\x0e\x32\x1e.jobworker.v1.OutputStreamName\x12\x11\n\x04time\x18\x15 \x01(\x01H\x00\x88\x01\x01\x42\x07\n\x05_time\"\"\n\x10\x44\x65leteJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"3\n\x11\x44\x65leteJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.jobworker.v1.Job*\x9b\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_RUNNING\x10\x01\x12\x14\n\x10JOB_STATE_EXITED\x10\x02\x12\x14\n\x10JOB_STATE_KILLED\x10\x03\x12\x1d\n\x19JOB_STATE_FAILED_TO_START\x10\x04\x12\x12\n\x0eJOB_STATE_LOST\x10\x05*d\n\tListScope\x12\x1a\n\x16LIST_SCOPE_UNSPECIFIED\x10\x00\x12\x12\n\x0eLIST_SCOPE_OWN\x10\x01\x12\x12\n\x0eLIST_SCOPE_ALL\x10\x02\x12\x13\n\x0fLIST_SCOPE_USER\x10\x03*}\n\x10OutputStreamName\x12\x1d\n\x19OUTPUT_STREAM_UNSPECIFIED\x10\x00\x12\x18\n\x14OUTPUT_STREAM_STDOUT\x10\x01\x12\x18\n\x14OUTPUT_STREAM_STDERR\x10\x02\x12\x16\n\x12OUTPUT_STREAM_NONE\x10\x03\x32\xd5\x03\n\tJobWorker\x12I\n\x08StartJob\x12\x1d.jobworker.v1.StartJobRequest\x1a\x1e.jobworker.v1.StartJobResponse\x12\x46\n\x07StopJob\x12\x1c.jobworker.v1.StopJobRequest\x1a\x1d.jobworker.v1.StopJobResponse\x12\x43\n\x06GetJob\x12\x1b.jobworker.v1.GetJobRequest\x1a\x1c.jobworker.v1.GetJobResponse\x12I\n\x08ListJobs\x12\x1d.jobworker.v1.ListJobsRequest\x1a\x1e.jobworker.v1.ListJobsResponse\x12W\n\x0cStreamOutput\x12!.jobworker.v1.StreamOutputRequest\x1a\".jobworker.v1.StreamOutputResponse0\x01\x12L\n\tDeleteJob\x12\x1e.jobworker.v1.DeleteJobRequest\x1a\x1f.jobworker.v1.DeleteJobResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,12 +34,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STARTJOBREQUEST_ENVENTRY']._loaded_options = None
   _globals['_STARTJOBREQUEST_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=2236
-  _globals['_JOBSTATE']._serialized_end=2391
-  _globals['_LISTSCOPE']._serialized_start=2393
-  _globals['_LISTSCOPE']._serialized_end=2493
-  _globals['_OUTPUTSTREAMNAME']._serialized_start=2495
-  _globals['_OUTPUTSTREAMNAME']._serialized_end=2620
+  _globals['_JOBSTATE']._serialized_start=2413
+  _globals['_JOBSTATE']._serialized_end=2568
+  _globals['_LISTSCOPE']._serialized_start=2570
+  _globals['_LISTSCOPE']._serialized_end=2670
+  _globals['_OUTPUTSTREAMNAME']._serialized_start=2672
+  _globals['_OUTPUTSTREAMNAME']._serialized_end=2797
   _globals['_LIMITS']._serialized_start=47
   _globals['_LIMITS']._serialized_end=329
   _globals['_ISOLATION']._serialized_start=332
@@ -47,29 +47,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESOURCEUSAGE']._serialized_start=500
   _globals['_RESOURCEUSAGE']._serialized_end=705
   _globals['_JOB']._serialized_start=708
-  _globals['_JOB']._serialized_end=1276
-  _globals['_STARTJOBREQUEST']._serialized_start=1279
-  _globals['_STARTJOBREQUEST']._serialized_end=1502
-  _globals['_STARTJOBREQUEST_ENVENTRY']._serialized_start=1460
-  _globals['_STARTJOBREQUEST_ENVENTRY']._serialized_end=1502
-  _globals['_STARTJOBRESPONSE']._serialized_start=1504
-  _globals['_STARTJOBRESPONSE']._serialized_end=1554
-  _globals['_STOPJOBREQUEST']._serialized_start=1556
-  _globals['_STOPJOBREQUEST']._serialized_end=1634
-  _globals['_STOPJOBRESPONSE']._serialized_start=1636
-  _globals['_STOPJOBRESPONSE']._serialized_end=1685
-  _globals['_GETJOBREQUEST']._serialized_start=1687
-  _globals['_GETJOBREQUEST']._serialized_end=1718
-  _globals['_GETJOBRESPONSE']._serialized_start=1720
-  _globals['_GETJOBRESPONSE']._serialized_end=1768
-  _globals['_LISTJOBSREQUEST']._serialized_start=1770
-  _globals['_LISTJOBSREQUEST']._serialized_end=1841
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1843
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1894
-  _globals['_STREAMOUTPUTREQUEST']._serialized_start=1897
-  _globals['_STREAMOUTPUTREQUEST']._serialized_end=2102
-  _globals['_STREAMOUTPUTRESPONSE']._serialized_start=2105
-  _globals['_STREAMOUTPUTRESPONSE']._serialized_end=2233
-  _globals['_JOBWORKER']._serialized_start=2623
-  _globals['_JOBWORKER']._serialized_end=3014
+  _globals['_JOB']._serialized_end=1300
+  _globals['_STARTJOBREQUEST']._serialized_start=1303
+  _globals['_STARTJOBREQUEST']._serialized_end=1526
+  _globals['_STARTJOBREQUEST_ENVENTRY']._serialized_start=1484
+  _globals['_STARTJOBREQUEST_ENVENTRY']._serialized_end=1526
+  _globals['_STARTJOBRESPONSE']._serialized_start=1528
+  _globals['_STARTJOBRESPONSE']._serialized_end=1578
+  _globals['_STOPJOBREQUEST']._serialized_start=1580
+  _globals['_STOPJOBREQUEST']._serialized_end=1658
+  _globals['_STOPJOBRESPONSE']._serialized_start=1660
+  _globals['_STOPJOBRESPONSE']._serialized_end=1709
+  _globals['_GETJOBREQUEST']._serialized_start=1711
+  _globals['_GETJOBREQUEST']._serialized_end=1742
+  _globals['_GETJOBRESPONSE']._serialized_start=1744
+  _globals['_GETJOBRESPONSE']._serialized_end=1792
+  _globals['_LISTJOBSREQUEST']._serialized_start=1794
+  _globals['_LISTJOBSREQUEST']._serialized_end=1904
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1906
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1982
+  _globals['_STREAMOUTPUTREQUEST']._serialized_start=1985
+  _globals['_STREAMOUTPUTREQUEST']._serialized_end=2190
+  _globals['_STREAMOUTPUTRESPONSE']._serialized_start=2193
+  _globals['_STREAMOUTPUTRESPONSE']._serialized_end=2321
+  _globals['_DELETEJOBREQUEST']._serialized_start=2323
+  _globals['_DELETEJOBREQUEST']._serialized_end=2357
+  _globals['_DELETEJOBRESPONSE']._serialized_start=2359
+  _globals['_DELETEJOBRESPONSE']._serialized_end=2410
+  _globals['_JOBWORKER']._serialized_start=2800
+  _globals['_JOBWORKER']._serialized_end=3269
 # @@protoc_insertion_point(module_scope)

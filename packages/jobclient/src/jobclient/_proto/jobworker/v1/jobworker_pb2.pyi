@@ -95,7 +95,7 @@ class ResourceUsage(_message.Message):
     def __init__(self, cpu_seconds: _Optional[float] = ..., memory_peak_bytes: _Optional[int] = ..., io_read_bytes: _Optional[int] = ..., io_write_bytes: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "owner", "argv", "state", "pid", "exit_code", "signal", "oom_killed", "started_at", "ended_at", "reason", "stop_requested", "usage", "limits", "controller", "namespaces", "output_bytes", "output_capped", "cwd", "uid", "gid", "sandboxed")
+    __slots__ = ("id", "owner", "argv", "state", "pid", "exit_code", "signal", "oom_killed", "started_at", "ended_at", "reason", "stop_requested", "usage", "limits", "controller", "namespaces", "output_bytes", "output_capped", "cwd", "argv_truncated", "uid", "gid", "sandboxed")
     ID_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     ARGV_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +115,7 @@ class Job(_message.Message):
     OUTPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_CAPPED_FIELD_NUMBER: _ClassVar[int]
     CWD_FIELD_NUMBER: _ClassVar[int]
+    ARGV_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     UID_FIELD_NUMBER: _ClassVar[int]
     GID_FIELD_NUMBER: _ClassVar[int]
     SANDBOXED_FIELD_NUMBER: _ClassVar[int]
@@ -137,10 +138,11 @@ class Job(_message.Message):
     output_bytes: int
     output_capped: bool
     cwd: str
+    argv_truncated: bool
     uid: int
     gid: int
     sandboxed: bool
-    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., state: _Optional[_Union[JobState, str]] = ..., pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., reason: _Optional[str] = ..., stop_requested: _Optional[bool] = ..., usage: _Optional[_Union[ResourceUsage, _Mapping]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., controller: _Optional[str] = ..., namespaces: _Optional[_Iterable[str]] = ..., output_bytes: _Optional[int] = ..., output_capped: _Optional[bool] = ..., cwd: _Optional[str] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., sandboxed: _Optional[bool] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., state: _Optional[_Union[JobState, str]] = ..., pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., reason: _Optional[str] = ..., stop_requested: _Optional[bool] = ..., usage: _Optional[_Union[ResourceUsage, _Mapping]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., controller: _Optional[str] = ..., namespaces: _Optional[_Iterable[str]] = ..., output_bytes: _Optional[int] = ..., output_capped: _Optional[bool] = ..., cwd: _Optional[str] = ..., argv_truncated: _Optional[bool] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., sandboxed: _Optional[bool] = ...) -> None: ...
 
 class StartJobRequest(_message.Message):
     __slots__ = ("argv", "env", "cwd", "limits", "isolation")
@@ -196,18 +198,24 @@ class GetJobResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ("scope", "user")
+    __slots__ = ("scope", "user", "page_size", "page_token")
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     scope: ListScope
     user: str
-    def __init__(self, scope: _Optional[_Union[ListScope, str]] = ..., user: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, scope: _Optional[_Union[ListScope, str]] = ..., user: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
-    __slots__ = ("jobs",)
+    __slots__ = ("jobs", "next_page_token")
     JOBS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     jobs: _containers.RepeatedCompositeFieldContainer[Job]
-    def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class StreamOutputRequest(_message.Message):
     __slots__ = ("job_id", "offset", "follow", "stream", "annotate", "since", "tail_lines")
@@ -238,3 +246,15 @@ class StreamOutputResponse(_message.Message):
     stream: OutputStreamName
     time: float
     def __init__(self, data: _Optional[bytes] = ..., offset: _Optional[int] = ..., stream: _Optional[_Union[OutputStreamName, str]] = ..., time: _Optional[float] = ...) -> None: ...
+
+class DeleteJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class DeleteJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: Job
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...

@@ -61,6 +61,11 @@ class JobWorkerStub:
                 request_serializer=jobworker_dot_v1_dot_jobworker__pb2.StreamOutputRequest.SerializeToString,
                 response_deserializer=jobworker_dot_v1_dot_jobworker__pb2.StreamOutputResponse.FromString,
                 _registered_method=True)
+        self.DeleteJob = channel.unary_unary(
+                '/jobworker.v1.JobWorker/DeleteJob',
+                request_serializer=jobworker_dot_v1_dot_jobworker__pb2.DeleteJobRequest.SerializeToString,
+                response_deserializer=jobworker_dot_v1_dot_jobworker__pb2.DeleteJobResponse.FromString,
+                _registered_method=True)
 
 
 class JobWorkerServicer:
@@ -79,7 +84,10 @@ class JobWorkerServicer:
 
     def StopJob(self, request, context):
         """Stop a job: SIGTERM, then SIGKILL to every process of the job after the grace period. Stopping a
-        job that has already ended is not an error. Returns the job as it is once it has ended.
+        job that has already ended is not an error. Returns the job once it has ended, or, when that takes
+        longer than the server's stop wait (5 s by default), the job as it is then: still RUNNING with
+        stop_requested set, the stop under way. Waiting for the end is the client's (follow the output,
+        or poll GetJob): no call holds a server thread for as long as a client chooses.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -93,7 +101,8 @@ class JobWorkerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListJobs(self, request, context):
-        """The caller's jobs; an admin may ask for every user's or one user's.
+        """The caller's jobs, oldest first, a page at a time; an admin may ask for every user's or one
+        user's. Listed jobs carry a shortened argv (see Job.argv_truncated); GetJob has it in full.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -104,6 +113,15 @@ class JobWorkerServicer:
         the stream goes on with new output as it is produced and ends once the job has ended and every byte
         was sent; without, it ends at the output stored so far. The request may also select one stream,
         a start time or the last lines, and ask for each chunk's stream and time (see the request).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteJob(self, request, context):
+        """Delete an ended job: its record, its directory and its stored output. The owner or an admin may.
+        Errors: NOT_FOUND (no such job, or someone else's), FAILED_PRECONDITION while it runs (stop it
+        first). Returns the job as it was last seen.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -136,6 +154,11 @@ def add_JobWorkerServicer_to_server(servicer, server):
                     servicer.StreamOutput,
                     request_deserializer=jobworker_dot_v1_dot_jobworker__pb2.StreamOutputRequest.FromString,
                     response_serializer=jobworker_dot_v1_dot_jobworker__pb2.StreamOutputResponse.SerializeToString,
+            ),
+            'DeleteJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteJob,
+                    request_deserializer=jobworker_dot_v1_dot_jobworker__pb2.DeleteJobRequest.FromString,
+                    response_serializer=jobworker_dot_v1_dot_jobworker__pb2.DeleteJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -274,6 +297,33 @@ class JobWorker:
             '/jobworker.v1.JobWorker/StreamOutput',
             jobworker_dot_v1_dot_jobworker__pb2.StreamOutputRequest.SerializeToString,
             jobworker_dot_v1_dot_jobworker__pb2.StreamOutputResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobworker.v1.JobWorker/DeleteJob',
+            jobworker_dot_v1_dot_jobworker__pb2.DeleteJobRequest.SerializeToString,
+            jobworker_dot_v1_dot_jobworker__pb2.DeleteJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
