@@ -55,6 +55,7 @@ IMPORT_ALLOWED = {
     "jobclient",
     "jobclient._version",
     "jobclient.cli",
+    "jobclient.cli_removal",  # rm and prune: argparse only until they run
     "jobclient.config",
     "jobclient.errors",
     "jobclient.units",

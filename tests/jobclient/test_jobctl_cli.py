@@ -580,3 +580,18 @@ def test_credential_problems_are_usage_errors_naming_the_file(
     assert message in result.stderr
     assert result.stderr.count("\n") == 1
     assert servicer.requests == []
+
+
+def test_an_error_raised_while_a_ctrl_c_unwinds_counts_as_the_interrupt() -> None:
+    from jobclient.cli import _during_ctrl_c
+
+    def unwind() -> None:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("release unlocked lock") from None  # as grpc's clean-up may
+
+    with pytest.raises(RuntimeError) as info:
+        unwind()
+    assert _during_ctrl_c(info.value)  # `from None` hides the cause, not the context
+    assert not _during_ctrl_c(RuntimeError("a bug"))

@@ -1101,6 +1101,18 @@ def _silence_stdout() -> None:
     os.close(devnull)
 
 
+def _during_ctrl_c(error: BaseException) -> bool:
+    """True when `error` was raised while a KeyboardInterrupt was being handled."""
+    seen: set[int] = set()
+    context = error.__context__
+    while context is not None and id(context) not in seen:
+        if isinstance(context, KeyboardInterrupt):
+            return True
+        seen.add(id(context))
+        context = context.__context__
+    return False
+
+
 def _missing_dashes_hint(args_list: Sequence[str], message: str) -> str:
     """For start/run without `--`: say where it goes (the command's own options were read as ours)."""
     if "--" in args_list or not any(a in ("start", "run") for a in args_list):
@@ -1142,5 +1154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _silence_stdout()
         return EXIT_BROKEN_PIPE
     except Exception as e:  # a bug in jobctl: still one line, never a traceback
+        if _during_ctrl_c(e):
+            # A Ctrl-C that lands inside grpc's locking can make the clean-up it triggers fail
+            # ("release unlocked lock"): that is still the user's interrupt, not a bug.
+            return EXIT_INTERRUPTED
         _diag(f"internal error: {type(e).__name__}: {e}")
         return EXIT_RUN_FAILED if command == "run" else EXIT_INTERNAL
