@@ -37,7 +37,12 @@ class Jobctl:
 
     def __call__(self, *args: str, **env: str) -> Result:
         done = subprocess.run(
-            [str(JOBCTL), *args], env=self.env(**env), capture_output=True, timeout=60, check=False
+            [str(JOBCTL), *args],
+            env=self.env(**env),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=60,
+            check=False,
         )
         return Result(done.returncode, done.stdout, done.stderr.decode())
 

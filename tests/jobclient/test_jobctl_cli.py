@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from typing import Any
 
 import grpc
 import pytest
@@ -16,7 +17,7 @@ from jobctl_runner import Jobctl
 from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
 
 NASTY = b"line\n\x00\x00NUL\x00\xff\xfe\xc3(not utf-8\x80\r\n\x1b[0m"
-COMMANDS = ["start", "run", "status", "logs", "stop", "list"]
+COMMANDS = ["start", "run", "status", "logs", "stop", "wait", "list"]
 
 
 def add_job(servicer: FakeJobWorker, job_id: str = "j1", output: bytes = b"", **fields: object) -> None:
@@ -42,6 +43,23 @@ def test_every_command_has_help_with_examples(jobctl: Jobctl, command: str) -> N
     assert f"usage: jobctl {command}" in result.text
     assert "examples:" in result.text
     assert f"jobctl --user alice {command}" in result.text or f"jobctl --user carl {command}" in result.text
+
+
+def test_completion_and_version_have_help(jobctl: Jobctl) -> None:
+    result = jobctl("completion", "--help")
+    assert result.returncode == 0
+    assert "source <(jobctl completion bash)" in result.text
+    main_help = jobctl("--help").text
+    for text in [
+        "--version",
+        "--context",
+        "JOBCTL_CONFIG",
+        "JOBCTL_CONTEXT",
+        "current-context",
+        "126",
+        "127",
+    ]:
+        assert text in main_help, text
 
 
 # --- start ------------------------------------------------------------------------------------------
@@ -101,7 +119,16 @@ def test_start_of_a_command_that_cannot_run_exits_127(jobctl: Jobctl, servicer: 
         (["start", "--cpu", "-1", "--", "ls"], "cpu must be a positive number"),
         (["start", "--cpu", "nan", "--", "ls"], "cpu must be a positive number"),
         (["start", "--pids", "0", "--", "ls"], "'0' is not a positive integer"),
-        (["start", "--env", "NOVALUE", "--", "ls"], "--env takes NAME=VALUE"),
+        (["start", "--env", "NOVALUE", "--", "ls"], "NOVALUE is not set in jobctl's environment"),
+        (["start", "--env", "=x", "--", "ls"], "--env takes NAME=VALUE or NAME"),
+        (["start", "--env-file", "/nonexistent/job.env", "--", "ls"], "cannot read --env-file"),
+        (["start", "ls", "-l"], "put `--` before the command: jobctl start [options] -- CMD"),
+        (["logs", "--tail", "-1", "j1"], "is not a whole number"),
+        (["logs", "--since", "yesterday", "j1"], "invalid time 'yesterday'"),
+        (["logs", "--stdout", "--stderr", "j1"], "not allowed with argument"),
+        (["list", "--state", "sleeping"], "unknown state 'sleeping'"),
+        (["list", "--format", "id,colour"], "unknown column 'colour'"),
+        (["completion", "fish"], "invalid choice"),
         (["start"], "the following arguments are required"),
         (["frobnicate"], "invalid choice"),
         (["stop", "--grace", "-3", "j1"], "not a number of seconds"),
@@ -215,24 +242,42 @@ def test_ctrl_c_stops_the_job_and_exits_with_its_status(jobctl: Jobctl, servicer
     assert servicer.calls("StreamOutput")[-1].offset == len(b"started\n")
 
 
-def test_a_second_ctrl_c_stops_waiting(jobctl: Jobctl, servicer: FakeJobWorker) -> None:
+def _wait_for_calls(servicer: FakeJobWorker, method: str, count: int) -> list[Any]:
+    deadline = time.monotonic() + 10
+    while len(servicer.calls(method)) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    calls = servicer.calls(method)
+    assert len(calls) >= count, f"jobctl made {len(calls)} {method} calls, expected {count}"
+    return calls
+
+
+def test_a_second_ctrl_c_kills_the_job_at_once_and_a_third_stops_waiting(
+    jobctl: Jobctl, servicer: FakeJobWorker
+) -> None:
+    # As `python -m jobcore run`: Ctrl-C = SIGTERM with the grace period, Ctrl-C again = SIGKILL now.
     servicer.plan = Plan(chunks=[b"started\n"], hold=True)
-    servicer.stop_released.clear()  # StopJob hangs
+    servicer.stop_released.clear()  # StopJob hangs: the job never ends
     proc = jobctl.popen("run", "--", "server")
     try:
         wait_for_output(proc, b"started\n")
         proc.send_signal(signal.SIGINT)
-        deadline = time.monotonic() + 10
-        while not servicer.calls("StopJob") and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert servicer.calls("StopJob"), "jobctl did not ask to stop the job"
+        (first,) = _wait_for_calls(servicer, "StopJob", 1)
+        assert not first.HasField("grace_seconds")  # the server's default grace
+        proc.send_signal(signal.SIGINT)
+        second = _wait_for_calls(servicer, "StopJob", 2)[1]
+        assert second.HasField("grace_seconds")
+        assert second.grace_seconds == 0
+        assert proc.poll() is None, "jobctl stopped waiting after the second Ctrl-C"
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
         servicer.stop_released.set()
-    assert proc.returncode == 130
-    assert "no longer waiting" in err.decode()
+    assert proc.returncode == 130, err
+    text = err.decode()
+    assert "stopping job" in text
+    assert "killing job" in text
+    assert "no longer waiting" in text
 
 
 def test_run_losing_the_server_midway_exits_125_naming_the_job(
@@ -343,7 +388,7 @@ def test_list_prints_a_table(jobctl: Jobctl, servicer: FakeJobWorker) -> None:
     add_job(servicer, "j1", exit_code=0, started_at=1_700_000_000)
     add_job(servicer, "j2-longer-id", state=pb.JOB_STATE_RUNNING, pid=7)
     lines = jobctl("list").text.splitlines()
-    assert lines[0].split() == ["ID", "OWNER", "STATE", "STARTED", "COMMAND"]
+    assert lines[0].split() == ["ID", "OWNER", "STATE", "STARTED", "STATUS", "COMMAND"]
     assert lines[1].split() == [
         "j1",
         "alice",
@@ -351,12 +396,45 @@ def test_list_prints_a_table(jobctl: Jobctl, servicer: FakeJobWorker) -> None:
         "2023-11-14",
         "22:13:20",
         "UTC",
+        "Exited",
+        "(0)",
         "echo",
         "'hi",
         "there'",
     ]
-    assert lines[2].split()[:4] == ["j2-longer-id", "alice", "running", "-"]
+    assert lines[2].split()[:5] == ["j2-longer-id", "alice", "running", "-", "Up"]
     assert lines[1].index("alice") == lines[2].index("alice")  # aligned columns
+
+
+def test_list_status_column_reads_like_docker(jobctl: Jobctl, servicer: FakeJobWorker) -> None:
+    now = time.time()
+    add_job(servicer, "j1", state=pb.JOB_STATE_RUNNING, pid=7, started_at=now - 330)
+    add_job(servicer, "j2", exit_code=3, started_at=now - 8000, ended_at=now - 4000)
+    add_job(servicer, "j3", state=pb.JOB_STATE_KILLED, signal=15, started_at=now - 60, ended_at=now - 20)
+    add_job(servicer, "j4", state=pb.JOB_STATE_FAILED_TO_START)
+    result = jobctl("list", "--format", "id,status,duration,exit")
+    assert result.returncode == 0, result.stderr
+    lines = result.text.splitlines()
+    assert lines[0].split() == ["ID", "STATUS", "DURATION", "EXIT"]
+    statuses = {job_id: rest for job_id, rest in (line.split(None, 1) for line in lines[1:])}
+    assert statuses["j1"].startswith("Up 5 minutes")
+    assert statuses["j2"].startswith("Exited (3) about an hour ago")
+    assert statuses["j2"].split()[-2:] == ["1h06m40s", "3"]
+    assert statuses["j3"].startswith("Killed (SIGTERM) 20 seconds ago")
+    assert statuses["j3"].split()[-1] == "143"
+    assert statuses["j4"].startswith("Failed to start")
+
+
+def test_list_quiet_and_state_filter(jobctl: Jobctl, servicer: FakeJobWorker) -> None:
+    add_job(servicer, "j1", state=pb.JOB_STATE_RUNNING, pid=7)
+    add_job(servicer, "j2", exit_code=0)
+    add_job(servicer, "j3", state=pb.JOB_STATE_LOST)
+    assert jobctl("list", "-q").text == "j1\nj2\nj3\n"
+    assert jobctl("list", "-q", "--state", "running").text == "j1\n"
+    assert jobctl("list", "-q", "--state", "exited,lost").text == "j2\nj3\n"
+    assert jobctl("list", "-q", "--state", "lost", "--state", "running").text == "j1\nj3\n"
+    result = jobctl("list", "-q", "--state", "killed")
+    assert (result.returncode, result.text, result.stderr) == (0, "", "")  # quiet: nothing at all
 
 
 @pytest.mark.parametrize(
@@ -401,6 +479,7 @@ STATUS_EXITS = [
 def test_each_server_error_is_one_line_with_its_exit_code(
     jobctl: Jobctl, servicer: FakeJobWorker, code: grpc.StatusCode, exit_code: int
 ) -> None:
+    add_job(servicer)  # the id resolves (ListJobs); GetJob fails
     servicer.fail["GetJob"] = (code, f"scripted {code.name.lower()}")
     result = jobctl("status", "j1")
     assert result.returncode == exit_code
@@ -501,3 +580,18 @@ def test_credential_problems_are_usage_errors_naming_the_file(
     assert message in result.stderr
     assert result.stderr.count("\n") == 1
     assert servicer.requests == []
+
+
+def test_an_error_raised_while_a_ctrl_c_unwinds_counts_as_the_interrupt() -> None:
+    from jobclient.cli import _during_ctrl_c
+
+    def unwind() -> None:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("release unlocked lock") from None  # as grpc's clean-up may
+
+    with pytest.raises(RuntimeError) as info:
+        unwind()
+    assert _during_ctrl_c(info.value)  # `from None` hides the cause, not the context
+    assert not _during_ctrl_c(RuntimeError("a bug"))

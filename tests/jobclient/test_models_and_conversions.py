@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from jobclient import Isolation, Job, JobState, Limits, ResourceUsage
+from jobclient import Isolation, Job, JobState, Limits, ResourceUsage, _json
 from jobclient import _conversions as conv
 from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
 
@@ -136,12 +136,12 @@ def test_exit_status_is_the_shell_convention(
 
 def test_job_json_is_plain_data_and_round_trips() -> None:
     job = conv.job_from_proto(full_proto_job())
-    data = json.loads(json.dumps(conv.job_to_json(job)))
+    data = json.loads(json.dumps(_json.job_to_json(job)))
     assert data["state"] == "exited"
     assert data["started_at"] == "2023-11-14T22:13:20.500000+00:00"
     assert data["limits"]["memory"] == 4
     assert data["exit_status"] == 3
-    assert conv.job_from_json(data) == job
+    assert _json.job_from_json(data) == job
 
 
 def test_argv_must_not_be_a_string() -> None:

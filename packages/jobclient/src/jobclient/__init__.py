@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     )
     from jobclient.credentials import Credentials
     from jobclient.errors import (
+        ConfigError,
         CredentialsError,
         DeadlineExceeded,
         FailedPrecondition,
@@ -41,8 +42,7 @@ if TYPE_CHECKING:
         ServerError,
         Unavailable,
     )
-    from jobclient.models import Isolation, Job, JobState, Limits, ResourceUsage
-
+    from jobclient.models import Isolation, Job, JobState, Limits, OutputChunk, ResourceUsage
 
 _HOMES = {
     "jobclient.client": [
@@ -55,6 +55,7 @@ _HOMES = {
     ],
     "jobclient.credentials": ["Credentials"],
     "jobclient.errors": [
+        "ConfigError",
         "CredentialsError",
         "DeadlineExceeded",
         "FailedPrecondition",
@@ -66,7 +67,7 @@ _HOMES = {
         "ServerError",
         "Unavailable",
     ],
-    "jobclient.models": ["Isolation", "Job", "JobState", "Limits", "ResourceUsage"],
+    "jobclient.models": ["Isolation", "Job", "JobState", "Limits", "OutputChunk", "ResourceUsage"],
 }
 _MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
 
@@ -75,6 +76,7 @@ __all__ = [
     "AsyncClient",
     "AsyncOutputStream",
     "Client",
+    "ConfigError",
     "Credentials",
     "CredentialsError",
     "DeadlineExceeded",
@@ -86,6 +88,7 @@ __all__ = [
     "JobNotFound",
     "JobState",
     "Limits",
+    "OutputChunk",
     "OutputSink",
     "OutputStream",
     "PermissionDenied",

@@ -1,4 +1,4 @@
-"""Every conversion between jobclient's types and the wire (protobuf) or JSON, in one place."""
+"""Every conversion between jobclient's types and the wire (protobuf); JSON is in `_json`."""
 
 from __future__ import annotations
 
@@ -6,10 +6,8 @@ import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import cattrs
-
 from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
-from jobclient.models import Isolation, Job, JobState, Limits, ResourceUsage
+from jobclient.models import Isolation, Job, JobState, Limits, OutputChunk, ResourceUsage
 
 _STATE_FROM_PROTO: dict[int, JobState] = {
     pb.JOB_STATE_RUNNING: JobState.RUNNING,
@@ -139,19 +137,53 @@ def job_from_proto(message: pb.Job) -> Job:
     )
 
 
-# JSON (the CLI's --json): plain dicts; times as ISO 8601 in UTC, states as their lower-case names.
-_json = cattrs.Converter()
-_json.register_unstructure_hook(datetime.datetime, lambda t: t.isoformat())
-_json.register_structure_hook(datetime.datetime, lambda v, _: datetime.datetime.fromisoformat(v))
+_STREAM_FILTER = {
+    None: pb.OUTPUT_STREAM_UNSPECIFIED,
+    "stdout": pb.OUTPUT_STREAM_STDOUT,
+    "stderr": pb.OUTPUT_STREAM_STDERR,
+    "none": pb.OUTPUT_STREAM_NONE,
+}
+_STREAM_NAME = {pb.OUTPUT_STREAM_STDOUT: "stdout", pb.OUTPUT_STREAM_STDERR: "stderr"}
 
 
-def job_to_json(job: Job) -> dict[str, Any]:
-    """A JSON-serialisable dict of every field of the job, plus its shell-style `exit_status`."""
-    data: dict[str, Any] = _json.unstructure(job)
-    data["exit_status"] = job.exit_status
-    return data
+def output_request(
+    job_id: str,
+    offset: int,
+    follow: bool,
+    *,
+    stream: str | None = None,
+    since: datetime.datetime | float | None = None,
+    tail: int | None = None,
+    annotate: bool = False,
+) -> pb.StreamOutputRequest:
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ValueError(f"offset must be a non-negative integer, got {offset!r}")
+    if stream not in _STREAM_FILTER:
+        raise ValueError(f"stream must be None, 'stdout', 'stderr' or 'none', not {stream!r}")
+    request = pb.StreamOutputRequest(
+        job_id=job_id, offset=offset, follow=follow, stream=_STREAM_FILTER[stream], annotate=annotate
+    )
+    if since is not None:
+        if isinstance(since, datetime.datetime):
+            if since.tzinfo is None:
+                raise ValueError("since must be a timezone-aware datetime (or a Unix time)")
+            since = since.timestamp()
+        request.since = float(since)
+    if tail is not None:
+        if isinstance(tail, bool) or not isinstance(tail, int) or tail < 0:
+            raise ValueError(f"tail must be a non-negative number of lines, got {tail!r}")
+        request.tail_lines = tail
+    return request
 
 
-def job_from_json(data: Mapping[str, Any]) -> Job:
-    """The inverse of job_to_json (extra keys such as `exit_status` are ignored)."""
-    return _json.structure({k: v for k, v in data.items() if k != "exit_status"}, Job)
+def chunk_from_proto(message: pb.StreamOutputResponse) -> OutputChunk:
+    return OutputChunk(
+        data=bytes(message.data),
+        offset=message.offset,
+        stream=_STREAM_NAME.get(message.stream),
+        time=(
+            datetime.datetime.fromtimestamp(message.time, tz=datetime.UTC)
+            if message.HasField("time")
+            else None
+        ),
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import shlex
 import signal as signals
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from jobclient.models import Job, JobState, Limits, ResourceUsage
 from jobclient.units import format_size
@@ -131,12 +131,84 @@ def status_text(job: Job) -> str:
     return "\n".join(f"{name + ':':<{width}}{value}" for name, value in rows)
 
 
-def jobs_table(jobs: Sequence[Job]) -> str:
-    """The `jobctl list` table: id, owner, state, started, command."""
-    header = ("ID", "OWNER", "STATE", "STARTED", "COMMAND")
-    rows = [(j.id, j.owner, short_state(j), _time(j.started_at), shlex.join(j.argv)) for j in jobs]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+def human_duration(seconds: float) -> str:
+    """Like docker's: `Less than a second`, `5 seconds`, `About a minute`, `5 minutes`, `2 hours`..."""
+    seconds = max(0.0, seconds)
+    if seconds < 1:
+        return "Less than a second"
+    if seconds < 60:
+        n = int(seconds)
+        return f"{n} second{'s' if n != 1 else ''}"
+    minutes = seconds / 60
+    if minutes < 2:
+        return "About a minute"
+    if minutes < 60:
+        return f"{int(minutes)} minutes"
+    hours = minutes / 60
+    if hours < 2:
+        return "About an hour"
+    if hours < 48:
+        return f"{int(hours)} hours"
+    days = hours / 24
+    if days < 14:
+        return f"{int(days)} days"
+    if days < 60:
+        return f"{int(days / 7)} weeks"
+    return f"{int(days / 30)} months"
+
+
+def human_status(job: Job, now: datetime.datetime | None = None) -> str:
+    """The STATUS column of `jobctl list`: `Up 5 minutes`, `Exited (0) 2 hours ago`, `Killed (SIGTERM)
+    10 seconds ago`, `Failed to start`, `Lost`."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    if job.state is JobState.RUNNING:
+        if job.started_at is None:
+            return "Up"
+        return f"Up {human_duration((now - job.started_at).total_seconds())}"
+    if job.state is JobState.EXITED:
+        head = f"Exited ({job.exit_code})" if job.exit_code is not None else "Exited"
+    elif job.state is JobState.KILLED:
+        name = signal_name(job.signal) if job.signal is not None else "?"
+        head = f"Killed ({name}{', OOM' if job.oom_killed else ''})"
+    elif job.state is JobState.FAILED_TO_START:
+        head = "Failed to start"
+    elif job.state is JobState.LOST:
+        head = "Lost"
+    else:
+        head = job.state.value.capitalize()
+    if job.ended_at is None:
+        return head
+    return f"{head} {human_duration((now - job.ended_at).total_seconds()).lower()} ago"
+
+
+def _exit_cell(job: Job) -> str:
+    status = job.exit_status
+    return "-" if status is None else str(status)
+
+
+LIST_COLUMNS: dict[str, tuple[str, Callable[[Job], str]]] = {
+    # name: (header, cell)
+    "id": ("ID", lambda j: j.id),
+    "owner": ("OWNER", lambda j: j.owner),
+    "state": ("STATE", short_state),
+    "status": ("STATUS", human_status),
+    "started": ("STARTED", lambda j: _time(j.started_at)),
+    "ended": ("ENDED", lambda j: _time(j.ended_at)),
+    "duration": ("DURATION", _duration),
+    "command": ("COMMAND", lambda j: shlex.join(j.argv)),
+    "pid": ("PID", lambda j: "-" if j.pid is None else str(j.pid)),
+    "exit": ("EXIT", _exit_cell),
+}
+DEFAULT_LIST_COLUMNS = ["id", "owner", "state", "started", "status", "command"]
+
+
+def jobs_table(jobs: Sequence[Job], columns: Sequence[str] = DEFAULT_LIST_COLUMNS) -> str:
+    """The `jobctl list` table of `columns` (names of LIST_COLUMNS), aligned; the last is not padded."""
+    header = [LIST_COLUMNS[c][0] for c in columns]
+    rows = [[LIST_COLUMNS[c][1](j) for c in columns] for j in jobs]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(columns))]
     lines = []
     for row in [header, *rows]:
-        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
+        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])]
+        lines.append("  ".join([*cells, row[-1]]))
     return "\n".join(lines)

@@ -12,10 +12,12 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jobclient.client import Client
 from jobclient.errors import JobClientError
+
+if TYPE_CHECKING:  # grpc: not imported at jobctl's start (tests/jobclient/test_cli_imports.py)
+    from jobclient.client import Client
 
 RM_EPILOG = """\
 Deletes ended jobs: their records and their stored output, for good. A running job is refused

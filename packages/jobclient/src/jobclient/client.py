@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import datetime
 import inspect
 import sys
 import time
@@ -17,11 +18,21 @@ import grpc.aio
 from jobclient import _conversions as conv
 from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
 from jobclient._proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
-from jobclient.credentials import Credentials
+from jobclient.config import resolve
+from jobclient.credentials import Credentials, credentials_for
 from jobclient.errors import JobClientError, Unavailable, from_rpc_error
-from jobclient.models import Isolation, Job, JobState, Limits
+from jobclient.models import Isolation, Job, JobState, Limits, OutputChunk
 
-__all__ = ["DEFAULT_TARGET", "AsyncClient", "AsyncOutputStream", "Client", "OutputSink", "OutputStream"]
+__all__ = [
+    "DEFAULT_TARGET",
+    "AsyncClient",
+    "AsyncOutputChunkStream",
+    "AsyncOutputStream",
+    "Client",
+    "OutputChunkStream",
+    "OutputSink",
+    "OutputStream",
+]
 
 DEFAULT_TARGET = "localhost:50051"
 DEFAULT_TIMEOUT = 30.0
@@ -130,6 +141,30 @@ class _BaseClient:
         self.reconnect = reconnect
         """How long `wait`/`run` keep following a job while the server is unreachable (a restart)."""
 
+    @classmethod
+    def from_env(
+        cls,
+        *,
+        context: str | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        reconnect: float = RECONNECT_SECONDS,
+    ) -> Self:
+        """A client configured as `jobctl` is: `$JOBCTL_SERVER`, `$JOBCTL_USER` (+ `$JOBCTL_CERTS`) or
+        `$JOBCTL_CERT`/`$JOBCTL_KEY`/`$JOBCTL_CA`, `$JOBCTL_TLS_SERVER_NAME`, then the context
+        `context` (else `$JOBCTL_CONTEXT`, else `current-context`) of the config file `$JOBCTL_CONFIG`
+        (default ~/.config/jobctl/config.toml). See `jobclient.config`.
+
+        Raises ConfigError (bad file, unknown context, no identity) or CredentialsError.
+        """
+        settings = resolve(context=context)
+        return cls(
+            settings.target,
+            credentials=credentials_for(settings),
+            timeout=timeout,
+            reconnect=reconnect,
+            tls_server_name=settings.tls_server_name,
+        )
+
     def _channel_options(self) -> list[tuple[str, Any]]:
         if self.tls_server_name is None:
             return _CHANNEL_OPTIONS
@@ -149,11 +184,8 @@ class _BaseClient:
         return f"{type(self).__name__}({self.target!r}, credentials from {self.credentials.source or '?'})"
 
 
-class OutputStream(Iterator[bytes]):
-    """A job's output as an iterator of byte chunks. `close()` (or leaving a `with` block) cancels it.
-
-    `offset` is the offset just past the last byte returned: pass it to `output()` to resume.
-    """
+class _StreamCall:
+    """What OutputStream and OutputChunkStream share: the call, its cancel and the resume offset."""
 
     def __init__(self, call: Any, client: Client, job_id: str, offset: int) -> None:
         self._call = call
@@ -162,10 +194,7 @@ class OutputStream(Iterator[bytes]):
         self.job_id = job_id
         self.offset = offset
 
-    def __iter__(self) -> Self:
-        return self
-
-    def __next__(self) -> bytes:
+    def _next_response(self) -> pb.StreamOutputResponse:
         while True:
             try:
                 response: pb.StreamOutputResponse = next(self._call)
@@ -175,7 +204,7 @@ class OutputStream(Iterator[bytes]):
                 raise self._client._error(e, self.job_id) from e
             if response.data:
                 self.offset = response.offset + len(response.data)
-                return response.data
+                return response
 
     def close(self) -> None:
         """Stop streaming; safe to call more than once and from another thread."""
@@ -187,6 +216,29 @@ class OutputStream(Iterator[bytes]):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class OutputStream(_StreamCall, Iterator[bytes]):
+    """A job's output as an iterator of byte chunks. `close()` (or leaving a `with` block) cancels it.
+
+    `offset` is the offset just past the last byte returned: pass it to `output()` to resume.
+    """
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> bytes:
+        return self._next_response().data
+
+
+class OutputChunkStream(_StreamCall, Iterator[OutputChunk]):
+    """A job's output as `OutputChunk`s (data with its stream and time); otherwise as `OutputStream`."""
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> OutputChunk:
+        return conv.chunk_from_proto(self._next_response())
 
 
 class Client(_BaseClient):
@@ -289,13 +341,41 @@ class Client(_BaseClient):
             request.page_token = response.next_page_token
         raise JobClientError(f"the server sent more than {_MAX_PAGES} pages of jobs")
 
-    def output(self, job_id: str, *, offset: int = 0, follow: bool = True) -> OutputStream:
+    def output(
+        self,
+        job_id: str,
+        *,
+        offset: int = 0,
+        follow: bool = True,
+        stream: str | None = None,
+        since: datetime.datetime | float | None = None,
+        tail: int | None = None,
+    ) -> OutputStream:
         """The job's output from byte `offset`; with follow, until the job ends and all is sent.
 
+        `stream` ("stdout" or "stderr") keeps one stream only; `since` (an aware datetime or a Unix
+        time) starts at the first chunk written then or later; `tail` at the last N lines stored.
         Raises errors (JobNotFound, ...) when iterated.
         """
-        request = pb.StreamOutputRequest(job_id=job_id, offset=offset, follow=follow)
+        request = conv.output_request(job_id, offset, follow, stream=stream, since=since, tail=tail)
         return OutputStream(self._stub.StreamOutput(request), self, job_id, offset)
+
+    def output_chunks(
+        self,
+        job_id: str,
+        *,
+        offset: int = 0,
+        follow: bool = True,
+        stream: str | None = None,
+        since: datetime.datetime | float | None = None,
+        tail: int | None = None,
+    ) -> OutputChunkStream:
+        """As `output`, but each item is an `OutputChunk`: one write of the command with its stream
+        and time."""
+        request = conv.output_request(
+            job_id, offset, follow, stream=stream, since=since, tail=tail, annotate=True
+        )
+        return OutputChunkStream(self._stub.StreamOutput(request), self, job_id, offset)
 
     def wait(self, job_id: str, *, out: OutputSink | None = None, offset: int = 0) -> Job:
         """Copy the job's output from `offset` to `out` (default: stdout) until it ends; return the job."""
@@ -349,8 +429,8 @@ class Client(_BaseClient):
         self.close()
 
 
-class AsyncOutputStream(AsyncIterator[bytes]):
-    """A job's output as an async iterator of byte chunks; `aclose()` (or `async with`) cancels it."""
+class _AsyncStreamCall:
+    """What AsyncOutputStream and AsyncOutputChunkStream share (see _StreamCall)."""
 
     def __init__(self, call: Any, client: AsyncClient, job_id: str, offset: int) -> None:
         self._call = call
@@ -359,10 +439,7 @@ class AsyncOutputStream(AsyncIterator[bytes]):
         self.job_id = job_id
         self.offset = offset
 
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> bytes:
+    async def _next_response(self) -> Any:
         while True:
             try:
                 response: Any = await self._call.read()
@@ -379,7 +456,7 @@ class AsyncOutputStream(AsyncIterator[bytes]):
                 raise StopAsyncIteration
             if response.data:
                 self.offset = response.offset + len(response.data)
-                return bytes(response.data)
+                return response
 
     async def aclose(self) -> None:
         """Stop streaming; safe to call more than once."""
@@ -391,6 +468,26 @@ class AsyncOutputStream(AsyncIterator[bytes]):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+class AsyncOutputStream(_AsyncStreamCall, AsyncIterator[bytes]):
+    """A job's output as an async iterator of byte chunks; `aclose()` (or `async with`) cancels it."""
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return bytes((await self._next_response()).data)
+
+
+class AsyncOutputChunkStream(_AsyncStreamCall, AsyncIterator[OutputChunk]):
+    """The asyncio twin of `OutputChunkStream`."""
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> OutputChunk:
+        return conv.chunk_from_proto(await self._next_response())
 
 
 class AsyncClient(_BaseClient):
@@ -484,10 +581,35 @@ class AsyncClient(_BaseClient):
             request.page_token = response.next_page_token
         raise JobClientError(f"the server sent more than {_MAX_PAGES} pages of jobs")
 
-    def output(self, job_id: str, *, offset: int = 0, follow: bool = True) -> AsyncOutputStream:
+    def output(
+        self,
+        job_id: str,
+        *,
+        offset: int = 0,
+        follow: bool = True,
+        stream: str | None = None,
+        since: datetime.datetime | float | None = None,
+        tail: int | None = None,
+    ) -> AsyncOutputStream:
         """See `Client.output`; iterate with `async for`."""
-        request = pb.StreamOutputRequest(job_id=job_id, offset=offset, follow=follow)
+        request = conv.output_request(job_id, offset, follow, stream=stream, since=since, tail=tail)
         return AsyncOutputStream(self._stub.StreamOutput(request), self, job_id, offset)
+
+    def output_chunks(
+        self,
+        job_id: str,
+        *,
+        offset: int = 0,
+        follow: bool = True,
+        stream: str | None = None,
+        since: datetime.datetime | float | None = None,
+        tail: int | None = None,
+    ) -> AsyncOutputChunkStream:
+        """See `Client.output_chunks`; iterate with `async for`."""
+        request = conv.output_request(
+            job_id, offset, follow, stream=stream, since=since, tail=tail, annotate=True
+        )
+        return AsyncOutputChunkStream(self._stub.StreamOutput(request), self, job_id, offset)
 
     async def wait(self, job_id: str, *, out: OutputSink | None = None, offset: int = 0) -> Job:
         """See `Client.wait`; `out` may also be a coroutine function."""

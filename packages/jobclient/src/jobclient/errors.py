@@ -2,15 +2,20 @@
 
 All derive from `JobClientError`. Errors the server returns are mapped from their gRPC status code by
 `from_rpc_error` (the one place that knows the mapping) and carry the server's message.
+
+This module does not import grpc (codes are matched by name), so that jobctl can name these classes
+without paying for grpc's import in commands that never reach the network (`--help`, usage errors).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import grpc
+if TYPE_CHECKING:
+    import grpc
 
 __all__ = [
+    "ConfigError",
     "CredentialsError",
     "DeadlineExceeded",
     "FailedPrecondition",
@@ -39,6 +44,11 @@ class JobClientError(Exception):
 
 class CredentialsError(JobClientError):
     """A certificate or key file is missing, unreadable, malformed, or the key does not match."""
+
+
+class ConfigError(JobClientError):
+    """The client configuration is unusable: a bad config file, an unknown context, conflicting or
+    incomplete settings (see `jobclient.config`)."""
 
 
 class JobNotFound(JobClientError):
@@ -73,16 +83,17 @@ class ServerError(JobClientError):
     """The server failed (INTERNAL, UNKNOWN, or any status jobclient does not otherwise map)."""
 
 
-_BY_CODE: dict[grpc.StatusCode, type[JobClientError]] = {
-    grpc.StatusCode.NOT_FOUND: JobNotFound,
-    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
-    grpc.StatusCode.UNAUTHENTICATED: PermissionDenied,
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
-    grpc.StatusCode.OUT_OF_RANGE: InvalidArgument,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-    grpc.StatusCode.UNAVAILABLE: Unavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+_BY_CODE: dict[str, type[JobClientError]] = {
+    # gRPC status code name: exception
+    "NOT_FOUND": JobNotFound,
+    "PERMISSION_DENIED": PermissionDenied,
+    "UNAUTHENTICATED": PermissionDenied,
+    "INVALID_ARGUMENT": InvalidArgument,
+    "OUT_OF_RANGE": InvalidArgument,
+    "RESOURCE_EXHAUSTED": ResourceExhausted,
+    "FAILED_PRECONDITION": FailedPrecondition,
+    "UNAVAILABLE": Unavailable,
+    "DEADLINE_EXCEEDED": DeadlineExceeded,
 }
 
 
@@ -95,7 +106,7 @@ def from_rpc_error(error: grpc.RpcError, *, target: str, job_id: str | None = No
     call: Any = error  # every RpcError raised by a call is also a grpc.Call with code() and details()
     code: grpc.StatusCode = call.code()
     details: str = call.details() or ""
-    cls = _BY_CODE.get(code, ServerError)
+    cls = _BY_CODE.get(code.name, ServerError)
     if cls is Unavailable:
         message = f"cannot reach the job server at {target}: {details or 'unavailable'}"
         lowered = details.lower()

@@ -8,7 +8,7 @@ import math
 
 import attrs
 
-__all__ = ["Isolation", "Job", "JobState", "Limits", "ResourceUsage"]
+__all__ = ["Isolation", "Job", "JobState", "Limits", "OutputChunk", "ResourceUsage"]
 
 _UINT64_MAX = 2**64 - 1
 
@@ -153,3 +153,16 @@ class Job:
         if self.state is JobState.KILLED and self.signal is not None:
             return 128 + self.signal
         return None
+
+
+@attrs.frozen(kw_only=True)
+class OutputChunk:
+    """One piece of a job's output as the command wrote it (from `output_chunks`)."""
+
+    data: bytes
+    offset: int
+    """Offset of data's first byte in the job's whole (interleaved) output."""
+    stream: str | None
+    """"stdout" or "stderr" (None when the server did not say)."""
+    time: datetime.datetime | None
+    """When the job's supervisor read it from the command (UTC)."""

@@ -152,15 +152,22 @@ def spec_from_args(args: argparse.Namespace, owner: str = "local") -> JobSpec:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad options exit 125 (jobcore itself failed), as the help promises, not argparse's 2."""
+
+    def error(self, message: str) -> NoReturn:
+        _fail(f"{message} (see `{self.prog} --help`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m jobcore",
         description="Run a command as an isolated, resource-limited job on this machine, or probe it.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  python -m jobcore run -- echo hello\n  python -m jobcore probe --json",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="action", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="action", required=True, metavar="COMMAND", parser_class=_Parser)
     run = sub.add_parser(
         "run",
         help="run CMD as a job, stream its output, exit with its status",
@@ -238,12 +245,12 @@ def _run(args: argparse.Namespace) -> int:
     if command and command[0] == "--":
         command = command[1:]
     if not command:
-        _fail("no command given: python -m jobcore run [OPTIONS] -- CMD [ARG...]", 2)
+        _fail("no command given: python -m jobcore run [OPTIONS] -- CMD [ARG...]")
     args.command = command
     try:
         spec = spec_from_args(args)
     except JobError as exc:
-        _fail(str(exc), 2)
+        _fail(str(exc))
     temporary = args.state_dir is None
     state_dir = args.state_dir or tempfile.mkdtemp(prefix="jobcore-run-")
     try:

@@ -14,6 +14,7 @@ import errno
 import fcntl
 import os
 import struct
+import threading
 import time
 from pathlib import Path
 
@@ -139,3 +140,251 @@ def read_index(directory: Path) -> list[tuple[int, int, int, int]]:
         return []
     usable = len(data) - len(data) % INDEX_RECORD.size
     return [INDEX_RECORD.unpack_from(data, i) for i in range(0, usable, INDEX_RECORD.size)]
+
+
+# ---------------------------------------------------------------------------- annotated reading
+# What `jobctl logs --stderr/--since/--tail/-t` need: the payload cut at its index records, each piece
+# with its stream and time. The index is written just after the payload (once per round of the
+# shim's loop), so these readers follow the index, never the payload: bytes are sent once their
+# record is on disk.
+
+#: Read the index this many records at a time (memory per reader stays bounded).
+_INDEX_BLOCK = 4096
+#: Largest piece of one record returned at once.
+PIECE_BYTES = 256 * 1024
+#: Any stream (the default filter), or no data at all (the reader then only waits for the job's end).
+ANY_STREAM = 0
+NO_STREAM = -1
+
+
+def _records(data: bytes) -> list[tuple[int, int, int, int]]:
+    usable = len(data) - len(data) % INDEX_RECORD.size
+    return [INDEX_RECORD.unpack_from(data, i) for i in range(0, usable, INDEX_RECORD.size)]
+
+
+#: A chunk written up to this long before a `since` time still counts as written at it: clients get
+#: times as a double of Unix seconds (about 0.24 us apart at today's dates) and as microsecond
+#: datetimes, so "since the time of that chunk" must include that chunk whatever the rounding.
+SINCE_SLACK_NS = 2000
+
+
+def _at_or_after(time_ns: int, since_ns: int) -> bool:
+    return time_ns >= since_ns - SINCE_SLACK_NS
+
+
+def first_offset_since(directory: Path, since_ns: int) -> int | None:
+    """The offset of the first chunk written at or after `since_ns` (Unix ns, within SINCE_SLACK_NS),
+    or None if there is none yet."""
+    try:
+        f = (directory / OUTPUT_INDEX).open("rb")
+    except FileNotFoundError:
+        return None
+    with f:
+        while block := f.read(INDEX_RECORD.size * _INDEX_BLOCK):
+            for offset, _length, _stream, time_ns in _records(block):
+                if _at_or_after(time_ns, since_ns):
+                    return offset
+    return None
+
+
+def tail_offset(directory: Path, lines: int, stream: int = ANY_STREAM) -> int:
+    """Where the last `lines` lines of the stored output (of `stream` only, unless ANY_STREAM) begin.
+
+    A newline that ends the output does not start another line (as `tail -n`). 0 lines: the end.
+    """
+    try:
+        idx = (directory / OUTPUT_INDEX).open("rb")
+    except FileNotFoundError:
+        return 0
+    with idx, (directory / OUTPUT).open("rb") as out:
+        size = idx.seek(0, os.SEEK_END)
+        end = size - size % INDEX_RECORD.size
+        start = 0
+        newlines = 0
+        last_byte = True
+        while end > 0:
+            begin = max(0, end - INDEX_RECORD.size * _INDEX_BLOCK)
+            idx.seek(begin)
+            records = _records(idx.read(end - begin))
+            end = begin
+            for offset, length, record_stream, _time_ns in reversed(records):
+                if stream not in (ANY_STREAM, record_stream):
+                    continue
+                if lines == 0:
+                    return offset + length
+                position = offset + length
+                while position > offset:  # this record's bytes, backwards, a block at a time
+                    block_start = max(offset, position - PIECE_BYTES)
+                    out.seek(block_start)
+                    data = out.read(position - block_start)
+                    cut = len(data)
+                    if last_byte:
+                        last_byte = False
+                        if data.endswith(b"\n"):
+                            cut -= 1
+                    while (found := data.rfind(b"\n", 0, cut)) >= 0:
+                        newlines += 1
+                        if newlines == lines:
+                            return block_start + found + 1
+                        cut = found
+                    position = block_start
+                start = offset  # fewer lines than asked so far: from this record on
+        return start
+
+
+class IndexedOutputReader:
+    """A job's output from `offset` as (offset, data, stream, time_ns) pieces cut at index records.
+
+    `stream` keeps one stream's pieces only (STDOUT, STDERR; ANY_STREAM for both; NO_STREAM for
+    none: the iteration then just ends with the job). `since_ns` skips pieces written earlier (by more
+    than SINCE_SLACK_NS), up to the first that is not. With
+    `follow`, waits for new records (inotify on the job's directory) until the job has ended (its
+    exit record exists) and every record was read. `close()`, from any thread, ends the iteration.
+    Holds two file descriptors, an inotify instance, a wake-up pipe and at most one block of records.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        offset: int = 0,
+        *,
+        follow: bool = True,
+        stream: int = ANY_STREAM,
+        since_ns: int | None = None,
+    ) -> None:
+        from jobcore import linux
+        from jobcore.jobdir import EXIT
+
+        self._dir = directory
+        self._exit = directory / EXIT
+        self.offset = offset
+        self._follow = follow
+        self._stream = stream
+        self._since_ns = since_ns
+        self._closed = False
+        self._busy = False
+        self._lock = threading.Lock()
+        self._pending: list[tuple[int, int, int, int]] = []
+        self._index_pos = 0
+        self._fds: list[int] = []
+        self._inotify: linux.Inotify | None = linux.Inotify()
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        # Watch before the first read, so no record written in between goes unnoticed.
+        self._inotify.add_watch(str(directory), linux.IN_MODIFY | linux.IN_MOVED_TO | linux.IN_CREATE)
+        self._idx = self._open(OUTPUT_INDEX)
+        self._out = self._open(OUTPUT)
+
+    def _open(self, name: str) -> int:
+        try:
+            fd = os.open(self._dir / name, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return -1
+        self._fds.append(fd)
+        return fd
+
+    def __iter__(self) -> IndexedOutputReader:
+        return self
+
+    def _refill(self) -> bool:
+        """Read the next block of records; False when there is none yet."""
+        if self._idx < 0:
+            self._idx = self._open(OUTPUT_INDEX)
+            self._out = self._open(OUTPUT) if self._out < 0 else self._out
+            if self._idx < 0:
+                return False
+        data = os.pread(self._idx, INDEX_RECORD.size * _INDEX_BLOCK, self._index_pos)
+        records = _records(data)
+        self._index_pos += len(records) * INDEX_RECORD.size
+        self._pending = records[::-1]  # popped from the end
+        return bool(records)
+
+    def _next_piece(self) -> tuple[int, bytes, int, int] | None:
+        while self._pending or self._refill():
+            offset, length, stream, time_ns = self._pending[-1]
+            end = offset + length
+            if end <= self.offset or self._stream not in (ANY_STREAM, stream):
+                self._pending.pop()
+                continue
+            if self._since_ns is not None:
+                if not _at_or_after(time_ns, self._since_ns):
+                    self._pending.pop()
+                    continue
+                self._since_ns = None  # from the first piece at or after `since` on, everything
+            start = max(offset, self.offset)
+            data = os.pread(self._out, min(end - start, PIECE_BYTES), start) if self._out >= 0 else b""
+            if not data:  # cannot happen while the payload precedes its record; do not spin on it
+                self._pending.pop()
+                continue
+            self.offset = start + len(data)
+            if self.offset >= end:
+                self._pending.pop()
+            return start, data, stream, time_ns
+        return None
+
+    def _wait(self) -> None:
+        import select
+
+        assert self._inotify is not None
+        select.select([self._inotify.fd, self._wake_r], [], [])
+        for _event in self._inotify.read_events():
+            pass
+
+    def __next__(self) -> tuple[int, bytes, int, int]:
+        with self._lock:
+            if self._closed:
+                raise StopIteration
+            self._busy = True
+        try:
+            while not self.closed:
+                ended = self._exit.exists()  # before reading: once it exists, the index is complete
+                piece = self._next_piece()
+                if piece is not None:
+                    return piece
+                if ended or not self._follow:
+                    break
+                self._wait()
+        finally:
+            with self._lock:
+                self._busy = False
+                done = self.closed
+            if done:
+                self._release()
+        self.close()
+        raise StopIteration
+
+    @property
+    def closed(self) -> bool:
+        """True once `close()` was called (another thread may call it at any time)."""
+        return self._closed
+
+    def close(self) -> None:
+        """End the iteration and release everything; safe from any thread, idempotent.
+
+        While another thread is inside `next()`, that thread releases the files once woken."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            busy = self._busy
+        if busy:
+            os.write(self._wake_w, b"x")
+        else:
+            self._release()
+
+    def _release(self) -> None:
+        with self._lock:
+            fds, self._fds = self._fds, []
+            if self._wake_r >= 0:
+                fds += [self._wake_r, self._wake_w]
+                self._wake_r = self._wake_w = -1
+            inotify, self._inotify = self._inotify, None
+        for fd in fds:
+            os.close(fd)
+        if inotify is not None:
+            inotify.close()
+
+    def __enter__(self) -> IndexedOutputReader:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

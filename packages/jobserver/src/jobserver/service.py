@@ -7,16 +7,19 @@ raised `RpcStatusError`s and jobcore errors into statuses. Requests are translat
 
 from __future__ import annotations
 
+import errno
+import math
 import os
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 
 from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
 from jobclient._proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
-from jobcore import jobdir
+from jobcore import jobdir, output_log
 from jobcore.errors import JobNotFound
 from jobcore.spec import RunAs
 from jobserver import convert, listing
@@ -175,6 +178,9 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
             raise RpcStatusError(
                 grpc.StatusCode.DATA_LOSS, f"the output file of job {job_id} is missing from the server"
             )
+        if _selects_by_index(request):
+            yield from self._stream_by_index(job_id, request, context)
+            return
         try:
             reader = self._worker.output(job_id, offset=offset, follow=request.follow)
         except JobNotFound:
@@ -213,3 +219,68 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
     def _output_present(self, job_id: str) -> bool:
         """Whether the job's output file is in the Worker's state directory (jobcore's layout)."""
         return os.path.lexists(os.path.join(self._worker.state_dir, job_id, jobdir.OUTPUT))
+
+    def _stream_by_index(
+        self, job_id: str, request: pb.StreamOutputRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.StreamOutputResponse]:
+        """StreamOutput with a stream filter, a start time, a tail or annotations: the output read
+        through its index (jobcore.output_log), one response per chunk the command wrote."""
+        directory = Path(self._worker.state_dir) / job_id
+        stream = _STREAM_FILTERS.get(request.stream)
+        if stream is None:
+            raise invalid(f"unknown output stream {request.stream}")
+        if request.HasField("since") and not math.isfinite(request.since):
+            raise invalid(f"since must be a finite Unix time, got {request.since}")
+        offset = request.offset
+        if request.HasField("tail_lines"):
+            tail_stream = output_log.ANY_STREAM if stream == output_log.NO_STREAM else stream
+            offset = max(offset, output_log.tail_offset(directory, request.tail_lines, tail_stream))
+        since_ns = round(request.since * 1e9) if request.HasField("since") else None
+        try:
+            reader = output_log.IndexedOutputReader(
+                directory, offset, follow=request.follow, stream=stream, since_ns=since_ns
+            )
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOSPC, errno.ENOMEM):
+                raise
+            # Each indexed stream holds an inotify instance: the kernel caps them per user
+            # (fs.inotify.max_user_instances, 128 by default), besides the fd limits.
+            raise RpcStatusError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the server cannot open another filtered output stream now ({exc.strerror}); "
+                "retry later, or stream without --stdout/--stderr/--since/--tail/-t",
+            ) from None
+        try:
+            self.streams.add(reader)
+            if not context.add_callback(reader.close):
+                reader.close()
+            for start, data, chunk_stream, time_ns in reader:
+                yield pb.StreamOutputResponse(
+                    data=data,
+                    offset=start,
+                    stream=_STREAM_NAMES.get(chunk_stream, pb.OUTPUT_STREAM_UNSPECIFIED),
+                    time=time_ns / 1e9,
+                )
+            if self.streams.closed and context.is_active():
+                raise RpcStatusError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"the server is shutting down; resume from offset {reader.offset}",
+                )
+        finally:
+            self.streams.remove(reader)
+            reader.close()
+
+
+def _selects_by_index(request: pb.StreamOutputRequest) -> bool:
+    return bool(
+        request.stream or request.annotate or request.HasField("since") or request.HasField("tail_lines")
+    )
+
+
+_STREAM_FILTERS = {
+    pb.OUTPUT_STREAM_UNSPECIFIED: output_log.ANY_STREAM,
+    pb.OUTPUT_STREAM_STDOUT: output_log.STDOUT,
+    pb.OUTPUT_STREAM_STDERR: output_log.STDERR,
+    pb.OUTPUT_STREAM_NONE: output_log.NO_STREAM,
+}
+_STREAM_NAMES = {output_log.STDOUT: pb.OUTPUT_STREAM_STDOUT, output_log.STDERR: pb.OUTPUT_STREAM_STDERR}

@@ -24,6 +24,13 @@ class ListScope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LIST_SCOPE_OWN: _ClassVar[ListScope]
     LIST_SCOPE_ALL: _ClassVar[ListScope]
     LIST_SCOPE_USER: _ClassVar[ListScope]
+
+class OutputStreamName(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OUTPUT_STREAM_UNSPECIFIED: _ClassVar[OutputStreamName]
+    OUTPUT_STREAM_STDOUT: _ClassVar[OutputStreamName]
+    OUTPUT_STREAM_STDERR: _ClassVar[OutputStreamName]
+    OUTPUT_STREAM_NONE: _ClassVar[OutputStreamName]
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_RUNNING: JobState
 JOB_STATE_EXITED: JobState
@@ -34,6 +41,10 @@ LIST_SCOPE_UNSPECIFIED: ListScope
 LIST_SCOPE_OWN: ListScope
 LIST_SCOPE_ALL: ListScope
 LIST_SCOPE_USER: ListScope
+OUTPUT_STREAM_UNSPECIFIED: OutputStreamName
+OUTPUT_STREAM_STDOUT: OutputStreamName
+OUTPUT_STREAM_STDERR: OutputStreamName
+OUTPUT_STREAM_NONE: OutputStreamName
 
 class Limits(_message.Message):
     __slots__ = ("cpu", "memory_bytes", "pids", "io_read_bps", "io_write_bps", "io_read_iops", "io_write_iops")
@@ -207,22 +218,34 @@ class ListJobsResponse(_message.Message):
     def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class StreamOutputRequest(_message.Message):
-    __slots__ = ("job_id", "offset", "follow")
+    __slots__ = ("job_id", "offset", "follow", "stream", "annotate", "since", "tail_lines")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    ANNOTATE_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    TAIL_LINES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     offset: int
     follow: bool
-    def __init__(self, job_id: _Optional[str] = ..., offset: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
+    stream: OutputStreamName
+    annotate: bool
+    since: float
+    tail_lines: int
+    def __init__(self, job_id: _Optional[str] = ..., offset: _Optional[int] = ..., follow: _Optional[bool] = ..., stream: _Optional[_Union[OutputStreamName, str]] = ..., annotate: _Optional[bool] = ..., since: _Optional[float] = ..., tail_lines: _Optional[int] = ...) -> None: ...
 
 class StreamOutputResponse(_message.Message):
-    __slots__ = ("data", "offset")
+    __slots__ = ("data", "offset", "stream", "time")
     DATA_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     offset: int
-    def __init__(self, data: _Optional[bytes] = ..., offset: _Optional[int] = ...) -> None: ...
+    stream: OutputStreamName
+    time: float
+    def __init__(self, data: _Optional[bytes] = ..., offset: _Optional[int] = ..., stream: _Optional[_Union[OutputStreamName, str]] = ..., time: _Optional[float] = ...) -> None: ...
 
 class DeleteJobRequest(_message.Message):
     __slots__ = ("job_id",)

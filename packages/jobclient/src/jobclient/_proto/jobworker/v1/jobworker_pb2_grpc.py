@@ -111,7 +111,8 @@ class JobWorkerServicer:
     def StreamOutput(self, request, context):
         """The job's output (stdout and stderr interleaved in arrival order) from a byte offset. With follow,
         the stream goes on with new output as it is produced and ends once the job has ended and every byte
-        was sent; without, it ends at the output stored so far.
+        was sent; without, it ends at the output stored so far. The request may also select one stream,
+        a start time or the last lines, and ask for each chunk's stream and time (see the request).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

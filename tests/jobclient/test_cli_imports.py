@@ -1,0 +1,148 @@
+"""What jobctl imports (issue 14): a CLI started for every command must not load what it does not use.
+
+Each test runs a fresh interpreter and compares `sys.modules` against an allow-list, so that a new
+`import asyncio` (or attrs, grpc, cattrs, importlib.metadata...) on the CLI path fails here, with the
+module named. Timing is not asserted (bench/cli_startup.py measures it); the module set is what makes
+the time, and it does not depend on the machine's load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from fake_jobworker import CERTS, FakeServer
+
+#: Everything `import jobclient.cli` may add to a bare interpreter: argparse and what it needs, the
+#: small jobclient modules that parse options and settings. No grpc, protobuf, attrs, cattrs, asyncio,
+#: ssl, pathlib, importlib.metadata, json or tomllib.
+IMPORT_ALLOWED = {
+    "__future__",
+    "_collections",
+    "_functools",
+    "_operator",
+    "_sre",
+    "_typing",
+    "argparse",
+    "collections",
+    "collections.abc",
+    "contextlib",
+    "copyreg",
+    "enum",
+    "functools",
+    "gettext",
+    "importlib",
+    "importlib._bootstrap",
+    "importlib._bootstrap_external",
+    "itertools",
+    "keyword",
+    "operator",
+    "re",
+    "re._casefix",
+    "re._compiler",
+    "re._constants",
+    "re._parser",
+    "reprlib",
+    "signal",
+    "types",
+    "typing",
+    "typing.io",
+    "typing.re",
+    "warnings",
+    "jobclient",
+    "jobclient._version",
+    "jobclient.cli",
+    "jobclient.cli_removal",  # rm and prune: argparse only until they run
+    "jobclient.config",
+    "jobclient.errors",
+    "jobclient.units",
+}
+#: `jobctl --help` also sizes its text to the terminal (argparse uses shutil.get_terminal_size).
+HELP_ALSO_ALLOWED = {"shutil", "fnmatch", "posixpath", "errno", "zlib", "bz2", "_bz2", "_compression",
+                     "lzma", "_lzma", "pwd", "grp", "textwrap", "_locale", "locale", "encodings.idna",
+                     "stringprep", "unicodedata"}  # fmt: skip
+#: Never on the `start` path: jobctl's start needs the SDK, grpc and the generated code, but not the
+#: JSON converter (cattrs), the package metadata machinery, TOML without a config file, or pathlib
+#: (credentials and config use os.path: nothing else there imports pathlib).
+START_FORBIDDEN = {
+    "cattrs",
+    "importlib.metadata",
+    "jobclient._json",
+    "tomllib",
+    "email",
+    "zipfile",
+    "pathlib",
+}
+
+_PROBE = """
+import sys
+before = set(sys.modules)
+{body}
+loaded = sorted(set(sys.modules) - before)
+import json
+sys.stderr.write("MODULES " + json.dumps(loaded) + "\\n")
+"""
+
+
+def _loaded(
+    body: str, env: dict[str, str] | None = None
+) -> tuple[set[str], subprocess.CompletedProcess[str]]:
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE.format(body=body)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    line = next((x for x in done.stderr.splitlines() if x.startswith("MODULES ")), None)
+    assert line is not None, done.stderr
+    return set(json.loads(line.removeprefix("MODULES "))), done
+
+
+def _unexpected(loaded: set[str], allowed: set[str]) -> list[str]:
+    # C accelerator modules of allowed modules (`_heapq` for `heapq`) count as the module itself.
+    return sorted(m for m in loaded if m not in allowed and m.lstrip("_") not in allowed)
+
+
+def test_importing_the_cli_loads_only_the_allow_list() -> None:
+    loaded, _ = _loaded("import jobclient.cli")
+    assert _unexpected(loaded, IMPORT_ALLOWED) == [], "import jobclient.cli loads modules it must not"
+    assert {"jobclient.cli", "argparse"} <= loaded  # the probe measures what it claims to
+
+
+def test_jobctl_help_loads_no_grpc_attrs_or_asyncio() -> None:
+    loaded, done = _loaded(
+        "from jobclient.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass"
+    )
+    assert "usage: jobctl" in done.stdout
+    assert _unexpected(loaded, IMPORT_ALLOWED | HELP_ALSO_ALLOWED) == []
+
+
+@pytest.mark.parametrize("forbidden", ["asyncio", "attrs", "grpc", "cattrs"])
+def test_the_allow_list_check_catches_a_new_import(forbidden: str) -> None:
+    # The check itself can fail: an import added to the CLI path is reported by name.
+    loaded, _ = _loaded(f"import jobclient.cli\nimport {forbidden}")
+    assert forbidden in _unexpected(loaded, IMPORT_ALLOWED)
+
+
+def test_jobctl_start_loads_no_json_converter_metadata_or_toml() -> None:
+    server = FakeServer()
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("JOBCTL_", "GRPC_"))}
+        env.update(
+            JOBCTL_SERVER=server.target,
+            JOBCTL_USER="alice",
+            JOBCTL_CERTS=str(CERTS),
+            JOBCTL_CONFIG="/nonexistent/jobctl.toml",
+        )
+        loaded, done = _loaded("from jobclient.cli import main\ncode = main(['start', '--', 'true'])", env)
+    finally:
+        server.stop()
+    assert len(server.servicer.calls("StartJob")) == 1, done.stderr  # it did start a job
+    assert sorted(loaded & START_FORBIDDEN) == []
+    assert not any(m.startswith("jobclient._json") or m.startswith("cattrs") for m in loaded)
