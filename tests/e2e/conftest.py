@@ -53,3 +53,9 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
         finally:
             server.terminate()
             kill_job_processes(server.state_dir / "jobs")
+
+
+@pytest.fixture
+def server(start_server: Callable[..., ServerProcess]) -> ServerProcess:
+    """One jobserver with the default settings (a module may define its own `server`)."""
+    return start_server()

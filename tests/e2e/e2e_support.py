@@ -364,3 +364,9 @@ def mint_client_cert(work_dir: Path, name: str, role: str = "user") -> tuple[Pat
     ):  # fmt: skip
         subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
     return cert, key
+
+
+def ok(result: subprocess.CompletedProcess[bytes]) -> bytes:
+    """A jobctl run's stdout, once it is known to have succeeded."""
+    assert result.returncode == 0, (result.returncode, result.stderr.decode(errors="replace"))
+    return result.stdout

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from e2e_support import (
     assert_one_line_diagnostic,
     jobctl,
     needs_root,
+    ok,
     popen_jobctl,
     seq_output,
     wait_for,
@@ -51,16 +51,6 @@ JOB_FIELDS = {
     "cwd",
     "exit_status",
 }
-
-
-@pytest.fixture
-def server(start_server: Callable[..., ServerProcess]) -> ServerProcess:
-    return start_server()
-
-
-def ok(result: subprocess.CompletedProcess[bytes]) -> bytes:
-    assert result.returncode == 0, (result.returncode, result.stderr.decode(errors="replace"))
-    return result.stdout
 
 
 def start(server: ServerProcess, user: str, *command: str) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import CERTS, JOBCTL, ServerProcess, jobctl, jobctl_env, needs_root, wait_for
+from e2e_support import CERTS, JOBCTL, ServerProcess, jobctl, jobctl_env, needs_root, ok, wait_for
 
 pytestmark = needs_root
 
@@ -30,16 +30,6 @@ TWO_STREAMS = (
     "printf 'a\\nb\\nc\\n'; echo err3 >&2"
 )
 STAMP = re.compile(rb"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) (.*)$")
-
-
-@pytest.fixture
-def server(start_server: Callable[..., ServerProcess]) -> ServerProcess:
-    return start_server()
-
-
-def ok(result: subprocess.CompletedProcess[bytes]) -> bytes:
-    assert result.returncode == 0, (result.returncode, result.stderr.decode(errors="replace"))
-    return result.stdout
 
 
 def start(server: ServerProcess, *command: str, user: str = "alice") -> str:

@@ -705,6 +705,10 @@ class Worker:
             job.handle(self.controller).destroy()
         except Exception as exc:
             log.warning("cleanup of vanished job %s: %s", job.id, exc)
+        self._ended(job)
+
+    def _ended(self, job: _Job) -> None:
+        """A job's end is known: stop watching it, wake its waiters, tell the callback."""
         self._unwatch(job)
         job.bump()
         if self._on_job_ended is not None:
@@ -849,13 +853,7 @@ class Worker:
                         job.run = jobdir.read_json(job.dir / jobdir.RUN)
                     job.exit = recorded
             if job.exit is not None:
-                self._unwatch(job)
-                job.bump()
-                if self._on_job_ended is not None:
-                    try:
-                        self._on_job_ended(self._status(job))
-                    except Exception:
-                        log.exception("on_job_ended callback failed for job %s", job.id)
+                self._ended(job)
                 return
         if job.run is None:
             job.run = jobdir.read_json(job.dir / jobdir.RUN)
