@@ -57,7 +57,10 @@ def _serve(config: ServerConfig) -> int:
         log.error("cannot start", error=str(exc))
         print(f"jobserver: error: {exc}", file=sys.stderr)
         return 1
-    while not stop.wait(3600):
+    # Python runs signal handlers in the main thread only, between bytecodes: a signal the kernel gave
+    # to another thread (gRPC's, the Worker's) waits until this loop comes round, so it comes round
+    # every second (a SIGHUP was seen to wait more than 10 s under load with a one-hour wait).
+    while not stop.wait(1.0):
         pass
     log.info("shutting down", signal=received[0] if received else None, grace=config.shutdown_grace_seconds)
     server.stop()
