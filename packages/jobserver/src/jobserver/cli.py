@@ -57,9 +57,9 @@ def _serve(config: ServerConfig) -> int:
         log.error("cannot start", error=str(exc))
         print(f"jobserver: error: {exc}", file=sys.stderr)
         return 1
-    # Python runs signal handlers in the main thread only, between bytecodes: a signal the kernel gave
-    # to another thread (gRPC's, the Worker's) waits until this loop comes round, so it comes round
-    # every second (a SIGHUP was seen to wait more than 10 s under load with a one-hour wait).
+    # Python runs signal handlers in the main thread only, between bytecodes; a main thread parked in
+    # a one-hour wait may run them late (a SIGHUP once went unlogged for 10 s under load), so it
+    # comes round every second: any signal is handled within about a second.
     while not stop.wait(1.0):
         pass
     log.info("shutting down", signal=received[0] if received else None, grace=config.shutdown_grace_seconds)
