@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import attrs
 import grpc
@@ -165,6 +166,11 @@ def client_loop(target: str, user: str, rng: random.Random, deadline: float, tal
                     tally.error("a stream helper thread did not finish")
 
 
+def refused_streams(streams: list[Any]) -> int:
+    """How many of the streams the server has refused (RESOURCE_EXHAUSTED) so far."""
+    return sum(1 for s in streams if s.done() and s.code() == grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
 def flood_loop(target: str, cert: Path, key: Path, deadline: float, tally: Tally) -> None:
     """Mallory's rounds of 300 StopJob(grace=20) and 300 follow streams at once, until `deadline`."""
     credentials = grpc.ssl_channel_credentials(
@@ -188,8 +194,10 @@ def flood_loop(target: str, cert: Path, key: Path, deadline: float, tally: Tally
                     error = call.exception(timeout=120)
                     if error is not None and error.code() not in allowed:
                         tally.error(f"mallory's StopJob: {error.code()} {error.details()}")
-                exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
-                refused = sum(1 for s in streams if s.done() and s.code() == exhausted)
+                # The refusals come as the server reaches the calls: under load, give it time.
+                until = time.monotonic() + 30
+                while not (refused := refused_streams(streams)) and time.monotonic() < until:
+                    time.sleep(0.1)
                 for stream in streams:
                     stream.cancel()
                 tally.count("flood rounds")

@@ -16,6 +16,9 @@ from jobcore import jobdir, linux
 
 CONTROLLER = os.environ.get("JOBCORE_TEST_CONTROLLER", "auto")
 IS_ROOT = os.geteuid() == 0
+#: A python a sandboxed job can run wherever the checkout is: this venv's may be under the host's
+#: /tmp (which a job's private /tmp hides) or link into root's 0700 pyenv.
+JOB_PYTHON = "/usr/bin/python3"
 
 requires_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (namespaces and cgroups)")
 

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from jobcore_testing import CONTROLLER, requires_root
+from jobcore_testing import CONTROLLER, JOB_PYTHON, requires_root
 
 pytestmark = requires_root
 
@@ -23,7 +23,7 @@ def jobcore(*args: str, **kwargs: object) -> subprocess.CompletedProcess[bytes]:
 
 def test_run_streams_output_byte_for_byte_and_exits_with_the_jobs_code() -> None:
     script = "import sys; sys.stdout.buffer.write(bytes(range(256))); sys.exit(5)"
-    result = jobcore("run", "--controller", CONTROLLER, "--", sys.executable, "-c", script)
+    result = jobcore("run", "--controller", CONTROLLER, "--", JOB_PYTHON, "-c", script)
     assert result.stdout == bytes(range(256))
     assert result.returncode == 5
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from jobcore_testing import CONTROLLER, cgroup_dirs, job_pids, requires_root, wait_until
+from jobcore_testing import CONTROLLER, JOB_PYTHON, cgroup_dirs, job_pids, requires_root, wait_until
 
 from jobcore import JobSpec, JobState, Limits, StateError, Worker, WorkerError, jobdir
 
@@ -55,7 +55,7 @@ def test_stdout_and_stderr_keep_their_order_of_arrival(worker: Worker) -> None:
 def test_binary_output_is_kept_byte_for_byte(worker: Worker) -> None:
     payload = bytes(range(256)) * 64 + b"\x00\xff\xfe invalid utf-8 \xc3\x28 \x00"
     script = f"import sys; sys.stdout.buffer.write({payload!r}); sys.stderr.buffer.write(b'\\x00err')"
-    out, status = run_to_end(worker, [sys.executable, "-c", script])
+    out, status = run_to_end(worker, [JOB_PYTHON, "-c", script])
     assert status.exit_code == 0
     assert out[: len(payload)] == payload or out.endswith(payload)
     assert sorted([out]) and len(out) == len(payload) + 4

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from jobcore_testing import requires_root, wait_until
+from jobcore_testing import JOB_PYTHON, requires_root, wait_until
 
 from jobcore import Isolation, JobSpec, JobState, Worker
 
@@ -79,7 +79,7 @@ def test_a_tcp_server_and_client_work_on_loopback_inside(worker: Worker) -> None
         "c = socket.create_connection(s.getsockname(), timeout=5); a, _ = s.accept()\n"
         "c.sendall(b'ping'); print(a.recv(4).decode())\n"
     )
-    out, status = run(worker, [sys.executable, "-c", script])
+    out, status = run(worker, [JOB_PYTHON, "-c", script])
     assert status.exit_code == 0, out  # type: ignore[attr-defined]
     assert out == b"ping\n"
 
@@ -100,10 +100,10 @@ def test_there_is_no_route_out(worker: Worker) -> None:
             f" socket.create_connection(('{host_ip}', {port}), timeout=3)\n print('connected')\n"
             "except OSError as e:\n print('refused', e.errno)\n"
         )
-        out, _ = run(worker, [sys.executable, "-c", script])
+        out, _ = run(worker, [JOB_PYTHON, "-c", script])
         assert out.startswith(b"refused"), out
         # The same connection from the host network works (so the test can tell the difference).
-        out, _ = run(worker, [sys.executable, "-c", script], isolation=Isolation(net=False))
+        out, _ = run(worker, [JOB_PYTHON, "-c", script], isolation=Isolation(net=False))
         assert out == b"connected\n"
     finally:
         listener.close()
