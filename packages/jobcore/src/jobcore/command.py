@@ -90,7 +90,7 @@ def enter_job(spec: dict[str, Any], handle: Handle) -> None:
 
 
 def spawn_command(spec: dict[str, Any], handle: Handle, out_w: int, err_w: int) -> subprocess.Popen[bytes]:
-    """Fork and exec the command with `_enter_job` run in between. The shim is single-threaded, so
+    """Fork and exec the command with `enter_job` run in between. The shim is single-threaded, so
     running Python in the forked child is safe here. Raises StartError with the OS error."""
     error_r, error_w = os.pipe2(os.O_CLOEXEC)
 
