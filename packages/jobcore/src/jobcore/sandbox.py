@@ -42,6 +42,11 @@ _NO_GID = 2**32 - 2
 LAST_CAP = linux.last_capability()
 
 
+def is_within(path: str, root: str) -> bool:
+    """`path` is `root` or lies below it (both absolute and normalized)."""
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
 class SandboxError(Exception):
     """A sandbox step failed; the message says which and why."""
 
@@ -142,7 +147,7 @@ def _check_opened_cwd(fd: int, cwd: str, hidden: Sequence[str]) -> None:
     if real != cwd:
         raise SandboxError(f"the working directory {cwd} is now {real}: it changed since the job was started")
     for path in hidden:
-        if real == path or real.startswith(path.rstrip("/") + "/"):
+        if is_within(real, path):
             raise SandboxError(f"the working directory {cwd} leads into {path}, which jobs may not see")
 
 
@@ -166,7 +171,7 @@ def _hide(paths: Sequence[str], scratch_fd: int | None, scratch: str | None) -> 
     scratch directory, which lives under the state directory, is then bound back at its own path."""
     hidden_dirs: list[str] = []
     for path in sorted(set(paths), key=len):
-        if any(path == d or path.startswith(d.rstrip("/") + "/") for d in hidden_dirs):
+        if any(is_within(path, d) for d in hidden_dirs):
             continue  # under a directory already hidden
         try:
             st = os.stat(path)

@@ -34,6 +34,7 @@ from jobcore.errors import (
     StopTimeout,
     WorkerError,
 )
+from jobcore.sandbox import is_within
 from jobcore.spec import JobSpec, Limits, RunAs
 from jobcore.status import JobState, JobStatus, ResourceUsage
 
@@ -414,10 +415,10 @@ class Worker:
         except OSError as exc:
             raise InvalidSpec(f"cwd {cwd!r} cannot be resolved: {exc.strerror or exc}") from None
         for kernel in ("/proc", "/sys", "/dev"):
-            if (real == kernel or real.startswith(kernel + "/")) and real != "/dev/shm":
+            if is_within(real, kernel) and real != "/dev/shm":
                 raise InvalidSpec(f"cwd {cwd!r} is on {kernel}: give a directory of a real file system")
         for hidden in self.hidden_paths:
-            if real == hidden or real.startswith(hidden.rstrip("/") + "/"):
+            if is_within(real, hidden):
                 raise InvalidSpec(f"cwd {cwd!r} is inside {hidden}, which jobs may not see")
         return real
 
@@ -971,7 +972,7 @@ def _unreachable_ancestor(path: str | None, user: RunAs, hidden: Sequence[str]) 
     current = ""
     for part in Path(path).parent.parts[1:]:
         current += "/" + part
-        if any(current == h or current.startswith(h.rstrip("/") + "/") for h in hidden):
+        if any(is_within(current, h) for h in hidden):
             return []  # hidden already: the sandbox makes the path up to it searchable
         try:
             st = os.stat(current)
