@@ -435,12 +435,24 @@ def test_a_full_state_disk_stops_the_job_with_a_clear_reason_and_the_worker_reco
 
 def test_a_killed_launcher_is_replaced_and_running_jobs_are_unaffected(worker: Worker) -> None:
     running = worker.start(JobSpec(["sleep", "30"]))
-    worker._launcher.kill()  # someone kills the launcher process
-    worker._launcher.wait()
+    first = worker.launcher_pid
+    os.kill(first, signal.SIGKILL)  # someone kills the launcher process
+    # Dead once it is a zombie (the Worker reaps it when it next needs it) or gone.
+    wait_until(lambda: _process_state(first) in (None, "Z"), 10, "the launcher to die")
     status = worker.start(JobSpec(["echo", "after"]))
     assert b"".join(worker.output(status.id)) == b"after\n"
+    assert worker.launcher_pid != first
     assert worker.status(running.id).state is JobState.RUNNING
     worker.stop(running.id, grace=0)
+
+
+def _process_state(pid: int) -> str | None:
+    """The state letter of /proc/PID/stat (R, S, Z...), None once the process is reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except FileNotFoundError:
+        return None
+    return stat[stat.rindex(b")") + 2 :].split()[0].decode()
 
 
 LEAVER = r"""

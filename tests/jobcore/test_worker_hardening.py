@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from jobcore_testing import CONTROLLER, job_pids, requires_root, wait_until
 
-from jobcore import JobSpec, JobState, Worker, jobdir
+from jobcore import JobSpec, JobState, Worker, jobdir, records
+from jobcore.records import RunRecord
 from jobcore.errors import CorruptStateFile, JobNotFound, JobStillRunning
 
 pytestmark = requires_root
@@ -59,24 +60,26 @@ def test_a_damaged_shim_record_makes_the_job_lost_for_the_next_worker(
     assert f"{job_id}/shim.json" in caplog.text
 
 
-def test_read_record_names_the_file_and_the_problem(tmp_path: Path) -> None:
+def test_a_damaged_record_names_the_file_and_the_problem(tmp_path: Path) -> None:
     path = tmp_path / jobdir.RUN
     for content, problem in [
         (b"", "is not valid JSON (0 bytes"),
         (b'{"pid": 1', "is not valid JSON"),
         (b"3", "holds a JSON int, not an object"),
-        (b'{"pid": true, "started_at": 1}', "field 'pid' is missing or not a int"),
-        (b'{"pid": 1}', "field 'started_at' is missing"),
+        (b'{"pid": true, "started_at": 1}', "expected int in field pid"),
+        (b'{"pid": 1, "started_at": 1e999}', "in field started_at"),
+        (b'{"pid": 1}', "required field missing in field started_at"),
+        (b'{"pid": 1, "started_at": 1, "start_ticks": "9"}', "expected int | None in field start_ticks"),
     ]:
         path.write_bytes(content)
         with pytest.raises(CorruptStateFile, match=re.escape(problem)) as info:
-            jobdir.read_record(path)
+            records.read(path, RunRecord)
         assert str(path) in str(info.value)
     path.unlink()
     path.mkdir()
     with pytest.raises(CorruptStateFile, match="cannot be read"):
-        jobdir.read_record(path)
-    assert jobdir.read_record(tmp_path / "absent.json") is None
+        records.read(path, RunRecord)
+    assert records.read(tmp_path / "absent.json", RunRecord) is None
 
 
 def test_a_job_whose_directory_is_removed_is_killed(worker: Worker) -> None:

@@ -7,12 +7,13 @@ stop.json    a stop request: grace period and time (written by the Worker)
 exit.json    how the job ended (written by the shim, last; or by a Worker for a lost job)
 output       the raw output bytes, stdout and stderr interleaved in arrival order
 output.idx   one fixed-size record per chunk: offset, length, stream, time (see output_log)
+
+The records' contents are typed in `jobcore.records`, which reads and writes them.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import threading
@@ -20,7 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from jobcore.errors import CorruptStateFile, InvalidJobId
+from jobcore.errors import InvalidJobId
 
 JOB_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -77,50 +78,4 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return None
     if not isinstance(data, dict):
         raise ValueError(f"{path} does not hold a JSON object")
-    return data
-
-
-#: The fields a Worker relies on in each record, and their JSON types (a tuple: any of them).
-_NUMBER = (int, float)
-RECORD_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
-    SPEC: {
-        "id": (str,),
-        "owner": (str,),
-        "argv": (list,),
-        "cwd": (str,),
-        "namespaces": (list,),
-        "limits": (dict,),
-        "controller": (str,),
-        "created_at": _NUMBER,
-    },
-    SHIM: {"pid": (int,), "start_ticks": (int,)},
-    RUN: {"pid": (int,), "started_at": _NUMBER},
-    EXIT: {"state": (str,)},
-    STOP: {"grace": _NUMBER, "requested_at": _NUMBER},
-}
-
-
-def read_record(path: Path) -> dict[str, Any] | None:
-    """Like `read_json` for one of the records in RECORD_FIELDS, but every way the file can be
-    damaged (unreadable, empty, truncated, not JSON, not an object, a field missing or of the wrong
-    type, a directory in its place) raises `CorruptStateFile` naming the file; None when it is absent."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise CorruptStateFile(path, f"cannot be read ({exc.strerror or exc})") from None
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        raise CorruptStateFile(path, f"is not valid JSON ({len(raw)} bytes: {exc})") from None
-    if not isinstance(data, dict):
-        raise CorruptStateFile(path, f"holds a JSON {type(data).__name__}, not an object")
-    for field, types in RECORD_FIELDS.get(path.name, {}).items():
-        value = data.get(field)
-        if isinstance(value, bool) or not isinstance(value, types):
-            raise CorruptStateFile(path, f"field {field!r} is missing or not a {types[0].__name__}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise CorruptStateFile(path, f"field {field!r} is not a finite number")
     return data

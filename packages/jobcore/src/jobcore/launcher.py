@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import array
 import gc
+import importlib
 import os
 import signal
 import socket
@@ -25,7 +26,6 @@ from pathlib import Path
 # Imported before any fork so that every shim starts with them loaded (a fork shares them for free).
 from jobcore import linux, shim
 from jobcore.command import StartError, describe
-from jobcore.shim import load_controller_class
 
 
 class _PidNamespaces:
@@ -88,8 +88,8 @@ def main() -> None:
         except OSError:
             os.open(os.devnull, os.O_RDWR)  # takes the lowest free number: this one
     sock = socket.socket(fileno=int(sys.argv[1]))
-    for path in sys.argv[2:]:
-        load_controller_class(path)
+    for module in sys.argv[2:]:  # a backend's modules: its handles are rebuilt in every shim
+        importlib.import_module(module)
     # Shims are reaped by the kernel (we never wait for them): they outlive us anyway.
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)

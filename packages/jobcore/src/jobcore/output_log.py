@@ -16,7 +16,9 @@ import os
 import struct
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, Protocol
 
 from jobcore.jobdir import OUTPUT, OUTPUT_INDEX
 
@@ -25,6 +27,98 @@ STDERR = 2
 
 #: offset (u64), length (u32), stream (u8), padding, time_ns (i64)
 INDEX_RECORD = struct.Struct("<QIB3xq")
+
+
+class Progress(Protocol):
+    """What a follower watches of a running job (jobcore.watcher.WatchedJob): a condition, a
+    generation that moves on every change of the job's directory, and its exit record once ended."""
+
+    cond: threading.Condition
+    generation: int
+    exit: Any
+
+
+class OutputReader(Iterator[bytes]):
+    """An iterator over a job's raw output from an offset; see `Worker.output`.
+
+    Each chunk is what is stored past the offset, up to `chunk_size` bytes. With `follow`, it waits
+    for the job's generation to move (the watcher's inotify) until the job has ended (or `closed()`
+    says its Worker has) and every byte was read. `close()` may be called from any thread: it wakes a
+    `next()` that is waiting, which then ends the iteration. Holds one file descriptor and at most one
+    chunk in memory.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        job: Progress,
+        offset: int,
+        follow: bool,
+        chunk_size: int,
+        *,
+        closed: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self._job = job
+        self._worker_closed = closed
+        self.offset = offset
+        self._follow = follow
+        self._chunk = chunk_size
+        self._closed = False
+        self._fd_lock = threading.Lock()
+        try:
+            self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self._fd = -1  # the job never started: it has no output
+
+    def __iter__(self) -> OutputReader:
+        return self
+
+    def _read(self) -> bytes:
+        with self._fd_lock:
+            if self._fd < 0:
+                return b""
+            return os.pread(self._fd, self._chunk, self.offset)
+
+    def _over(self) -> bool:
+        return self._job.exit is not None or self._worker_closed()
+
+    def __next__(self) -> bytes:
+        job = self._job
+        while not self._closed:
+            with job.cond:
+                generation = job.generation
+                ended = self._over()
+            data = self._read()
+            if data:
+                self.offset += len(data)
+                return data
+            if ended or not self._follow:
+                break
+            with job.cond:
+                while job.generation == generation and not self._closed and not self._over():
+                    job.cond.wait()
+        self.close()
+        raise StopIteration
+
+    def next_chunk(self) -> bytes | None:
+        """The next chunk, or None at the end (for callers that cannot use StopIteration, e.g. threads)."""
+        return next(self, None)
+
+    def close(self) -> None:
+        """End the iteration and release the file; safe from any thread, idempotent."""
+        self._closed = True
+        with self._job.cond:
+            self._job.cond.notify_all()
+        with self._fd_lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+    def __enter__(self) -> OutputReader:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
 
 class OutputWriter:

@@ -28,10 +28,13 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from jobcore import jobdir, linux
+from jobcore import jobdir, linux, records
 from jobcore.command import StartError, spawn_command
-from jobcore.controllers.base import ResourceController
+from jobcore.controllers.base import Handle, ResourceController
+from jobcore.errors import CorruptStateFile
 from jobcore.output_log import STDERR, STDOUT, OutputWriter
+from jobcore.records import ExitRecord, RunRecord, ShimRecord, SpecRecord, StopRequest
+from jobcore.status import JobState, ResourceUsage
 
 PIPE_SIZE = 1 << 20
 #: Where a shim notes its own problems, in the job directory.
@@ -55,6 +58,13 @@ def load_controller_class(path: str) -> type[ResourceController]:
     return cls
 
 
+def job_handle(spec: SpecRecord) -> Handle:
+    """The job's cgroup handle, from its recorded state."""
+    if spec.controller_class is None:
+        raise RuntimeError(f"job {spec.id}: spec.json names no controller class")
+    return load_controller_class(spec.controller_class)().attach(spec.cgroup)
+
+
 # ---------------------------------------------------------------------------------------------- shim
 
 
@@ -65,15 +75,14 @@ class Shim:
         self.dir = directory
         self.report_fd = report_fd
         self.wake_r = wake_r
-        spec = jobdir.read_json(directory / jobdir.SPEC)
+        spec = records.read(directory / jobdir.SPEC, SpecRecord)
         if spec is None:
             raise RuntimeError(f"{directory}: no spec.json")
-        self.spec: dict[str, Any] = spec
+        self.spec = spec
         # kill(-1) is our way to empty the job's PID namespace; it must never run outside one, where it
         # would signal every process of the host. Being PID 1 is the proof.
         self.in_pid_namespace = os.getpid() == 1
-        controller = load_controller_class(spec["controller_class"])()
-        self.handle = controller.attach(spec["cgroup"])
+        self.handle = job_handle(spec)
         #: The command's pid as the shim sees it (in the job's PID namespace when it has one).
         self.command_pid = 0
         self.command_status: int | None = None
@@ -89,7 +98,7 @@ class Shim:
         # /proc is the host's (we keep the host's mount namespace), so /proc/self is our host pid even
         # when os.getpid() says 1.
         me = int(os.readlink("/proc/self"))
-        jobdir.write_json(self.dir / jobdir.SHIM, {"pid": me, "start_ticks": linux.process_start_ticks(me)})
+        records.write(self.dir / jobdir.SHIM, ShimRecord(pid=me, start_ticks=linux.process_start_ticks(me)))
 
     def report(self, message: dict[str, Any]) -> None:
         if self.report_fd < 0:
@@ -101,13 +110,13 @@ class Shim:
         os.close(self.report_fd)
         self.report_fd = -1
 
-    def start(self) -> tuple[dict[str, int], dict[str, Any]]:
+    def start(self) -> tuple[dict[str, int], RunRecord]:
         """Spawn the command. Returns the output pipes and run.json's content. Raises StartError."""
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         linux.set_pipe_size(out_r, PIPE_SIZE)
         try:
-            command = spawn_command(self.spec, self.handle, out_w, err_w)
+            command = spawn_command(records.unstructure(self.spec), self.handle, out_w, err_w)
         except StartError:
             for fd in (out_r, err_r):
                 os.close(fd)
@@ -118,11 +127,7 @@ class Shim:
         command.returncode = 0  # we reap it ourselves (waitpid(-1) also collects orphans)
         self.command_pid = command.pid
         host_pid = next(iter(linux.child_pids_of_self()), command.pid)
-        run = {
-            "pid": host_pid,
-            "pid_start_ticks": linux.process_start_ticks(host_pid),
-            "started_at": time.time(),
-        }
+        run = RunRecord(pid=host_pid, start_ticks=linux.process_start_ticks(host_pid), started_at=time.time())
         return {"out": out_r, "err": err_r}, run
 
     # -- running
@@ -139,8 +144,12 @@ class Shim:
                 pass
 
     def on_stop_request(self) -> None:
-        request = jobdir.read_json(self.dir / jobdir.STOP) or {"grace": 0, "requested_at": time.time()}
-        remaining = request["requested_at"] + request["grace"] - time.time()
+        try:
+            request = records.read(self.dir / jobdir.STOP, StopRequest)
+        except CorruptStateFile as exc:
+            note(self.dir, f"stop request unreadable, stopping at once: {exc}")
+            request = None
+        remaining = (request.deadline if request else time.time()) - time.time()
         deadline = time.monotonic() + max(0.0, remaining)
         if self.kill_deadline is None or deadline < self.kill_deadline:
             self.kill_deadline = deadline
@@ -243,45 +252,44 @@ class Shim:
 
     # -- end
 
-    def finish(self) -> dict[str, Any]:
+    def finish(self) -> ExitRecord:
         """Collect the verdict, clean up the cgroup, and return exit.json's content."""
         status = self.command_status
         assert status is not None
-        oom = _safe(self.dir, self.handle.oom_killed, False)
-        usage = _safe(self.dir, self.handle.stats, None)
+        oom = bool(_safe(self.dir, self.handle.oom_killed, False))
+        usage = _safe(self.dir, self.handle.stats, None) or ResourceUsage()
         try:
             self.handle.destroy()
         except Exception as exc:
             note(self.dir, f"cgroup cleanup failed: {exc}")
-        result: dict[str, Any] = {
-            "ended_at": time.time(),
-            "oom_killed": bool(oom),
-            "usage": _usage_dict(usage),
-            "output_bytes": self.writer.size if self.writer else 0,
-            "output_capped": bool(self.writer and self.writer.capped),
-        }
         if self.writer is not None and self.writer.write_error is not None and self.reason is None:
             self.reason = self._output_stopped_reason()
-        if os.WIFSIGNALED(status):
-            result.update(state="killed", exit_code=None, signal=os.WTERMSIG(status))
-            if oom and self.reason is None:
-                self.reason = "killed by the OOM killer (memory limit reached)"
-        else:
-            result.update(state="exited", exit_code=os.WEXITSTATUS(status), signal=None)
-        result["reason"] = self.reason
-        return result
+        signalled = os.WIFSIGNALED(status)
+        if signalled and oom and self.reason is None:
+            self.reason = "killed by the OOM killer (memory limit reached)"
+        return ExitRecord(
+            state=JobState.KILLED if signalled else JobState.EXITED,
+            ended_at=time.time(),
+            exit_code=None if signalled else os.WEXITSTATUS(status),
+            signal=os.WTERMSIG(status) if signalled else None,
+            oom_killed=oom,
+            usage=usage,
+            output_bytes=self.writer.size if self.writer else 0,
+            output_capped=bool(self.writer and self.writer.capped),
+            reason=self.reason,
+        )
 
     def fail(self, exc: StartError) -> None:
         _safe(self.dir, self.handle.destroy, None)
-        exit_info = {
-            "state": "failed_to_start",
-            "ended_at": time.time(),
-            "reason": str(exc),
-            "stage": exc.stage,
-            "errno": exc.errno,
-        }
-        jobdir.write_json(self.dir / jobdir.EXIT, exit_info, durable=True)
-        self.report({"ok": False, "exit": exit_info})
+        exit_info = ExitRecord(
+            state=JobState.FAILED_TO_START,
+            ended_at=time.time(),
+            reason=str(exc),
+            stage=exc.stage,
+            errno=exc.errno,
+        )
+        records.write(self.dir / jobdir.EXIT, exit_info, durable=True)
+        self.report({"ok": False, "exit": records.unstructure(exit_info)})
 
 
 def kill_descendants(reap: Any) -> None:
@@ -318,14 +326,6 @@ def _safe(directory: Path, fn: Any, default: Any) -> Any:
     except Exception as exc:
         note(directory, f"{getattr(fn, '__name__', fn)} failed: {exc}")
         return default
-
-
-def _usage_dict(usage: Any) -> dict[str, Any]:
-    if usage is None:
-        return {}
-    return {
-        k: getattr(usage, k) for k in ("cpu_seconds", "memory_peak_bytes", "io_read_bytes", "io_write_bytes")
-    }
 
 
 def _detach() -> int:
@@ -374,16 +374,16 @@ def _reserve_space(directory: Path) -> Path | None:
     return path
 
 
-def _write_exit(directory: Path, exit_info: dict[str, Any], reserve: Path | None) -> None:
+def _write_exit(directory: Path, exit_info: ExitRecord, reserve: Path | None) -> None:
     """Record how the job ended; on a full disk, give back the reserve and try again."""
     try:
-        jobdir.write_json(directory / jobdir.EXIT, exit_info, durable=True)
+        records.write(directory / jobdir.EXIT, exit_info, durable=True)
     except OSError as exc:
         if reserve is None or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         reserve.unlink()
         reserve = None
-        jobdir.write_json(directory / jobdir.EXIT, exit_info, durable=True)
+        records.write(directory / jobdir.EXIT, exit_info, durable=True)
     finally:
         if reserve is not None:
             reserve.unlink(missing_ok=True)
@@ -404,9 +404,9 @@ def run_shim(directory: Path, report_fd: int, launch_error: StartError | None = 
             shim.fail(exc)
         else:
             reserve = _reserve_space(directory)
-            shim.writer = OutputWriter(directory, shim.spec.get("output_cap"))
-            jobdir.write_json(directory / jobdir.RUN, run)
-            shim.report({"ok": True, "run": run})
+            shim.writer = OutputWriter(directory, shim.spec.output_cap)
+            records.write(directory / jobdir.RUN, run)
+            shim.report({"ok": True, "run": records.unstructure(run)})
             shim.supervise(pipes)
             shim.writer.close()
             exit_info = shim.finish()

@@ -1,0 +1,422 @@
+"""The watcher: the one owner of every running job's file descriptors and of every change of a job's
+state, under one lock.
+
+A Worker's jobs live in a table here (`WatchedJob`, one per job). While a job runs, the watcher holds
+an inotify watch on its directory and a pidfd of its shim, in one epoll, and one thread (the
+*watcher thread*) turns what they report into state: run.json arriving, exit.json arriving, the shim
+gone without one (the job is LOST), the job's directory gone (the job is killed, LOST).
+
+What holds, and why it is built this way:
+
+- Every change of `run`, `exit`, `pidfd` and `wd` of a job happens with `lock` held, and so does
+  every use of a pidfd: `signal()` cannot send through a pidfd that the watcher closed (and the
+  kernel gave to another job) a moment before.
+- A job ends exactly once: `end()` sets its exit record only if it has none, under the lock, and only
+  that call queues the end's consequences.
+- Nothing slow runs on the watcher thread or under the lock: the `on_end` callback (a server writes
+  SQLite there), killing what is left of a lost job and removing its cgroup (up to 10 s), and writing
+  its LOST record run on a small queue of their own (the *clean-up thread*), in order.
+- Every job's `cond` is a condition on the one lock: followers and waiters of a job wait for its
+  generation to move, and only that job's notify wakes them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import select
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from jobcore import jobdir, linux, records
+from jobcore.controllers import Handle
+from jobcore.errors import CorruptStateFile
+from jobcore.records import ExitRecord, RunRecord, SpecRecord
+from jobcore.status import JobState
+
+log = logging.getLogger("jobcore")
+
+_WATCH_MASK = linux.IN_MODIFY | linux.IN_MOVED_TO
+#: Watched on the state directory: a job directory removed or moved away. (The job directory's own
+#: IN_DELETE_SELF comes only once nothing pins it, and the shim's open output files do.)
+_IN_MOVED_FROM = 0x00000040
+_IN_DELETE = 0x00000200
+_STATE_DIR_MASK = _IN_DELETE | _IN_MOVED_FROM
+
+
+class WatchedJob:
+    """One job as the Worker knows it. Its truth is its directory; what changes while it runs
+    (`run`, `exit`, `generation`, the fds) changes under the watcher's lock."""
+
+    def __init__(
+        self, spec: SpecRecord, directory: Path, lock: threading.Lock, handle: Callable[[], Handle]
+    ) -> None:
+        self.id = spec.id
+        self.dir = directory
+        self.spec = spec
+        self.cond = threading.Condition(lock)
+        #: Bumped on every change seen in the job directory; followers wait for it to move.
+        self.generation = 0
+        self.run: RunRecord | None = None
+        self.exit: ExitRecord | None = None
+        self.pidfd: int | None = None
+        self.wd: int | None = None
+        #: One stop request written at a time (a file write: never under the watcher's lock).
+        self.stop_lock = threading.Lock()
+        self._make_handle = handle
+        self._handle: Handle | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.exit is not None
+
+    def handle(self) -> Handle:
+        """The job's cgroup handle, rebuilt from its recorded state on first use."""
+        if self._handle is None:
+            self._handle = self._make_handle()
+        return self._handle
+
+
+class Watcher:
+    """The table of a Worker's jobs, the watches of the running ones, and the threads that act on
+    them (see the module docstring)."""
+
+    def __init__(self, state_dir: Path, on_end: Callable[[WatchedJob], None]) -> None:
+        self.lock = threading.Lock()
+        self.closed = False
+        self._on_end = on_end
+        self._jobs: dict[str, WatchedJob] = {}
+        self._by_wd: dict[int, WatchedJob] = {}
+        self._by_pidfd: dict[int, WatchedJob] = {}
+        self._tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._cleaner: threading.Thread | None = None
+        self._inotify = linux.Inotify()
+        try:
+            self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+            # epoll, not poll: registering a job's pidfd is O(1) from any thread, and a wake-up costs
+            # nothing per job watched.
+            self._epoll = select.epoll()
+            self._epoll.register(self._inotify.fd, select.EPOLLIN)
+            self._epoll.register(self._wake_r, select.EPOLLIN)
+            self._state_wd = self._inotify.add_watch(str(state_dir), _STATE_DIR_MASK)
+        except BaseException:
+            self._release()
+            raise
+
+    def new_job(self, spec: SpecRecord, directory: Path, handle: Callable[[], Handle]) -> WatchedJob:
+        return WatchedJob(spec, directory, self.lock, handle)
+
+    def start(self) -> None:
+        """Start the watcher and clean-up threads (after the jobs found at start-up are in)."""
+        self._cleaner = threading.Thread(target=self._clean, name="jobcore-cleanup", daemon=True)
+        self._cleaner.start()
+        self._thread = threading.Thread(target=self._watch, name="jobcore-watcher", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop both threads (the clean-up thread after it ran what is queued) and close every fd."""
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+        os.write(self._wake_w, b"x")
+        if self._thread is not None:
+            self._thread.join()
+        self._tasks.put(None)
+        if self._cleaner is not None:
+            self._cleaner.join()
+        with self.lock:
+            for job in self._jobs.values():
+                job.cond.notify_all()
+        self._release()
+
+    def _release(self) -> None:
+        with self.lock:
+            for fd in list(self._by_pidfd):
+                os.close(fd)
+                self._by_pidfd[fd].pidfd = None
+            self._by_pidfd.clear()
+            self._by_wd.clear()
+        epoll = getattr(self, "_epoll", None)
+        if epoll is not None:
+            epoll.close()
+        self._inotify.close()
+        for name in ("_wake_r", "_wake_w"):
+            fd = getattr(self, name, -1)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)
+
+    # -- the table
+
+    def add(self, job: WatchedJob) -> None:
+        with self.lock:
+            self._jobs[job.id] = job
+
+    def get(self, job_id: str) -> WatchedJob | None:
+        with self.lock:
+            return self._jobs.get(job_id)
+
+    def discard(self, job_id: str) -> None:
+        with self.lock:
+            self._jobs.pop(job_id, None)
+
+    def jobs(self) -> list[WatchedJob]:
+        with self.lock:
+            return list(self._jobs.values())
+
+    def __contains__(self, job_id: str) -> bool:
+        with self.lock:
+            return job_id in self._jobs
+
+    # -- a running job
+
+    def watch(self, job: WatchedJob, shim_pid: int, shim_start_ticks: int | None) -> None:
+        """Watch a running job: its directory, and its shim through a pidfd. The pid is pinned first
+        (pidfd_open), then checked to be the shim by its start time: a pid reused by another process
+        after the shim exited is never taken for the shim. Ends the job if it ended meanwhile."""
+        try:
+            pidfd: int | None = os.pidfd_open(shim_pid)
+        except ProcessLookupError:
+            pidfd = None
+        if pidfd is not None and linux.process_start_ticks(shim_pid) != shim_start_ticks:
+            os.close(pidfd)  # not our shim: it exited and its pid went to another process
+            pidfd = None
+        with self.lock:
+            if self.closed or job.exit is not None:
+                if pidfd is not None:
+                    os.close(pidfd)
+                return
+            job.wd = self._inotify.add_watch(str(job.dir), _WATCH_MASK)
+            self._by_wd[job.wd] = job
+            if pidfd is not None:
+                job.pidfd = pidfd
+                self._by_pidfd[pidfd] = job
+                self._epoll.register(pidfd, select.EPOLLIN)
+        # Whatever happened before the watches existed: look once more.
+        self.refresh(job, shim_gone=pidfd is None)
+
+    def signal(self, job: WatchedJob, signum: int) -> bool:
+        """Send `signum` to the job's shim, if it is still watched; False when it is not (ended)."""
+        with self.lock:
+            if job.pidfd is None:
+                return False
+            try:
+                signal.pidfd_send_signal(job.pidfd, signum)
+            except ProcessLookupError:
+                return False  # it is exiting: the watcher sees it next
+            return True
+
+    def end(
+        self,
+        job: WatchedJob,
+        exit: ExitRecord,
+        *,
+        kill_shim: bool = False,
+        cleanup: Callable[[], None] | None = None,
+    ) -> bool:
+        """Record that the job ended with `exit`, exactly once: False (and nothing done) when it had
+        ended already. Closes its watches (after SIGKILLing its shim through the pidfd if
+        `kill_shim`), wakes its waiters, and queues `cleanup` and then the on_end callback."""
+        with self.lock:
+            if job.exit is not None:
+                return False
+            job.exit = exit
+            if job.pidfd is not None and kill_shim:
+                try:
+                    signal.pidfd_send_signal(job.pidfd, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self._unwatch(job)
+            job.generation += 1
+            job.cond.notify_all()
+        if cleanup is not None:
+            self._queue(cleanup, job, "clean-up")
+        self._queue(lambda: self._on_end(job), job, "on_job_ended callback")
+        return True
+
+    def _queue(self, task: Callable[[], None], job: WatchedJob, what: str) -> None:
+        def run() -> None:
+            try:
+                task()
+            except Exception:
+                log.exception("jobcore: %s of job %s failed", what, job.id)
+
+        if self._cleaner is None or not self._cleaner.is_alive():
+            run()  # before start() (jobs found at start-up) or after close(): here and now
+        else:
+            self._tasks.put(run)
+
+    def _unwatch(self, job: WatchedJob) -> None:
+        """Close the job's watches (with the lock held)."""
+        if job.wd is not None:
+            self._by_wd.pop(job.wd, None)
+            self._inotify.rm_watch(job.wd)
+            job.wd = None
+        if job.pidfd is not None:
+            self._by_pidfd.pop(job.pidfd, None)
+            self._epoll.unregister(job.pidfd)
+            os.close(job.pidfd)
+            job.pidfd = None
+
+    def refresh(self, job: WatchedJob, shim_gone: bool = False) -> None:
+        """Read what the job's directory says now (run.json, exit.json) into its state; `shim_gone`:
+        its shim has exited, so no exit.json means none will come (the job is LOST)."""
+        if job.exit is not None:
+            return
+        run = job.run or _read_or_none(job.dir / jobdir.RUN, RunRecord)
+        recorded = _read_or_none(job.dir / jobdir.EXIT, ExitRecord)
+        with self.lock:
+            if job.run is None and run is not None:
+                job.run = run
+            job.generation += 1
+            job.cond.notify_all()
+        if recorded is not None:
+            self.end(job, recorded)
+        elif shim_gone:
+            self.lose(job, "the job's shim exited without recording how the job ended")
+
+    def lose(self, job: WatchedJob, reason: str) -> bool:
+        """The job is LOST (its shim gone without an exit record, or not reporting): end it, and on
+        the clean-up thread kill what is left of it (its shim and command as their records name them,
+        then everything in its cgroup) and write the LOST record."""
+        lost = ExitRecord(state=JobState.LOST, ended_at=time.time(), reason=reason)
+
+        def cleanup() -> None:
+            kill_recorded_processes(job.dir)
+            try:
+                job.handle().destroy()
+            except Exception as exc:
+                log.warning("jobcore: clean-up of lost job %s: %s", job.id, exc)
+            write_lost(job.dir, lost)
+
+        return self.end(job, lost, cleanup=cleanup)
+
+    # -- the threads
+
+    def _watch(self) -> None:
+        """The watcher thread: one epoll over inotify, the shims' pidfds and a wake-up pipe."""
+        while not self.closed:
+            for fd, _events in self._epoll.poll():
+                if fd == self._wake_r:
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+                elif fd == self._inotify.fd:
+                    self._on_inotify()
+                else:
+                    with self.lock:
+                        job = self._by_pidfd.get(fd)
+                    # Handled at most once: end() closes the pidfd under the lock, so a pidfd still
+                    # in the table is this job's.
+                    if job is not None:
+                        self._safely(self.refresh, job, True)
+
+    def _on_inotify(self) -> None:
+        changed: dict[str, WatchedJob] = {}
+        gone: dict[str, WatchedJob] = {}
+        for wd, _mask, name in self._inotify.read_events():
+            with self.lock:
+                job = self._jobs.get(name) if wd == self._state_wd else self._by_wd.get(wd)
+            if job is None:
+                continue
+            (gone if wd == self._state_wd else changed)[job.id] = job
+        for job in changed.values():
+            self._safely(self.refresh, job, False)
+        for job in gone.values():
+            self._safely(self.check_vanished, job)
+
+    def check_vanished(self, job: WatchedJob) -> bool:
+        """If the directory of a running job is gone (removed by hand, a wiped disk), the job is
+        killed — its shim through its pidfd, everything in its cgroup — and LOST (in memory: there
+        is nowhere to write). True when that happened."""
+        if job.exit is not None or job.dir.is_dir():
+            return False
+        log.warning("jobcore: the directory of running job %s vanished; killing the job", job.id)
+        lost = ExitRecord(state=JobState.LOST, ended_at=time.time(), reason=VANISHED_REASON)
+
+        def cleanup() -> None:
+            try:
+                job.handle().destroy()
+            except Exception as exc:
+                log.warning("jobcore: clean-up of vanished job %s: %s", job.id, exc)
+
+        return self.end(job, lost, kill_shim=True, cleanup=cleanup)
+
+    def _safely(self, fn: Callable[..., Any], *args: Any) -> None:
+        """One job's trouble (a full disk, a damaged record...) never ends the watching."""
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("jobcore watcher: handling a change of a job failed")
+
+    def _clean(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            task()
+
+    def __iter__(self) -> Iterator[WatchedJob]:
+        return iter(self.jobs())
+
+
+VANISHED_REASON = "the job's directory vanished from the state directory; the job was killed"
+
+
+def write_lost(directory: Path, lost: ExitRecord) -> None:
+    """Write a LOST exit record (what the Worker told already), unless the job's directory is gone."""
+    if not directory.is_dir():
+        return
+    try:
+        path = directory / jobdir.EXIT
+        if path.is_dir() and not path.is_symlink():
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)
+        records.write(path, lost, durable=True)
+    except OSError as exc:
+        # Known in memory; a later Worker finds the shim gone and decides the same again.
+        log.error("jobcore: cannot record that job %s is lost: %s", directory.name, exc)
+
+
+def kill_recorded_processes(directory: Path) -> None:
+    """SIGKILL the job's shim and command if shim.json and run.json name live ones. Each pid is
+    pinned with a pidfd before its start time is checked, so a reused pid is never hit. The shim of a
+    job with a PID namespace is its PID 1: the kernel then kills every process of the job."""
+    shim = _read_or_none(directory / jobdir.SHIM, records.ShimRecord)
+    run = _read_or_none(directory / jobdir.RUN, RunRecord)
+    for record in (shim, run):
+        if record is not None and record.start_ticks is not None:
+            kill_pinned(record.pid, record.start_ticks)
+
+
+def kill_pinned(pid: int, start_ticks: int) -> None:
+    """SIGKILL `pid` if it is still the process that started at `start_ticks`."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        if linux.process_start_ticks(pid) == start_ticks:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    finally:
+        os.close(pidfd)
+
+
+def _read_or_none(path: Path, cls: type[records.R]) -> records.R | None:
+    """A record, or None when it is absent or damaged (for callers that decide without it)."""
+    try:
+        return records.read(path, cls)
+    except CorruptStateFile as exc:
+        log.warning("jobcore: ignoring %s", exc)
+        return None
+
+
+read_or_none = _read_or_none
