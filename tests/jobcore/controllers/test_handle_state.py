@@ -301,7 +301,20 @@ def test_a_state_naming_no_class_is_attached_by_the_controller_class_it_came_fro
         ),
         ({"backend": "cgroup1", "handle": "jobcore.controllers.cgroup_v1:CgroupV1Handle"}, r"malformed"),
         ({"backend": "cgroup2", "path": ["/x"], "limits": {}}, r"malformed"),
-        ({"backend": "cgroup1", "paths": {"memory": "/x"}, "limits": {"memory": -1}}, r"memory must be"),
+        (
+            {
+                "backend": "cgroup1",
+                "paths": {"memory": f"/cg/{JOBS_DIR}/{OWNER}/j"},
+                "limits": {"memory": -1},
+            },
+            r"memory must be",
+        ),
+        # A damaged state must not make destroy() empty and remove a whole hierarchy.
+        ({"backend": "cgroup1", "paths": {"memory": "/sys/fs/cgroup/memory"}}, r"is not a job cgroup"),
+        ({"backend": "cgroup2", "path": f"/cg/{JOBS_DIR}/{OWNER}/j/../../.."}, r"is not a job cgroup"),
+        ({"backend": "cgroup2", "path": f"cg/{JOBS_DIR}/{OWNER}/j"}, r"is not a job cgroup"),
+        ({"backend": "cgroup2", "path": f"/cg/{JOBS_DIR}/{OWNER}/.."}, r"is not a job cgroup"),
+        ({"backend": "cgroup2", "path": f"/cg/{JOBS_DIR}/Bad Owner/j"}, r"is not a job cgroup"),
         ({"backend": "nope"}, r"backend 'nope' is not registered"),
         ({}, r"backend None is not registered"),
         (["backend", "cgroup1"], r"a handle state is a JSON object"),

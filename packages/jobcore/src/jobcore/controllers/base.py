@@ -17,7 +17,7 @@ non-default settings gives handles that work in a process that never saw those s
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import attrs
@@ -111,7 +111,7 @@ class ResourceController(Protocol):
         this (on a controller built with no arguments) for states that name no handle class."""
         ...
 
-    def job_cgroups(self) -> list[tuple[str, str, Handle]]:
+    def job_cgroups(self) -> Sequence[tuple[str, str, Handle]]:
         """Every job cgroup found under this backend's root(s), as (owner, job_id, handle): what a
         sweep works on (which of them are stale is the Worker's decision)."""
         ...

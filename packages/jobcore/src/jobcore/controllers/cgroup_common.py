@@ -56,6 +56,19 @@ def vanished(e: ControllerError) -> bool:
     return isinstance(e.__cause__, FileNotFoundError)
 
 
+def check_job_dir(path: str) -> None:
+    """Raise ValueError unless `path` is an absolute, normalised `<parent>/remote-jobs/<owner>/<job_id>`
+    with safe names: a damaged state must never make `destroy()` kill and remove a whole hierarchy."""
+    owner_dir, job_id = os.path.split(path)
+    jobs_root, owner = os.path.split(owner_dir)
+    if not os.path.isabs(path) or os.path.normpath(path) != path or os.path.basename(jobs_root) != JOBS_DIR:
+        raise ValueError(f"{path!r} is not a job cgroup (<parent>/{JOBS_DIR}/<owner>/<job_id>)")
+    try:
+        check_names(owner, job_id)
+    except ControllerError as e:
+        raise ValueError(f"{path!r} is not a job cgroup: {e}") from None
+
+
 class CgroupHandle:
     """One job's cgroup directories (`paths`: key -> directory; one key per v1 hierarchy, one on v2)."""
 
@@ -104,6 +117,8 @@ class CgroupHandle:
             raise ControllerError(f"state of backend {state.get('backend')!r} given to {cls.backend}")
         try:
             paths = cls._paths_from_state(state)
+            for path in paths.values():
+                check_job_dir(path)
             device = state.get("io_device_number")
             number = (int(device[0]), int(device[1])) if device else None
             limits = limits_from_dict(dict(state.get("limits") or {}))
@@ -304,6 +319,8 @@ class CgroupController(Generic[LayoutT, HandleT]):
         for owner, job_id in found:
             paths = {c: os.path.join(p, JOBS_DIR, owner, job_id) for c, p in parents.items()}
             paths = {c: d for c, d in paths.items() if files.exists(d)}
+            if not paths:
+                continue  # removed since it was listed
             listed.append((owner, job_id, self.handle_class(files, paths, Limits(), None)))
         return listed
 
