@@ -31,6 +31,13 @@ ENTRY_POINT_GROUP = "jobcore.controllers"
 _PREFERENCE = ("cgroup2", "cgroup1")
 _LAST_RESORT = "none"
 _CLASS_PATH_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$")
+#: The handle classes of the built-in backends, for their states written before states named their
+#: class (scanning the entry points instead costs milliseconds per handle).
+_BUILTIN_HANDLES = {
+    "cgroup2": "jobcore.controllers.cgroup_v2:CgroupV2Handle",
+    "cgroup1": "jobcore.controllers.cgroup_v1:CgroupV1Handle",
+    "none": "jobcore.controllers.none:NoneHandle",
+}
 
 
 def available_backends() -> dict[str, type[ResourceController]]:
@@ -86,13 +93,16 @@ def handle_from_state(state: Mapping[str, Any], *, controller_class: str | None 
     the handle from the paths, limits and device the state holds. A state that names no handle class
     (one written before handles named theirs, or a third-party backend's) is attached the way the shim
     always did: by `controller_class` ("module:QualName", what spec.json's "controller_class" holds)
-    when given, else by the registered backend of the state's "backend" name, constructed with no
-    arguments. The class path comes first because it is what created the state (a subclass may share
-    its parent's backend name). Raises ControllerError when nothing usable is named.
+    when given, else by the backend of the state's "backend" name (a built-in one's handle class, or
+    a registered backend constructed with no arguments). The class path comes first because it is
+    what created the state (a subclass may share its parent's backend name). Raises ControllerError
+    when nothing usable is named.
     """
     if not isinstance(state, Mapping):
         raise ControllerError(f"a handle state is a JSON object, not {type(state).__name__}")
     named = state.get("handle")
+    if named is None and controller_class is None:
+        named = _BUILTIN_HANDLES.get(str(state.get("backend")))
     if named is not None:
         cls = _import_class(named, "handle")
         from_state = getattr(cls, "from_state", None)
