@@ -238,11 +238,12 @@ def v2_parent() -> Iterator[str]:
     finally:
         for sub in sorted(path.rglob("*"), key=lambda p: -len(p.parts)):
             if sub.is_dir():
-                _kill_and_rmdir(sub)
-        _kill_and_rmdir(path)
+                kill_and_rmdir(sub)
+        kill_and_rmdir(path)
 
 
-def _kill_and_rmdir(path: Path) -> None:
+def kill_and_rmdir(path: Path) -> None:
+    """SIGKILL the processes of the (empty of children) cgroup `path`, then rmdir it (bounded)."""
     for pid in (path / "cgroup.procs").read_text().split():
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(pid), signal.SIGKILL)

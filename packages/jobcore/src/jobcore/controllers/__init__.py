@@ -2,11 +2,17 @@
 
 `load_controller("auto")` probes every backend and returns the available one that can enforce the
 most kinds of limit, preferring (on a tie) cgroup2, then cgroup1, then third-party ones, then none.
+`handle_from_state(state)` rebuilds a job's handle from its `to_state()` in any process, without the
+controller that created it.
 """
 
 from __future__ import annotations
 
+import importlib
+import re
+from collections.abc import Mapping
 from importlib.metadata import entry_points
+from typing import Any
 
 from jobcore.controllers.base import Capabilities, Handle, ResourceController
 from jobcore.errors import ControllerError, UnknownController
@@ -16,6 +22,7 @@ __all__ = [
     "Handle",
     "ResourceController",
     "available_backends",
+    "handle_from_state",
     "load_controller",
     "probe_all",
 ]
@@ -23,6 +30,14 @@ __all__ = [
 ENTRY_POINT_GROUP = "jobcore.controllers"
 _PREFERENCE = ("cgroup2", "cgroup1")
 _LAST_RESORT = "none"
+_CLASS_PATH_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$")
+#: The handle classes of the built-in backends, for their states written before states named their
+#: class (scanning the entry points instead costs milliseconds per handle).
+_BUILTIN_HANDLES = {
+    "cgroup2": "jobcore.controllers.cgroup_v2:CgroupV2Handle",
+    "cgroup1": "jobcore.controllers.cgroup_v1:CgroupV1Handle",
+    "none": "jobcore.controllers.none:NoneHandle",
+}
 
 
 def available_backends() -> dict[str, type[ResourceController]]:
@@ -69,3 +84,58 @@ def load_controller(name: str = "auto") -> ResourceController:
     if not caps.available:
         raise ControllerError(f"resource-controller backend {name!r} cannot run here: {caps.reason}")
     return controller
+
+
+def handle_from_state(state: Mapping[str, Any], *, controller_class: str | None = None) -> Handle:
+    """Rebuild a job's Handle from its `Handle.to_state()`, in any process, with no controller object.
+
+    The state's "handle" names the handle class ("module:QualName"); its `from_state(state)` rebuilds
+    the handle from the paths, limits and device the state holds. A state that names no handle class
+    (one written before handles named theirs, or a third-party backend's) is attached the way the shim
+    always did: by `controller_class` ("module:QualName", what spec.json's "controller_class" holds)
+    when given, else by the backend of the state's "backend" name (a built-in one's handle class, or
+    a registered backend constructed with no arguments). The class path comes first because it is
+    what created the state (a subclass may share its parent's backend name). Raises ControllerError
+    when nothing usable is named.
+    """
+    if not isinstance(state, Mapping):
+        raise ControllerError(f"a handle state is a JSON object, not {type(state).__name__}")
+    named = state.get("handle")
+    if named is None and controller_class is None:
+        named = _BUILTIN_HANDLES.get(str(state.get("backend")))
+    if named is not None:
+        cls = _import_class(named, "handle")
+        from_state = getattr(cls, "from_state", None)
+        if not callable(from_state):
+            raise ControllerError(f"handle class {named!r} named by the state has no from_state()")
+        handle = from_state(state)
+    elif controller_class is not None:
+        handle = _import_class(controller_class, "controller")().attach(dict(state))
+    else:
+        backend = state.get("backend")
+        backends = available_backends()
+        if not isinstance(backend, str) or backend not in backends:
+            known = ", ".join(backends)
+            raise ControllerError(
+                f"the state names no handle class and its backend {backend!r} is not registered "
+                f"(registered: {known}); pass the controller class that created it"
+            )
+        handle = backends[backend]().attach(dict(state))
+    if not isinstance(handle, Handle):
+        raise ControllerError(f"the state of backend {state.get('backend')!r} did not rebuild a Handle")
+    return handle
+
+
+def _import_class(path: object, what: str) -> type[Any]:
+    if not isinstance(path, str) or not _CLASS_PATH_RE.fullmatch(path):
+        raise ControllerError(f"{what} class {path!r} is not of the form 'module:QualName'")
+    module_name, _, qualname = path.partition(":")
+    try:
+        found: object = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError) as e:
+        raise ControllerError(f"cannot load {what} class {path!r}: {e}") from e
+    if not isinstance(found, type):
+        raise ControllerError(f"{what} class {path!r} names {type(found).__name__}, not a class")
+    return found

@@ -2,15 +2,22 @@
 
 Modelled on runc's cgroup `Manager`. A backend is a class registered in the `jobcore.controllers`
 entry-point group. The Worker (a possibly threaded process) calls `check` and `create` before the job
-exists; the job's first process (its init, inside the shim) calls `attach(state).enter(0)` before it
-forks the command, so the command is born inside the cgroup; the shim calls `kill`, `stats`,
-`oom_killed` and `destroy` when the job ends. Handles are rebuilt from `to_state()` (plain JSON) in
-other processes, so a handle holds no open resources between calls.
+exists; the job's command joins the cgroup with `enter(0)` before it execs, so it is born inside the
+cgroup; the shim calls `kill`, `stats`, `oom_killed` and `destroy` when the job ends. Handles are
+rebuilt from `to_state()` (plain JSON) in other processes, so a handle holds no open resources between
+calls.
+
+**Rebuilding a handle needs no controller.** A handle's state names its class under "handle"
+("module:QualName"), and that class has a classmethod `from_state(state) -> Handle`; the state holds
+everything the handle needs (absolute cgroup paths, limits, IO device), so a controller configured with
+non-default settings gives handles that work in a process that never saw those settings.
+`jobcore.controllers.handle_from_state(state)` does this; the Worker and the shim use it.
+`ResourceController.attach(state)` stays for third-party backends whose states name no handle class.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import attrs
@@ -44,7 +51,10 @@ class Handle(Protocol):
     """One job's cgroup(s). Every method is safe to call from any process that has the state dict."""
 
     def to_state(self) -> dict[str, Any]:
-        """A JSON-serialisable description that `ResourceController.attach` turns back into a Handle."""
+        """A JSON-serialisable description that `jobcore.controllers.handle_from_state` turns back into
+        a Handle in any process: "backend" (the controller's name), "handle" ("module:QualName" of a
+        class with a `from_state(state)` classmethod; optional for third-party backends) and whatever
+        the handle needs."""
         ...
 
     def applied(self) -> Limits:
@@ -96,9 +106,22 @@ class ResourceController(Protocol):
         ...
 
     def attach(self, state: dict[str, Any]) -> Handle:
-        """Rebuild a Handle from `Handle.to_state()`."""
+        """Rebuild a Handle from `Handle.to_state()`. The Worker and the shim call
+        `jobcore.controllers.handle_from_state` instead, which needs no controller and falls back to
+        this (on a controller built with no arguments) for states that name no handle class."""
+        ...
+
+    def job_cgroups(self) -> Sequence[tuple[str, str, Handle]]:
+        """Every job cgroup found under this backend's root(s), as (owner, job_id, handle): what a
+        sweep works on (which of them are stale is the Worker's decision)."""
         ...
 
     def sweep(self, is_live: Callable[[str, str], bool]) -> list[str]:
-        """Kill and remove job cgroups for which `is_live(owner, job_id)` is False; return their paths."""
+        """Kill and remove job cgroups for which `is_live(owner, job_id)` is False; return their paths.
+        A thin wrapper over `job_cgroups()` and `Handle.destroy()`."""
         ...
+
+
+def class_path(cls: type) -> str:
+    """The "module:QualName" of `cls`: how a handle's state names its class."""
+    return f"{cls.__module__}:{cls.__qualname__}"

@@ -14,36 +14,23 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import attrs
 
 from jobcore.controllers.base import Capabilities
-from jobcore.controllers.block_device import resolve_block_device
-from jobcore.controllers.cgroupfs import (
-    JOBS_DIR,
-    CgroupFiles,
-    check_names,
-    job_dirs,
-    kill_until_empty,
-    remove_if_empty,
-    rmdir_retrying,
-    sigkill_all,
-    tree_pids,
-)
+from jobcore.controllers.cgroup_common import CgroupController, CgroupHandle, limit_controllers
+from jobcore.controllers.cgroupfs import JOBS_DIR, CgroupFiles, kill_until_empty, sigkill_all
 from jobcore.controllers.conversions import (
     CFS_PERIOD_US,
     blkio_throttle_writes,
     cpu_quota_us,
-    limits_from_dict,
-    limits_to_dict,
     parse_blkio_service_bytes,
     parse_flat_keyed,
     v1_memory_writes,
 )
 from jobcore.controllers.mounts import cgroup_dir, parse_mountinfo, parse_proc_cgroup, read_text
-from jobcore.errors import ControllerError, InvalidLimit
 from jobcore.spec import Limits
 from jobcore.status import ResourceUsage
 
@@ -51,15 +38,7 @@ from jobcore.status import ResourceUsage
 #: (the job's namespaces handle that) are left alone.
 CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "blkio", "freezer")
 #: Which controller enforces which Limits field.
-_LIMIT_CONTROLLER = {
-    "cpu": "cpu",
-    "memory": "memory",
-    "pids": "pids",
-    "io_read_bps": "blkio",
-    "io_write_bps": "blkio",
-    "io_read_iops": "blkio",
-    "io_write_iops": "blkio",
-}
+_LIMIT_CONTROLLER = limit_controllers("blkio")
 #: Interface file whose presence in the parent proves the controller can enforce that field (CFS
 #: bandwidth and blkio throttling are kernel options of their own). pids.max exists in every cgroup but
 #: the root, so the pids hierarchy being there is the proof for pids.
@@ -87,10 +66,77 @@ class _Layout:
     problem: str = ""
 
 
-class CgroupV1Controller:
+class CgroupV1Handle(CgroupHandle):
+    """One job's directories in the v1 hierarchies (`paths`: controller -> directory)."""
+
+    backend: ClassVar[str] = "cgroup1"
+
+    def _paths_state(self) -> dict[str, Any]:
+        return {"paths": dict(self._paths)}
+
+    @classmethod
+    def _paths_from_state(cls, state: Mapping[str, Any]) -> dict[str, str]:
+        return {str(c): str(d) for c, d in dict(state["paths"]).items()}
+
+    def _kill_all(self, deadline: float) -> bool:
+        """Freeze, SIGKILL everything, thaw; then re-kill until every hierarchy is empty."""
+        freezer = self._paths.get("freezer")
+        if freezer is not None and self._files.exists(freezer):
+            state = os.path.join(freezer, "freezer.state")
+            self._files.write(state, "FROZEN")
+            try:
+                self._wait_frozen(state, min(deadline, time.monotonic() + FREEZE_TIMEOUT))
+                sigkill_all(self.pids())
+            finally:
+                self._files.write(state, "THAWED")
+        return not kill_until_empty(self._files, self.dirs, deadline)
+
+    def _wait_frozen(self, state_file: str, deadline: float) -> None:
+        backoff = 0.0005
+        while (self._files.read_optional(state_file) or "FROZEN").strip() != "FROZEN":
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return  # a task in uninterruptible sleep; kill anyway, kill_until_empty mops up
+            time.sleep(min(backoff, remaining))
+            backoff = min(backoff * 2, 0.02)
+
+    def stats(self) -> ResourceUsage:
+        files = self._files
+        cpu = mem = rd = wr = None
+        if "cpuacct" in self._paths:
+            text = files.read_optional(os.path.join(self._paths["cpuacct"], "cpuacct.usage"))
+            cpu = int(text) / 1e9 if text else None
+        if "memory" in self._paths:
+            text = files.read_optional(os.path.join(self._paths["memory"], "memory.max_usage_in_bytes"))
+            mem = int(text) if text else None
+        if "blkio" in self._paths:
+            for name in (
+                "blkio.throttle.io_service_bytes_recursive",
+                "blkio.throttle.io_service_bytes",
+                "blkio.io_service_bytes_recursive",
+            ):
+                text = files.read_optional(os.path.join(self._paths["blkio"], name))
+                if text is not None:
+                    rd, wr = parse_blkio_service_bytes(text)
+                    break
+        return ResourceUsage(cpu_seconds=cpu, memory_peak_bytes=mem, io_read_bytes=rd, io_write_bytes=wr)
+
+    def oom_killed(self) -> bool:
+        memory = self._paths.get("memory")
+        if memory is None:
+            return False
+        for directory in self._files.walk_down(memory):
+            text = self._files.read_optional(os.path.join(directory, "memory.oom_control")) or ""
+            if parse_flat_keyed(text).get("oom_kill", 0) > 0:
+                return True
+        return False
+
+
+class CgroupV1Controller(CgroupController[_Layout, CgroupV1Handle]):
     """Resource limits through cgroup v1 hierarchies (hybrid or legacy layouts)."""
 
     name: ClassVar[str] = "cgroup1"
+    handle_class = CgroupV1Handle
 
     def __init__(
         self,
@@ -99,16 +145,12 @@ class CgroupV1Controller:
         proc_cgroup: str = "/proc/self/cgroup",
         files: CgroupFiles | None = None,
     ) -> None:
+        """`mountinfo` and `proc_cgroup` stand for /proc/self/mountinfo and /proc/self/cgroup: the
+        hierarchies, and the place in each that jobs are created under (default: the caller's own)."""
+        super().__init__(files)
         self._mountinfo = mountinfo
         self._proc_cgroup = proc_cgroup
-        self._files = files or CgroupFiles()
-        self._layout_cache: _Layout | None = None
         self._caps_cache: Capabilities | None = None
-
-    def _layout(self) -> _Layout:
-        if self._layout_cache is None:
-            self._layout_cache = self._discover()
-        return self._layout_cache
 
     def _discover(self) -> _Layout:
         try:
@@ -196,225 +238,34 @@ class CgroupV1Controller:
         )
         return self._caps_cache
 
-    def check(self, limits: Limits, cwd: str) -> None:
-        """Raise InvalidLimit when a requested limit cannot be enforced here; creates nothing."""
-        self._check(limits, cwd)
-
-    def _check(self, limits: Limits, cwd: str) -> tuple[int, int] | None:
+    def _problem(self) -> str:
         caps = self.probe()
-        if not caps.available:
-            raise ControllerError(f"the cgroup1 backend cannot run here: {caps.reason}")
-        for field in limits.requested():
-            if field not in caps.enforceable:
-                controller = _LIMIT_CONTROLLER[field]
-                raise InvalidLimit(
-                    f"{field} cannot be enforced by the cgroup1 backend here: the {controller} hierarchy "
-                    f"(file {_LIMIT_FILE[field]}) is not available"
-                )
-        if limits.has_io():
-            return resolve_block_device(limits.io_device or cwd)
-        return None
+        return "" if caps.available else caps.reason
 
-    def create(self, owner: str, job_id: str, limits: Limits, cwd: str) -> CgroupV1Handle:
-        """Create the job's directory in every hierarchy and write its limits."""
-        check_names(owner, job_id)
-        device = self._check(limits, cwd)
+    def _parents(self) -> dict[str, str]:
+        return dict(self._layout().parents)
+
+    def _enforceable(self) -> tuple[str, ...]:
+        return self.probe().enforceable
+
+    def _unenforceable(self, field: str) -> str:
+        return f"the {_LIMIT_CONTROLLER[field]} hierarchy (file {_LIMIT_FILE[field]}) is not available"
+
+    def _write_limits(self, paths: dict[str, str], limits: Limits, device: tuple[int, int] | None) -> None:
         files = self._files
-        paths = {
-            c: os.path.join(parent, JOBS_DIR, owner, job_id) for c, parent in self._layout().parents.items()
-        }
-        created: list[str] = []
-        try:
-            for directory in dict.fromkeys(paths.values()):
-                _make_job_dir(files, directory)
-                created.append(directory)
-            _write_limits(files, paths, limits, device)
-        except BaseException:
-            for directory in created:
-                rmdir_retrying(files, directory, time.monotonic() + 1.0)
-                remove_if_empty(files, os.path.dirname(directory))
-            raise
-        return CgroupV1Handle(files, paths, limits, device)
-
-    def attach(self, state: dict[str, Any]) -> CgroupV1Handle:
-        """Rebuild a handle from `CgroupV1Handle.to_state()`."""
-        if state.get("backend") != self.name:
-            raise ControllerError(f"state of backend {state.get('backend')!r} given to {self.name}")
-        device = state.get("io_device_number")
-        return CgroupV1Handle(
-            self._files,
-            dict(state["paths"]),
-            limits_from_dict(state["limits"]),
-            (int(device[0]), int(device[1])) if device else None,
-        )
-
-    def sweep(self, is_live: Callable[[str, str], bool]) -> list[str]:
-        """Kill and remove every job cgroup whose (owner, job_id) is not live; return removed paths."""
-        if not self.probe().available:
-            return []
-        files = self._files
-        parents = self._layout().parents
-        stale: dict[tuple[str, str], None] = {}
-        for parent in dict.fromkeys(parents.values()):
-            for key in job_dirs(files, os.path.join(parent, JOBS_DIR)):
-                if not is_live(*key):
-                    stale[key] = None
-        removed: list[str] = []
-        failed: list[str] = []
-        for owner, job_id in stale:
-            paths = {c: os.path.join(p, JOBS_DIR, owner, job_id) for c, p in parents.items()}
-            paths = {c: d for c, d in paths.items() if files.exists(d)}
-            try:
-                CgroupV1Handle(files, paths, Limits(), None).destroy()
-            except ControllerError as e:
-                failed.append(str(e))  # one stuck job must not keep the others alive
-                continue
-            removed.extend(dict.fromkeys(paths.values()))
-        if failed:
-            raise ControllerError(f"sweep removed {len(removed)} cgroups but failed: " + "; ".join(failed))
-        return removed
-
-
-def _make_job_dir(files: CgroupFiles, directory: str) -> None:
-    owner_dir = os.path.dirname(directory)
-    for _attempt in range(3):
-        files.mkdir(os.path.dirname(owner_dir))
-        files.mkdir(owner_dir)
-        try:
-            if files.mkdir(directory):
-                return
-        except ControllerError as e:
-            # A concurrent destroy() removed the (then empty) owner directory between our mkdirs.
-            if isinstance(e.__cause__, FileNotFoundError):
-                continue
-            raise
-        raise ControllerError(
-            f"cgroup {directory} already exists: is job {os.path.basename(directory)} running?"
-        )
-    raise ControllerError(f"cannot create cgroup {directory}: its owner directory keeps disappearing")
-
-
-def _write_limits(
-    files: CgroupFiles, paths: dict[str, str], limits: Limits, device: tuple[int, int] | None
-) -> None:
-    if limits.cpu is not None:
-        files.write(os.path.join(paths["cpu"], "cpu.cfs_period_us"), str(CFS_PERIOD_US))
-        files.write(os.path.join(paths["cpu"], "cpu.cfs_quota_us"), str(cpu_quota_us(limits.cpu)))
-    if limits.memory is not None:
-        memory = paths["memory"]
-        memsw_text = files.read_optional(os.path.join(memory, "memory.memsw.limit_in_bytes"))
-        current_memsw = int(memsw_text) if memsw_text is not None else None
-        for name, value in v1_memory_writes(limits.memory, current_memsw):
-            files.write(os.path.join(memory, name), value)
-        if current_memsw is None:
-            files.write(os.path.join(memory, "memory.swappiness"), "0")
-    if limits.pids is not None:
-        files.write(os.path.join(paths["pids"], "pids.max"), str(limits.pids))
-    if device is not None:
-        for name, value in blkio_throttle_writes(device, limits):
-            files.write(os.path.join(paths["blkio"], name), value)
-
-
-class CgroupV1Handle:
-    """One job's directories in the v1 hierarchies."""
-
-    def __init__(
-        self, files: CgroupFiles, paths: dict[str, str], limits: Limits, device: tuple[int, int] | None
-    ) -> None:
-        self._files = files
-        self._paths = paths
-        self._limits = limits
-        self._device = device
-
-    @property
-    def _dirs(self) -> list[str]:
-        return list(dict.fromkeys(self._paths.values()))
-
-    def to_state(self) -> dict[str, Any]:
-        return {
-            "backend": CgroupV1Controller.name,
-            "paths": dict(self._paths),
-            "limits": limits_to_dict(self._limits),
-            "io_device_number": list(self._device) if self._device else None,
-        }
-
-    def applied(self) -> Limits:
-        return self._limits
-
-    def enter(self, pid: int) -> None:
-        """Move `pid` (0: the caller) into the job's directory of every hierarchy. The kernel takes "0"
-        as the writer itself in v1 too, which also works from inside a PID namespace."""
-        for directory in self._dirs:
-            self._files.write(os.path.join(directory, "cgroup.procs"), str(pid))
-
-    def pids(self) -> list[int]:
-        return tree_pids(self._files, self._dirs)
-
-    def kill(self) -> None:
-        self._kill(time.monotonic() + 5.0)
-
-    def _kill(self, deadline: float) -> list[int]:
-        if os.getpid() in self.pids():
-            raise ControllerError(f"refusing to kill job cgroup {self._dirs[0]}: the caller is in it")
-        freezer = self._paths.get("freezer")
-        if freezer is not None and self._files.exists(freezer):
-            state = os.path.join(freezer, "freezer.state")
-            self._files.write(state, "FROZEN")
-            try:
-                self._wait_frozen(state, min(deadline, time.monotonic() + FREEZE_TIMEOUT))
-                sigkill_all(self.pids())
-            finally:
-                self._files.write(state, "THAWED")
-        return kill_until_empty(self._files, self._dirs, deadline)
-
-    def _wait_frozen(self, state_file: str, deadline: float) -> None:
-        backoff = 0.0005
-        while (self._files.read_optional(state_file) or "FROZEN").strip() != "FROZEN":
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return  # a task in uninterruptible sleep; kill anyway, kill_until_empty mops up
-            time.sleep(min(backoff, remaining))
-            backoff = min(backoff * 2, 0.02)
-
-    def stats(self) -> ResourceUsage:
-        files = self._files
-        cpu = mem = rd = wr = None
-        if "cpuacct" in self._paths:
-            text = files.read_optional(os.path.join(self._paths["cpuacct"], "cpuacct.usage"))
-            cpu = int(text) / 1e9 if text else None
-        if "memory" in self._paths:
-            text = files.read_optional(os.path.join(self._paths["memory"], "memory.max_usage_in_bytes"))
-            mem = int(text) if text else None
-        if "blkio" in self._paths:
-            for name in (
-                "blkio.throttle.io_service_bytes_recursive",
-                "blkio.throttle.io_service_bytes",
-                "blkio.io_service_bytes_recursive",
-            ):
-                text = files.read_optional(os.path.join(self._paths["blkio"], name))
-                if text is not None:
-                    rd, wr = parse_blkio_service_bytes(text)
-                    break
-        return ResourceUsage(cpu_seconds=cpu, memory_peak_bytes=mem, io_read_bytes=rd, io_write_bytes=wr)
-
-    def oom_killed(self) -> bool:
-        memory = self._paths.get("memory")
-        if memory is None:
-            return False
-        for directory in self._files.walk_down(memory):
-            text = self._files.read_optional(os.path.join(directory, "memory.oom_control")) or ""
-            if parse_flat_keyed(text).get("oom_kill", 0) > 0:
-                return True
-        return False
-
-    def destroy(self, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        left = self._kill(deadline)
-        if left:
-            raise ControllerError(f"job cgroup {self._dirs[0]} still has processes {left} after {timeout}s")
-        for directory in self._dirs:
-            for path in list(self._files.walk_down(directory)):
-                if not rmdir_retrying(self._files, path, deadline):
-                    raise ControllerError(f"cgroup {path} is still busy after {timeout}s; not removed")
-        for owner_dir in dict.fromkeys(os.path.dirname(d) for d in self._dirs):
-            remove_if_empty(self._files, owner_dir)
+        if limits.cpu is not None:
+            files.write(os.path.join(paths["cpu"], "cpu.cfs_period_us"), str(CFS_PERIOD_US))
+            files.write(os.path.join(paths["cpu"], "cpu.cfs_quota_us"), str(cpu_quota_us(limits.cpu)))
+        if limits.memory is not None:
+            memory = paths["memory"]
+            memsw_text = files.read_optional(os.path.join(memory, "memory.memsw.limit_in_bytes"))
+            current_memsw = int(memsw_text) if memsw_text is not None else None
+            for name, value in v1_memory_writes(limits.memory, current_memsw):
+                files.write(os.path.join(memory, name), value)
+            if current_memsw is None:
+                files.write(os.path.join(memory, "memory.swappiness"), "0")
+        if limits.pids is not None:
+            files.write(os.path.join(paths["pids"], "pids.max"), str(limits.pids))
+        if device is not None:
+            for name, value in blkio_throttle_writes(device, limits):
+                files.write(os.path.join(paths["blkio"], name), value)

@@ -26,34 +26,17 @@ import errno
 import os
 import select
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import attrs
 
 from jobcore.controllers.base import Capabilities
-from jobcore.controllers.block_device import resolve_block_device
-from jobcore.controllers.cgroupfs import (
-    JOBS_DIR,
-    CgroupFiles,
-    CgroupWriteError,
-    check_names,
-    job_dirs,
-    remove_if_empty,
-    rmdir_retrying,
-    sigkill_all,
-    tree_pids,
-)
-from jobcore.controllers.conversions import (
-    cpu_max_value,
-    io_max_value,
-    limits_from_dict,
-    limits_to_dict,
-    parse_flat_keyed,
-    parse_io_stat,
-)
+from jobcore.controllers.cgroup_common import CgroupController, CgroupHandle, limit_controllers
+from jobcore.controllers.cgroupfs import JOBS_DIR, CgroupFiles, CgroupWriteError, sigkill_all
+from jobcore.controllers.conversions import cpu_max_value, io_max_value, parse_flat_keyed, parse_io_stat
 from jobcore.controllers.mounts import cgroup_dir, parse_mountinfo, parse_proc_cgroup, read_text
-from jobcore.errors import ControllerError, InvalidLimit
+from jobcore.errors import ControllerError
 from jobcore.spec import Limits
 from jobcore.status import ResourceUsage
 
@@ -61,15 +44,9 @@ from jobcore.status import ResourceUsage
 CONTROLLERS = ("cpu", "memory", "io", "pids")
 #: The leaf the processes of `<own>` are moved to (see the module docstring).
 SUPERVISOR_LEAF = "jobcore-supervisor"
-_LIMIT_CONTROLLER = {
-    "cpu": "cpu",
-    "memory": "memory",
-    "pids": "pids",
-    "io_read_bps": "io",
-    "io_write_bps": "io",
-    "io_read_iops": "io",
-    "io_write_iops": "io",
-}
+_LIMIT_CONTROLLER = limit_controllers("io")
+#: The one key of a v2 handle's paths (v1's are controller names).
+_UNIFIED = "unified"
 DEFAULT_MOUNT = "/sys/fs/cgroup"
 FREEZE_TIMEOUT = 1.0
 _EVACUATE_ROUNDS = 10
@@ -83,10 +60,103 @@ class _Layout:
     problem: str = ""
 
 
-class CgroupV2Controller:
+class CgroupV2Handle(CgroupHandle):
+    """One job's cgroup in the unified hierarchy."""
+
+    backend: ClassVar[str] = "cgroup2"
+
+    @property
+    def _path(self) -> str:
+        return self._paths[_UNIFIED]
+
+    def _paths_state(self) -> dict[str, Any]:
+        return {"path": self._path}
+
+    @classmethod
+    def _paths_from_state(cls, state: Mapping[str, Any]) -> dict[str, str]:
+        path = state["path"]
+        if not isinstance(path, str):
+            raise TypeError(f"path is {path!r}, not a string")
+        return {_UNIFIED: path}
+
+    def _kill_all(self, deadline: float) -> bool:
+        """cgroup.kill (or freeze, SIGKILL, thaw); True once cgroup.events says it is unpopulated."""
+        files = self._files
+        if not files.exists(self._path):
+            return True
+        kill_file = os.path.join(self._path, "cgroup.kill")
+        if files.exists(kill_file):
+            files.write(kill_file, "1")
+        else:
+            freeze = os.path.join(self._path, "cgroup.freeze")
+            files.write(freeze, "1")
+            try:
+                self._wait_events(lambda ev: ev.get("frozen", 0) == 1, min(deadline, time.monotonic() + 1.0))
+                sigkill_all(self.pids())
+            finally:
+                files.write(freeze, "0")
+        return self._wait_events(lambda ev: ev.get("populated", 0) == 0, deadline, rekill=True)
+
+    def _wait_events(
+        self, done: Callable[[dict[str, int]], bool], deadline: float, rekill: bool = False
+    ) -> bool:
+        """Wait until `done(cgroup.events)`; the kernel wakes a POLLPRI poller on every change."""
+        events = os.path.join(self._path, "cgroup.events")
+        try:
+            fd = os.open(events, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return True
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLPRI | select.POLLERR)
+            while True:
+                values = parse_flat_keyed(os.pread(fd, 4096, 0).decode())
+                if done(values):
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                if rekill:
+                    # Without cgroup.kill a process can slip past the freeze (one in transit between
+                    # cgroups); with it this finds nothing.
+                    sigkill_all(self.pids())
+                poller.poll(remaining * 1000)
+        finally:
+            os.close(fd)
+
+    def stats(self) -> ResourceUsage:
+        files = self._files
+        cpu_stat = files.read_optional(os.path.join(self._path, "cpu.stat"))
+        usage = parse_flat_keyed(cpu_stat).get("usage_usec") if cpu_stat is not None else None
+        peak = files.read_optional(os.path.join(self._path, "memory.peak"))
+        io_stat = files.read_optional(os.path.join(self._path, "io.stat"))
+        rd, wr = parse_io_stat(io_stat) if io_stat is not None else (None, None)
+        return ResourceUsage(
+            cpu_seconds=usage / 1e6 if usage is not None else None,
+            memory_peak_bytes=int(peak) if peak else None,
+            io_read_bytes=rd,
+            io_write_bytes=wr,
+        )
+
+    def oom_killed(self) -> bool:
+        files = self._files
+        # memory.events counts the whole subtree, except under the memory_localevents mount option;
+        # summing memory.events.local over the subtree is right under both.
+        if files.exists(os.path.join(self._path, "memory.events.local")):
+            for path in files.walk_down(self._path):
+                text = files.read_optional(os.path.join(path, "memory.events.local")) or ""
+                if parse_flat_keyed(text).get("oom_kill", 0) > 0:
+                    return True
+            return False
+        text = files.read_optional(os.path.join(self._path, "memory.events")) or ""
+        return parse_flat_keyed(text).get("oom_kill", 0) > 0
+
+
+class CgroupV2Controller(CgroupController[_Layout, CgroupV2Handle]):
     """Resource limits through the cgroup v2 unified hierarchy."""
 
     name: ClassVar[str] = "cgroup2"
+    handle_class = CgroupV2Handle
 
     def __init__(
         self,
@@ -102,17 +172,11 @@ class CgroupV2Controller:
         `mount_point` is where cgroup2 is mounted (default: found in `mountinfo`), `self_cgroup` the
         caller's cgroup path as /proc/self/cgroup shows it (default: read from `proc_cgroup`).
         """
+        super().__init__(files)
         self._mount_point = os.fspath(mount_point) if mount_point is not None else None
         self._self_cgroup = self_cgroup
-        self._files = files or CgroupFiles()
         self._mountinfo = mountinfo
         self._proc_cgroup = proc_cgroup
-        self._layout_cache: _Layout | None = None
-
-    def _layout(self) -> _Layout:
-        if self._layout_cache is None:
-            self._layout_cache = self._discover()
-        return self._layout_cache
 
     def _discover(self) -> _Layout:
         own_path = self._self_cgroup
@@ -213,64 +277,25 @@ class CgroupV2Controller:
             notes=tuple(notes),
         )
 
-    def check(self, limits: Limits, cwd: str) -> None:
-        """Raise InvalidLimit when a requested limit cannot be enforced here; creates nothing."""
-        self._check(limits, cwd)
+    def _problem(self) -> str:
+        return self._layout().problem
 
-    def _check(self, limits: Limits, cwd: str) -> tuple[int, int] | None:
-        layout = self._layout()
-        if layout.problem:
-            raise ControllerError(f"the cgroup2 backend cannot run here: {layout.problem}")
-        requested = limits.requested()
-        if requested:
-            controllers = self._available_controllers(layout.own)
-            for field in requested:
-                if _LIMIT_CONTROLLER[field] not in controllers:
-                    raise InvalidLimit(
-                        f"{field} cannot be enforced by the cgroup2 backend here: the "
-                        f"{_LIMIT_CONTROLLER[field]} controller is not in {layout.own}/cgroup.controllers"
-                    )
-        if limits.has_io():
-            return resolve_block_device(limits.io_device or cwd)
-        return None
+    def _parents(self) -> dict[str, str]:
+        return {_UNIFIED: self._layout().own}
 
-    def create(self, owner: str, job_id: str, limits: Limits, cwd: str) -> CgroupV2Handle:
-        """Create the job's cgroup, enabling controllers on the way down, and write its limits."""
-        check_names(owner, job_id)
-        device = self._check(limits, cwd)
-        files = self._files
+    def _enforceable(self) -> tuple[str, ...]:
+        controllers = self._available_controllers(self._layout().own)
+        return tuple(f for f, c in _LIMIT_CONTROLLER.items() if c in controllers)
+
+    def _unenforceable(self, field: str) -> str:
         own = self._layout().own
-        controllers = self._available_controllers(own)
-        path = os.path.join(own, JOBS_DIR, owner, job_id)
-        for _attempt in range(3):
-            try:
-                self._make_job_dir(own, owner, path, controllers)
-                break
-            except ControllerError as e:
-                # A concurrent destroy() removed the (then empty) owner directory meanwhile.
-                if not _vanished(e):
-                    raise
-        else:
-            raise ControllerError(f"cannot create cgroup {path}: its owner directory keeps disappearing")
-        try:
-            _write_limits(files, path, limits, device)
-        except BaseException:
-            rmdir_retrying(files, path, time.monotonic() + 1.0)
-            remove_if_empty(files, os.path.dirname(path))
-            raise
-        return CgroupV2Handle(files, path, limits, device)
+        return f"the {_LIMIT_CONTROLLER[field]} controller is not in {own}/cgroup.controllers"
 
-    def _make_job_dir(self, own: str, owner: str, path: str, controllers: list[str]) -> None:
-        files = self._files
-        self._enable(own, controllers)
-        jobs_root = os.path.join(own, JOBS_DIR)
-        files.mkdir(jobs_root)
-        self._enable(jobs_root, controllers)
-        owner_dir = os.path.join(jobs_root, owner)
-        files.mkdir(owner_dir)
-        self._enable(owner_dir, controllers)
-        if not files.mkdir(path):
-            raise ControllerError(f"cgroup {path} already exists: is job {os.path.basename(path)} running?")
+    def _delegated(self) -> list[str]:
+        return self._available_controllers(self._layout().own)
+
+    def _delegate(self, directory: str, controllers: list[str]) -> None:
+        self._enable(directory, controllers)
 
     def _enable(self, directory: str, controllers: list[str]) -> None:
         control = os.path.join(directory, "cgroup.subtree_control")
@@ -307,176 +332,21 @@ class CgroupV2Controller:
             f"Worker in a leaf cgroup"
         )
 
-    def attach(self, state: dict[str, Any]) -> CgroupV2Handle:
-        """Rebuild a handle from `CgroupV2Handle.to_state()`."""
-        if state.get("backend") != self.name:
-            raise ControllerError(f"state of backend {state.get('backend')!r} given to {self.name}")
-        device = state.get("io_device_number")
-        return CgroupV2Handle(
-            self._files,
-            str(state["path"]),
-            limits_from_dict(state["limits"]),
-            (int(device[0]), int(device[1])) if device else None,
-        )
-
-    def sweep(self, is_live: Callable[[str, str], bool]) -> list[str]:
-        """Kill and remove every job cgroup whose (owner, job_id) is not live; return removed paths."""
-        layout = self._layout()
-        if layout.problem:
-            return []
-        jobs_root = os.path.join(layout.own, JOBS_DIR)
-        removed: list[str] = []
-        failed: list[str] = []
-        for owner, job_id in job_dirs(self._files, jobs_root):
-            if not is_live(owner, job_id):
-                path = os.path.join(jobs_root, owner, job_id)
-                try:
-                    CgroupV2Handle(self._files, path, Limits(), None).destroy()
-                except ControllerError as e:
-                    failed.append(str(e))  # one stuck job must not keep the others alive
-                    continue
-                removed.append(path)
-        if failed:
-            raise ControllerError(f"sweep removed {len(removed)} cgroups but failed: " + "; ".join(failed))
-        return removed
-
-
-def _vanished(e: ControllerError) -> bool:
-    """Whether `e` is a directory having disappeared under us (ENOENT)."""
-    if isinstance(e, CgroupWriteError):
-        return e.errno == errno.ENOENT
-    return isinstance(e.__cause__, FileNotFoundError)
-
-
-def _write_limits(files: CgroupFiles, path: str, limits: Limits, device: tuple[int, int] | None) -> None:
-    if limits.cpu is not None:
-        files.write(os.path.join(path, "cpu.max"), cpu_max_value(limits.cpu))
-    if limits.memory is not None:
-        files.write(os.path.join(path, "memory.max"), str(limits.memory))
-        # "swap is never allowed past it"; the file is absent without swap accounting (then no swap
-        # can be charged to the job anyway... or none is configured), so its absence is not an error.
-        swap_max = os.path.join(path, "memory.swap.max")
-        if files.exists(swap_max):
-            files.write(swap_max, "0")
-    if limits.pids is not None:
-        files.write(os.path.join(path, "pids.max"), str(limits.pids))
-    if device is not None:
-        line = io_max_value(device, limits)
-        if line is not None:
-            files.write(os.path.join(path, "io.max"), line)
-
-
-class CgroupV2Handle:
-    """One job's cgroup in the unified hierarchy."""
-
-    def __init__(self, files: CgroupFiles, path: str, limits: Limits, device: tuple[int, int] | None) -> None:
-        self._files = files
-        self._path = path
-        self._limits = limits
-        self._device = device
-
-    def to_state(self) -> dict[str, Any]:
-        return {
-            "backend": CgroupV2Controller.name,
-            "path": self._path,
-            "limits": limits_to_dict(self._limits),
-            "io_device_number": list(self._device) if self._device else None,
-        }
-
-    def applied(self) -> Limits:
-        return self._limits
-
-    def enter(self, pid: int) -> None:
-        """Move `pid` (0: the caller) into the job's cgroup."""
-        self._files.write(os.path.join(self._path, "cgroup.procs"), str(pid))
-
-    def pids(self) -> list[int]:
-        return tree_pids(self._files, [self._path])
-
-    def kill(self) -> None:
-        self._kill(time.monotonic() + 5.0)
-
-    def _kill(self, deadline: float) -> bool:
-        """Kill everything in the subtree; True once cgroup.events says it is unpopulated."""
+    def _write_limits(self, paths: dict[str, str], limits: Limits, device: tuple[int, int] | None) -> None:
         files = self._files
-        if not files.exists(self._path):
-            return True
-        if os.getpid() in self.pids():
-            raise ControllerError(f"refusing to kill job cgroup {self._path}: the caller is in it")
-        kill_file = os.path.join(self._path, "cgroup.kill")
-        if files.exists(kill_file):
-            files.write(kill_file, "1")
-        else:
-            freeze = os.path.join(self._path, "cgroup.freeze")
-            files.write(freeze, "1")
-            try:
-                self._wait_events(lambda ev: ev.get("frozen", 0) == 1, min(deadline, time.monotonic() + 1.0))
-                sigkill_all(self.pids())
-            finally:
-                files.write(freeze, "0")
-        return self._wait_events(lambda ev: ev.get("populated", 0) == 0, deadline, rekill=True)
-
-    def _wait_events(
-        self, done: Callable[[dict[str, int]], bool], deadline: float, rekill: bool = False
-    ) -> bool:
-        """Wait until `done(cgroup.events)`; the kernel wakes a POLLPRI poller on every change."""
-        events = os.path.join(self._path, "cgroup.events")
-        try:
-            fd = os.open(events, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return True
-        try:
-            poller = select.poll()
-            poller.register(fd, select.POLLPRI | select.POLLERR)
-            while True:
-                values = parse_flat_keyed(os.pread(fd, 4096, 0).decode())
-                if done(values):
-                    return True
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                if rekill:
-                    # Without cgroup.kill a process can slip past the freeze (one in transit between
-                    # cgroups); with it this finds nothing.
-                    sigkill_all(self.pids())
-                poller.poll(remaining * 1000)
-        finally:
-            os.close(fd)
-
-    def stats(self) -> ResourceUsage:
-        files = self._files
-        cpu_stat = files.read_optional(os.path.join(self._path, "cpu.stat"))
-        usage = parse_flat_keyed(cpu_stat).get("usage_usec") if cpu_stat is not None else None
-        peak = files.read_optional(os.path.join(self._path, "memory.peak"))
-        io_stat = files.read_optional(os.path.join(self._path, "io.stat"))
-        rd, wr = parse_io_stat(io_stat) if io_stat is not None else (None, None)
-        return ResourceUsage(
-            cpu_seconds=usage / 1e6 if usage is not None else None,
-            memory_peak_bytes=int(peak) if peak else None,
-            io_read_bytes=rd,
-            io_write_bytes=wr,
-        )
-
-    def oom_killed(self) -> bool:
-        files = self._files
-        # memory.events counts the whole subtree, except under the memory_localevents mount option;
-        # summing memory.events.local over the subtree is right under both.
-        if files.exists(os.path.join(self._path, "memory.events.local")):
-            for path in files.walk_down(self._path):
-                text = files.read_optional(os.path.join(path, "memory.events.local")) or ""
-                if parse_flat_keyed(text).get("oom_kill", 0) > 0:
-                    return True
-            return False
-        text = files.read_optional(os.path.join(self._path, "memory.events")) or ""
-        return parse_flat_keyed(text).get("oom_kill", 0) > 0
-
-    def destroy(self, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        if not self._kill(deadline):
-            raise ControllerError(
-                f"job cgroup {self._path} still has processes {self.pids()} after {timeout}s; not removed"
-            )
-        for path in list(self._files.walk_down(self._path)):
-            if not rmdir_retrying(self._files, path, deadline):
-                raise ControllerError(f"cgroup {path} is still busy after {timeout}s; not removed")
-        remove_if_empty(self._files, os.path.dirname(self._path))
+        path = paths[_UNIFIED]
+        if limits.cpu is not None:
+            files.write(os.path.join(path, "cpu.max"), cpu_max_value(limits.cpu))
+        if limits.memory is not None:
+            files.write(os.path.join(path, "memory.max"), str(limits.memory))
+            # "swap is never allowed past it"; the file is absent without swap accounting (then no swap
+            # can be charged to the job anyway... or none is configured), so its absence is not an error.
+            swap_max = os.path.join(path, "memory.swap.max")
+            if files.exists(swap_max):
+                files.write(swap_max, "0")
+        if limits.pids is not None:
+            files.write(os.path.join(path, "pids.max"), str(limits.pids))
+        if device is not None:
+            line = io_max_value(device, limits)
+            if line is not None:
+                files.write(os.path.join(path, "io.max"), line)

@@ -7,10 +7,10 @@ left to the job's init and PID namespace, so kill() has nothing to do.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-from jobcore.controllers.base import Capabilities
+from jobcore.controllers.base import Capabilities, class_path
 from jobcore.errors import ControllerError, InvalidLimit
 from jobcore.spec import Limits
 from jobcore.status import ResourceUsage
@@ -42,9 +42,11 @@ class NoneController:
         return NoneHandle()
 
     def attach(self, state: dict[str, Any]) -> NoneHandle:
-        if state.get("backend") != self.name:
-            raise ControllerError(f"state of backend {state.get('backend')!r} given to {self.name}")
-        return NoneHandle()
+        return NoneHandle.from_state(state)
+
+    def job_cgroups(self) -> list[tuple[str, str, NoneHandle]]:
+        """No job has a cgroup."""
+        return []
 
     def sweep(self, is_live: Callable[[str, str], bool]) -> list[str]:
         return []
@@ -54,7 +56,13 @@ class NoneHandle:
     """A job without a cgroup: it knows of no process and counts nothing."""
 
     def to_state(self) -> dict[str, Any]:
-        return {"backend": NoneController.name}
+        return {"backend": NoneController.name, "handle": class_path(type(self))}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> NoneHandle:
+        if state.get("backend") != NoneController.name:
+            raise ControllerError(f"state of backend {state.get('backend')!r} given to {NoneController.name}")
+        return cls()
 
     def applied(self) -> Limits:
         return Limits()
