@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import queue
 import threading
 from pathlib import Path
 
@@ -45,15 +46,10 @@ def test_stops_racing_the_end_of_short_jobs_never_reach_another_job(worker: Work
     no stop fails, and no watchful job ever gets a SIGTERM."""
     watchful: list[str] = []
     errors: list[BaseException] = []
-    short_ids: collections.deque[str] = collections.deque()
-    done = threading.Event()
+    short_ids: queue.SimpleQueue[str | None] = queue.SimpleQueue()
 
     def stopper() -> None:
-        while not done.is_set() or short_ids:
-            try:
-                job_id = short_ids.popleft()
-            except IndexError:
-                continue
+        while (job_id := short_ids.get()) is not None:
             try:
                 for _ in range(3):
                     worker.stop(job_id, grace=0)
@@ -64,14 +60,15 @@ def test_stops_racing_the_end_of_short_jobs_never_reach_another_job(worker: Work
     for t in threads:
         t.start()
     try:
-        for round_ in range(120):
-            short_ids.append(worker.start(JobSpec(["true"])).id)
-            short_ids.append(worker.start(JobSpec(["sleep", "0.01"])).id)
-            if round_ % 20 == 0:
+        for round_ in range(50):
+            short_ids.put(worker.start(JobSpec(["true"])).id)
+            short_ids.put(worker.start(JobSpec(["sleep", "0.01"])).id)
+            if round_ % 10 == 0:
                 job = worker.start(JobSpec(WATCHFUL))
                 watchful.append(job.id)
     finally:
-        done.set()
+        for t in threads:
+            short_ids.put(None)
         for t in threads:
             t.join()
     assert not errors, f"stop() failed while the job ended: {errors[:3]!r}"
@@ -121,20 +118,26 @@ def test_on_job_ended_is_called_exactly_once_for_each_of_hundreds_of_jobs(state_
 
 def test_a_slow_on_job_ended_never_stalls_the_watching_of_other_jobs(state_dir: Path) -> None:
     release = threading.Event()
+    blocked = threading.Event()
     first_id: list[str] = []
 
     def ended(status: JobStatus) -> None:
         if status.id in first_id:
-            release.wait(60)  # a server writing SQLite on a slow disk, say
+            blocked.set()
+            release.wait(120)  # a server writing SQLite on a slow disk, say
 
     worker = Worker(state_dir, controller=CONTROLLER, on_job_ended=ended)
     try:
         first = worker.start(JobSpec(["sh", "-c", "read x"]))  # ends when stopped
         first_id.append(first.id)
-        worker.stop(first.id, grace=0)  # its callback now blocks
+        worker.stop(first.id, grace=0)
+        assert blocked.wait(30), "the first job's on_job_ended never ran"
+        # While that callback blocks, another job runs, is followed to its end, and is seen ending.
         second = worker.start(JobSpec(["sh", "-c", "echo one; sleep 0.2; echo two"]))
+        final = worker.wait(second.id, timeout=30)
+        assert final.state is JobState.EXITED, "the watcher stalled behind a slow callback"
         assert b"".join(worker.output(second.id)) == b"one\ntwo\n"
-        assert worker.wait(second.id, timeout=30).state is JobState.EXITED
+        assert not release.is_set()
     finally:
         release.set()
         worker.close()

@@ -141,6 +141,12 @@ def _strict(kind: type, *kinds: type) -> Any:
     return structure
 
 
+def stored_limits(value: Any) -> Limits:
+    """Limits as recorded (in a record, a handle's state...): their kinds are checked, and that each
+    is positive, but not their sizes against this host. Raises TypeError/ValueError for a value of the wrong kind."""
+    return _structure_limits(value, Limits)
+
+
 def _structure_limits(value: Any, _type: Any) -> Limits:
     """Limits as recorded: their kinds are checked, not their sizes against this host."""
     if not isinstance(value, dict):
@@ -156,6 +162,8 @@ def _structure_limits(value: Any, _type: Any) -> Limits:
                 item = _strict(float, int)(item, float)
             else:
                 item = _strict(int)(item, int)
+            if name != "io_device" and item <= 0:
+                raise ValueError(f"{name} must be positive, got {item}")
         object.__setattr__(limits, name, item if name in value else field.default)
     return limits
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from jobcore import jobdir, records
-from jobcore.errors import CorruptStateFile
+from jobcore.errors import ControllerError, CorruptStateFile
 from jobcore.records import ExitRecord, RunRecord, ShimRecord, SpecRecord
 from jobcore.watcher import Watcher, kill_recorded_processes
 
@@ -57,8 +57,11 @@ def load_existing(worker: Worker, watcher: Watcher, sweep_unknown: bool) -> None
             return False
         return not sweep_unknown
 
-    for path in worker.controller.sweep(is_live):
-        log.info("removed stale cgroup %s", path)
+    try:
+        for path in worker.controller.sweep(is_live):
+            log.info("removed stale cgroup %s", path)
+    except ControllerError as exc:  # a stuck cgroup is the operator's to look at, not a dead Worker
+        log.warning("jobcore: %s", exc)
 
 
 def _load_job(worker: Worker, watcher: Watcher, entry: Path) -> bool:

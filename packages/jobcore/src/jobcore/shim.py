@@ -18,7 +18,6 @@ JSON line: started or failed), and signals: SIGTERM with a stop.json present = "
 from __future__ import annotations
 
 import errno
-import importlib
 import json
 import os
 import select
@@ -30,7 +29,7 @@ from typing import Any, NoReturn
 
 from jobcore import jobdir, linux, records
 from jobcore.command import StartError, spawn_command
-from jobcore.controllers.base import Handle, ResourceController
+from jobcore.controllers import Handle, handle_from_state
 from jobcore.errors import CorruptStateFile
 from jobcore.output_log import STDERR, STDOUT, OutputWriter
 from jobcore.records import ExitRecord, RunRecord, ShimRecord, SpecRecord, StopRequest
@@ -52,17 +51,9 @@ FORWARDED_SIGNALS = (
 )
 
 
-def load_controller_class(path: str) -> type[ResourceController]:
-    module, _, name = path.partition(":")
-    cls: type[ResourceController] = getattr(importlib.import_module(module), name)
-    return cls
-
-
 def job_handle(spec: SpecRecord) -> Handle:
-    """The job's cgroup handle, from its recorded state."""
-    if spec.controller_class is None:
-        raise RuntimeError(f"job {spec.id}: spec.json names no controller class")
-    return load_controller_class(spec.controller_class)().attach(spec.cgroup)
+    """The job's cgroup handle, rebuilt from its recorded state (no controller needed)."""
+    return handle_from_state(spec.cgroup, controller_class=spec.controller_class)
 
 
 # ---------------------------------------------------------------------------------------------- shim

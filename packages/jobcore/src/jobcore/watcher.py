@@ -37,7 +37,7 @@ from jobcore import jobdir, linux, records
 from jobcore.controllers import Handle
 from jobcore.errors import CorruptStateFile
 from jobcore.records import ExitRecord, RunRecord, SpecRecord
-from jobcore.status import JobState
+from jobcore.status import JobState, ResourceUsage
 
 log = logging.getLogger("jobcore")
 
@@ -68,6 +68,14 @@ class WatchedJob:
         self.wd: int | None = None
         #: One stop request written at a time (a file write: never under the watcher's lock).
         self.stop_lock = threading.Lock()
+        #: Whether stop.json exists (only this Worker writes it: the state directory is locked).
+        self.stop_requested = (directory / jobdir.STOP).exists()
+        #: The live usage last read, and when (time.monotonic()): listings reuse it for a moment.
+        self.usage: ResourceUsage | None = None
+        self.usage_at = 0.0
+        #: As strings: a listing stats these for every running job, and pathlib costs more than stat.
+        self.dir_path = str(directory)
+        self.output_path = str(directory / jobdir.OUTPUT)
         self._make_handle = handle
         self._handle: Handle | None = None
 
@@ -337,7 +345,7 @@ class Watcher:
         """If the directory of a running job is gone (removed by hand, a wiped disk), the job is
         killed — its shim through its pidfd, everything in its cgroup — and LOST (in memory: there
         is nowhere to write). True when that happened."""
-        if job.exit is not None or job.dir.is_dir():
+        if job.exit is not None or os.path.isdir(job.dir_path):
             return False
         log.warning("jobcore: the directory of running job %s vanished; killing the job", job.id)
         lost = ExitRecord(state=JobState.LOST, ended_at=time.time(), reason=VANISHED_REASON)

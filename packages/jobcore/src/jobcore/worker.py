@@ -24,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 
 from jobcore import jobdir, records, recovery
-from jobcore.controllers import Capabilities, Handle, ResourceController, load_controller
+from jobcore.controllers import Capabilities, Handle, ResourceController, handle_from_state, load_controller
 from jobcore.errors import (
     InvalidSpec,
     JobNotFound,
@@ -53,6 +53,8 @@ START_TIMEOUT = 30.0
 #: How long stop() waits past the grace period for the job to end after SIGKILL.
 KILL_TIMEOUT = 15.0
 DEFAULT_CHUNK = 256 * 1024
+#: How old a running job's usage may be in a listing, in seconds (`Worker.list`).
+LIST_USAGE_MAX_AGE = 1.0
 #: Working directories that the sandbox's own mounts provide (see `JobSpec.cwd`).
 _PRIVATE_CWDS = ("/", "/tmp", "/var/tmp", "/dev/shm")
 
@@ -211,6 +213,7 @@ class Worker:
                 (staging / jobdir.SCRATCH).mkdir(mode=0o700)
                 os.chown(staging / jobdir.SCRATCH, user.uid, user.gid)
             handle = self.controller.create(spec.owner, job_id, limits, given or str(self.state_dir))
+            state = handle.to_state()
             record = SpecRecord(
                 id=job_id,
                 owner=spec.owner,
@@ -236,8 +239,9 @@ class Worker:
                 namespaces=tuple(spec.isolation.enabled()),
                 limits=handle.applied(),
                 controller=self.controller.name,
-                controller_class=self._controller_class,
-                cgroup=handle.to_state(),
+                cgroup=state,
+                # A third-party handle whose state names no class is rebuilt through its controller.
+                controller_class=None if "handle" in state else self._controller_class,
                 output_cap=self.output_cap,
                 created_at=time.time(),
             )
@@ -265,7 +269,7 @@ class Worker:
         return job
 
     def _handle_of(self, spec: SpecRecord) -> Handle:
-        return self.controller.attach(spec.cgroup)
+        return handle_from_state(spec.cgroup, controller_class=spec.controller_class)
 
     def _sandbox_cwd(self, cwd: str) -> str:
         """A sandboxed job's explicit working directory, resolved (no symlink, no `.`, no `//`: the
@@ -322,17 +326,20 @@ class Worker:
             # No report, no run.json: the shim died before it could say, or hangs.
             self._jobs.lose(job, f"the job's shim did not report within {START_TIMEOUT:.0f} s of its start")
 
-    def status(self, job_id: str) -> JobStatus:
-        """The job's current status. Raises InvalidJobId or JobNotFound."""
+    def status(self, job_id: str, *, usage_max_age: float = 0.0) -> JobStatus:
+        """The job's current status. A running job's usage is read from its cgroup now, or (for a
+        listing) reused if read less than `usage_max_age` seconds ago. Raises InvalidJobId or
+        JobNotFound."""
         job = self._get(job_id)
         self._jobs.check_vanished(job)
-        return self._status(job)
+        return self._status(job, usage_max_age)
 
-    def list(self, owner: str | None = None) -> list[JobStatus]:
-        """Every job (or `owner`'s), oldest first."""
+    def list(self, owner: str | None = None, *, usage_max_age: float = LIST_USAGE_MAX_AGE) -> list[JobStatus]:
+        """Every job (or `owner`'s), oldest first. Running jobs' usage may be up to `usage_max_age`
+        seconds old (a listing of hundreds of running jobs then reads no cgroup twice in a second)."""
         jobs = [j for j in self._jobs.jobs() if owner is None or j.spec.owner == owner]
         jobs.sort(key=lambda j: j.spec.created_at)
-        return [self._status(j) for j in jobs]
+        return [self._status(j, usage_max_age) for j in jobs]
 
     def running_count(self, owner: str | None = None) -> int:
         """How many jobs (of `owner`) are running; cheaper than `list()`, which reads usage."""
@@ -365,6 +372,7 @@ class Worker:
                 request = previous
             try:
                 records.write(job.dir / jobdir.STOP, request)
+                job.stop_requested = True
             except FileNotFoundError:
                 if job.dir.is_dir():
                     raise
@@ -441,29 +449,28 @@ class Worker:
             raise JobNotFound(job_id)
         return job
 
-    def _status(self, job: WatchedJob) -> JobStatus:
-        """The status from the job's records, plus (while it runs) its live usage and output size."""
+    def _status(self, job: WatchedJob, usage_max_age: float = 0.0) -> JobStatus:
+        """The status from the job's records, plus (while it runs) its live usage — read now, or
+        reused when read less than `usage_max_age` seconds ago — and its output's size."""
         with job.cond:
             run, ended = job.run, job.exit
-        stop_requested = (job.dir / jobdir.STOP).exists()
         if ended is not None:
-            return records.job_status(job.spec, run, ended, stop_requested=stop_requested)
-        usage = ResourceUsage()
+            return records.job_status(job.spec, run, ended, stop_requested=job.stop_requested)
+        now = time.monotonic()
+        usage = job.usage
+        if usage is None or now - job.usage_at > usage_max_age:
+            try:
+                usage = job.handle().stats()
+            except Exception as exc:  # a cgroup that just went away: report no usage rather than fail
+                log.debug("stats of job %s: %s", job.id, exc)
+                usage = ResourceUsage()
+            job.usage, job.usage_at = usage, now
         try:
-            usage = job.handle().stats()
-        except Exception as exc:  # a cgroup that just went away: report no usage rather than fail
-            log.debug("stats of job %s: %s", job.id, exc)
-        try:
-            output_bytes = os.stat(job.dir / jobdir.OUTPUT).st_size
+            output_bytes = os.stat(job.output_path).st_size
         except FileNotFoundError:
             output_bytes = 0
         return records.job_status(
-            job.spec,
-            run,
-            None,
-            usage=usage,
-            output_bytes=output_bytes,
-            stop_requested=stop_requested,
+            job.spec, run, None, usage=usage, output_bytes=output_bytes, stop_requested=job.stop_requested
         )
 
     def _job_ended(self, job: WatchedJob) -> None:

@@ -131,5 +131,8 @@ def limits_to_dict(limits: Limits) -> dict[str, float | int | str]:
 
 
 def limits_from_dict(values: dict[str, float | int | str]) -> Limits:
-    """The inverse of `limits_to_dict`."""
-    return Limits(**values)  # type: ignore[arg-type]
+    """The inverse of `limits_to_dict`: the limits as they were applied, not checked again against
+    this host (one that shrank since must still be able to rebuild, and remove, the job's cgroup)."""
+    from jobcore.records import stored_limits
+
+    return stored_limits(values)
