@@ -309,15 +309,20 @@ def live_job_processes(jobs_dir: Path, job_ids: Iterable[str] | None = None) -> 
     for entry in sorted(jobs_dir.iterdir()):
         if not entry.is_dir() or (wanted is not None and entry.name not in wanted):
             continue
-        for name, ticks_key in (("shim.json", "start_ticks"), ("run.json", "pid_start_ticks")):
+        for name in ("shim.json", "run.json"):
             try:
                 record = json.loads((entry / name).read_text())
             except (FileNotFoundError, ValueError):
                 continue
-            pid = record.get("pid")
-            if pid and process_start_ticks(pid) == record.get(ticks_key):
+            pid, ticks = record.get("pid"), _recorded_start_ticks(record)
+            if pid and ticks is not None and process_start_ticks(pid) == ticks:
                 alive.append(f"{entry.name}/{name}: pid {pid}")
     return alive
+
+
+def _recorded_start_ticks(record: dict[str, object]) -> object:
+    """A record's start time of its process (run.json called it pid_start_ticks before jobcore.records)."""
+    return record.get("start_ticks", record.get("pid_start_ticks"))
 
 
 def kill_job_processes(jobs_dir: Path) -> None:
@@ -329,13 +334,13 @@ def kill_job_processes(jobs_dir: Path) -> None:
     for entry in jobs_dir.iterdir():
         if not entry.is_dir():
             continue
-        for name, ticks_key in (("run.json", "pid_start_ticks"), ("shim.json", "start_ticks")):
+        for name in ("run.json", "shim.json"):
             try:
                 record = json.loads((entry / name).read_text())
             except (FileNotFoundError, ValueError, OSError):
                 continue
-            pid = record.get("pid")
-            if pid and process_start_ticks(pid) == record.get(ticks_key):
+            pid, ticks = record.get("pid"), _recorded_start_ticks(record)
+            if pid and ticks is not None and process_start_ticks(pid) == ticks:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:

@@ -36,7 +36,11 @@ class NicenessHandle(NoneHandle):
         self.niceness = niceness
 
     def to_state(self) -> dict[str, Any]:
-        return {"backend": NicenessController.name, "handle": f"{__name__}:NicenessHandle", "niceness": self.niceness}
+        return {
+            "backend": NicenessController.name,
+            "handle": f"{__name__}:NicenessHandle",
+            "niceness": self.niceness,
+        }
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> NicenessHandle:

@@ -219,7 +219,7 @@ def test_twenty_concurrent_readers_get_identical_output(worker: Worker) -> None:
 
 def test_a_late_follower_gets_the_output_from_the_first_byte(worker: Worker) -> None:
     status = worker.start(JobSpec(["sh", "-c", "echo first; sleep 0.5; echo second; sleep 0.5; echo third"]))
-    time.sleep(0.3)
+    wait_until(lambda: worker.status(status.id).output_bytes >= 6, 10, "the first line")  # then follow
     assert b"".join(worker.output(status.id)) == b"first\nsecond\nthird\n"
 
 

@@ -7,7 +7,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -195,8 +194,8 @@ def test_a_refused_namespace_fails_the_start_with_the_reason_never_a_silent_down
 
 
 def test_a_job_started_with_all_namespaces_ends_cleanly_when_stopped(worker: Worker) -> None:
-    status = worker.start(JobSpec(["sh", "-c", "sleep 300 & sleep 300 & wait"]))
-    time.sleep(0.2)
+    status = worker.start(JobSpec(["sh", "-c", "echo up; sleep 300 & sleep 300 & wait"]))
+    wait_until(lambda: worker.status(status.id).output_bytes == 3, 10, "the job's shell to run")
     final = worker.stop(status.id, grace=0.5)
     assert final.state is JobState.KILLED
     wait_until(lambda: worker.status(status.id).state is JobState.KILLED, 5, "the job to be killed")

@@ -14,8 +14,8 @@ import pytest
 from jobcore_testing import CONTROLLER, job_pids, requires_root, wait_until
 
 from jobcore import JobSpec, JobState, Worker, jobdir, records
-from jobcore.records import RunRecord
 from jobcore.errors import CorruptStateFile, JobNotFound, JobStillRunning
+from jobcore.records import RunRecord
 
 pytestmark = requires_root
 

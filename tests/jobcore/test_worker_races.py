@@ -67,7 +67,7 @@ def test_stops_racing_the_end_of_short_jobs_never_reach_another_job(worker: Work
                 job = worker.start(JobSpec(WATCHFUL))
                 watchful.append(job.id)
     finally:
-        for t in threads:
+        for _ in threads:
             short_ids.put(None)
         for t in threads:
             t.join()

@@ -143,7 +143,7 @@ def _strict(kind: type, *kinds: type) -> Any:
 
 def stored_limits(value: Any) -> Limits:
     """Limits as recorded (in a record, a handle's state...): their kinds are checked, and that each
-    is positive, but not their sizes against this host. Raises TypeError/ValueError for a value of the wrong kind."""
+    is positive, but not their sizes against this host. Raises TypeError/ValueError otherwise."""
     return _structure_limits(value, Limits)
 
 
