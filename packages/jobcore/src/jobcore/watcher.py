@@ -320,12 +320,15 @@ class Watcher:
                 elif fd == self._inotify.fd:
                     self._on_inotify()
                 else:
+                    # The event may be for a pidfd closed since (its job ended in this batch) whose
+                    # number the kernel gave to another job's new pidfd: only a pidfd readable now
+                    # says its shim is gone. Checked under the lock, which every close of a pidfd
+                    # takes, so it is this job's pidfd; a gone shim never comes back.
                     with self.lock:
                         job = self._by_pidfd.get(fd)
-                    # Handled at most once: end() closes the pidfd under the lock, so a pidfd still
-                    # in the table is this job's.
-                    if job is not None:
-                        self._safely(self.refresh, job, True)
+                        gone = job is not None and _readable(fd)
+                    if job is not None and gone and not self._safely(self.refresh, job, True):
+                        self._forget_pidfd(job, fd)  # a pidfd stays readable: never spin on it
 
     def _on_inotify(self) -> None:
         changed: dict[str, WatchedJob] = {}
@@ -358,12 +361,22 @@ class Watcher:
 
         return self.end(job, lost, kill_shim=True, cleanup=cleanup)
 
-    def _safely(self, fn: Callable[..., Any], *args: Any) -> None:
+    def _safely(self, fn: Callable[..., Any], *args: Any) -> bool:
         """One job's trouble (a full disk, a damaged record...) never ends the watching."""
         try:
             fn(*args)
         except Exception:
             log.exception("jobcore watcher: handling a change of a job failed")
+            return False
+        return True
+
+    def _forget_pidfd(self, job: WatchedJob, fd: int) -> None:
+        with self.lock:
+            if job.pidfd == fd:
+                self._by_pidfd.pop(fd, None)
+                self._epoll.unregister(fd)
+                os.close(fd)
+                job.pidfd = None
 
     def _clean(self) -> None:
         while (task := self._tasks.get()) is not None:
@@ -390,6 +403,10 @@ def write_lost(directory: Path, lost: ExitRecord) -> None:
     except OSError as exc:
         # Known in memory; a later Worker finds the shim gone and decides the same again.
         log.error("jobcore: cannot record that job %s is lost: %s", directory.name, exc)
+
+
+def _readable(fd: int) -> bool:
+    return bool(select.select([fd], [], [], 0)[0])
 
 
 def kill_recorded_processes(directory: Path) -> None:
