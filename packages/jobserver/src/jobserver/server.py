@@ -20,6 +20,7 @@ import structlog
 from grpc_reflection.v1alpha import reflection
 
 import jobserver
+from jobclient._malloc import keep_freed_buffers
 from jobclient._proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from jobcore.errors import JobError
 from jobcore.status import JobStatus
@@ -231,6 +232,7 @@ class JobServer:
         )
         self._stack.callback(self._executor.shutdown, wait=True, cancel_futures=True)
         shares = CallShares(config.calls_per_user, config.streams_per_user)
+        keep_freed_buffers()  # output streams: reuse freed 1 MiB buffers (jobclient/_malloc.py)
         server = grpc.server(
             self._executor,
             interceptors=[GuardInterceptor(metrics=self.metrics, shares=shares, issuers=issuers)],

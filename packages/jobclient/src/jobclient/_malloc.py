@@ -1,0 +1,36 @@
+"""Keep glibc's malloc from handing large buffers back to the kernel after every output message.
+
+A stream moves 1 MiB messages, and each one passes through a few fresh buffers of that size (the read,
+the message, its serialization, gRPC's copies). glibc serves blocks that large with `mmap` and gives
+freed memory back (`munmap`, trimming the heap's top) at once, so every message pays for hundreds of page
+faults, each zeroing a page: on this project's machines that was most of a stream's CPU time
+(docs/benchmarks.md, "1 GiB through the stack"). Raising the two thresholds lets freed buffers be reused;
+the process keeps up to `TRIM_BYTES` of free heap instead of returning it.
+
+`jobserver` and `jobctl` (processes of our own) call `keep_freed_buffers()`; the SDK does not change
+its host process's allocator behind its back.
+"""
+
+from __future__ import annotations
+
+#: Blocks up to this size come from the heap (glibc's default is dynamic, 128 KiB to 32 MiB).
+MMAP_THRESHOLD_BYTES = 32 << 20
+#: Free memory at the top of a heap beyond this is returned to the kernel.
+TRIM_BYTES = 64 << 20
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def keep_freed_buffers() -> bool:
+    """Set glibc's M_MMAP_THRESHOLD and M_TRIM_THRESHOLD; False where that is not possible (another
+    C library, or no ctypes)."""
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own symbols: libc's, if it is glibc
+    except (ImportError, OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    # Setting M_TRIM_THRESHOLD alone would switch off glibc's dynamic mmap threshold: set both.
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) and mallopt(_M_TRIM_THRESHOLD, TRIM_BYTES))
