@@ -10,7 +10,9 @@ shim's, and times (a) the call until the command has been exec'd and (b) until i
   * popen+preexec_fn   subprocess.Popen(..., close_fds=True, restore_signals=True, preexec_fn=noop):
                        how jobcore.command spawned before (a full fork(), Python runs in the child)
   * fork+execve        os.fork(), in-child code (dup2, signals, close_range), os.execve, error pipe:
-                       what jobcore.command does now
+                       the mechanism alone
+  * jobcore spawn_command  jobcore.command.spawn_command itself (fork+execve, with enter_job: no
+                       namespaces, no sandbox, a cgroup handle that joins nothing)
   * popen (no preexec) subprocess.Popen without preexec_fn: vfork(), no Python in the child
   * posix_spawn        os.posix_spawn: vfork() + exec in C, no Python in the child
 
@@ -20,7 +22,8 @@ exec: they are the floor, not candidates for the shim.
 Memory: for each interpreter (pyenv's 3.11, 3.12, 3.13, with jobcore from this checkout on PYTHONPATH),
 a launcher-like process (jobcore.launcher imported; with and without `gc.freeze()`) forks `--children`
 children of each kind, all alive at once, and reads their /proc/PID/smaps_rollup after they settle:
-idle (sleeps), or spawns one /bin/true (Popen+preexec_fn, or fork+execve) and then sleeps. Private_Dirty
+idle (sleeps), or spawns one /bin/true (Popen+preexec_fn, fork+execve, or jobcore's spawn_command) and
+then sleeps. Private_Dirty
 is what each further job costs; Pss counts shared pages divided among the sharers present.
 
 Every process it forks is killed and reaped before it exits.
@@ -129,9 +132,25 @@ def posix_spawn(out_w: int) -> int:
     )
 
 
+class _NoCgroup:
+    """A controller handle whose cgroup join does nothing (the bench has no job cgroup)."""
+
+    def enter(self, pid: int) -> None:
+        pass
+
+
+def jobcore_spawn(out_w: int) -> int:
+    """jobcore.command.spawn_command itself: no namespaces, no sandbox, no cgroup to join."""
+    from jobcore.command import spawn_command
+
+    spec = {"id": "bench", "argv": [TRUE], "env": {"PATH": "/usr/bin:/bin"}, "cwd": "/", "namespaces": []}
+    return spawn_command(spec, _NoCgroup(), out_w, out_w).pid  # type: ignore[arg-type]
+
+
 SPAWNERS: dict[str, Callable[[int], int]] = {
     "popen+preexec_fn": popen_preexec,
     "fork+execve": fork_execve,
+    "jobcore spawn_command": jobcore_spawn,
     "popen (no preexec)": popen_plain,
     "posix_spawn": posix_spawn,
 }
@@ -181,7 +200,7 @@ def role_memory(children: int) -> None:
     for freeze in (False, True):
         if freeze:
             gc.freeze()
-        for kind in ("idle", "popen+preexec_fn", "fork+execve"):
+        for kind in ("idle", "popen+preexec_fn", "fork+execve", "jobcore spawn_command"):
             pids = []
             ready_r, ready_w = os.pipe()
             for _ in range(children):

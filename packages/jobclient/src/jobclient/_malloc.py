@@ -5,7 +5,8 @@ the message, its serialization, gRPC's copies). glibc serves blocks that large w
 freed memory back (`munmap`, trimming the heap's top) at once, so every message pays for hundreds of page
 faults, each zeroing a page: on this project's machines that was most of a stream's CPU time
 (docs/benchmarks.md, "1 GiB through the stack"). Raising the two thresholds lets freed buffers be reused;
-the process keeps up to `TRIM_BYTES` of free heap instead of returning it.
+each of malloc's heaps (one per thread arena in use) keeps up to `TRIM_BYTES` of free memory instead of
+returning it.
 
 `jobserver` and `jobctl` (processes of our own) call `keep_freed_buffers()`; the SDK does not change
 its host process's allocator behind its back.
@@ -16,7 +17,7 @@ from __future__ import annotations
 #: Blocks up to this size come from the heap (glibc's default is dynamic, 128 KiB to 32 MiB).
 MMAP_THRESHOLD_BYTES = 32 << 20
 #: Free memory at the top of a heap beyond this is returned to the kernel.
-TRIM_BYTES = 64 << 20
+TRIM_BYTES = 16 << 20
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
