@@ -174,6 +174,7 @@ class JobServer:
 
     def _start(self) -> int:
         config = self.config
+        keep_freed_buffers()  # output streams: reuse freed 1 MiB buffers (jobclient/_malloc.py)
         if jobserver.GRPC_IMPORTED_FIRST:
             self._log.warning(
                 "grpc was imported before jobserver: TLS 1.2 may be negotiated at the handshake; "
@@ -232,7 +233,6 @@ class JobServer:
         )
         self._stack.callback(self._executor.shutdown, wait=True, cancel_futures=True)
         shares = CallShares(config.calls_per_user, config.streams_per_user)
-        keep_freed_buffers()  # output streams: reuse freed 1 MiB buffers (jobclient/_malloc.py)
         server = grpc.server(
             self._executor,
             interceptors=[GuardInterceptor(metrics=self.metrics, shares=shares, issuers=issuers)],
