@@ -10,6 +10,7 @@ throwaway sshd (bench/ssh_anchor.py), then, round-robin, streams `head -c N /dev
   * the SDK with `keep_freed_buffers()` (as jobctl and jobserver do),
   * `jobctl run -- head ... > /dev/null`,
   * `ssh host head ... > /dev/null` (multiplexed),
+  * with `--before DIR`: the SDK and jobctl of another tree against a jobserver of that tree,
 
 and prints the wall rate and the CPU seconds and minor page faults per GiB: of the client process (its
 rusage from wait4), of the server process (/proc/PID/stat), and for ssh of sshd with its reaped session
@@ -40,10 +41,12 @@ def proc_cpu(pid: int) -> tuple[float, int]:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(fields[7])
 
 
-def run_client(argv: list[str]) -> tuple[float, float, int, int]:
+def run_client(argv: list[str], env: dict[str, str]) -> tuple[float, float, int, int]:
     """(wall seconds, CPU seconds, minor faults, exit status) of one client process."""
     t = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, **env)
+    )
     _pid, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     return time.perf_counter() - t, usage.ru_utime + usage.ru_stime, usage.ru_minflt, proc.returncode
@@ -55,13 +58,36 @@ def main() -> int:
     )
     parser.add_argument("--mib", type=int, default=512, help="MiB per stream")
     parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument(
+        "--before",
+        metavar="DIR",
+        help="also a second jobserver, and the SDK and jobctl, from the packages/ of another tree "
+        "(e.g. `git archive main packages | tar -x -C DIR`), first on PYTHONPATH",
+    )
     args = parser.parse_args()
     nbytes = args.mib << 20
     workdir = Path(tempfile.mkdtemp(prefix="rjw-stream-cpu-"))
     server = Server(workdir)
+    old_server: Server | None = None
+    old_env: dict[str, str] = {}
     ssh: SshAnchor | None = None
     try:
         server.start()
+        if args.before:
+            src = Path(args.before).resolve() / "packages"
+            path = os.pathsep.join(str(src / m / "src") for m in ("jobcore", "jobclient", "jobserver"))
+            old_env = {"PYTHONPATH": path}
+            (workdir / "before").mkdir()
+            old_server = Server(workdir / "before")
+            saved = os.environ.get("PYTHONPATH")
+            os.environ["PYTHONPATH"] = path  # the server and its launcher import the other tree
+            try:
+                old_server.start()
+            finally:
+                if saved is None:
+                    del os.environ["PYTHONPATH"]
+                else:
+                    os.environ["PYTHONPATH"] = saved
         ensure_installed(install=True)
         ssh = SshAnchor(workdir / "ssh", free_port())
         ssh.start()
@@ -77,24 +103,28 @@ def main() -> int:
         client = [sys.executable, str(HERE / "stream_client.py"), server.address, str(nbytes)]
         jobctl = [str(BIN / "jobctl"), "--server", server.address, "--user", "alice", "run", "--"]
         head = ["head", "-c", str(nbytes), "/dev/zero"]
-        ways = {
-            "SDK, default malloc": client,
-            "SDK + keep_freed_buffers()": [*client, "--keep-freed-buffers"],
-            "jobctl run > /dev/null": [*jobctl, *head],
-            "ssh (multiplexed) > /dev/null": [*ssh.argv, *head],
+        ways: dict[str, tuple[list[str], Server | None, dict[str, str]]] = {
+            "SDK, default malloc": (client, server, {}),
+            "SDK + keep_freed_buffers()": ([*client, "--keep-freed-buffers"], server, {}),
+            "jobctl run > /dev/null": ([*jobctl, *head], server, {}),
+            "ssh (multiplexed) > /dev/null": ([*ssh.argv, *head], None, {}),
         }
+        if old_server is not None:
+            old_client = [sys.executable, str(HERE / "stream_client.py"), old_server.address, str(nbytes)]
+            old_jobctl = [str(BIN / "jobctl"), "--server", old_server.address, "--user", "alice", "run", "--"]
+            ways["before: SDK"] = (old_client, old_server, old_env)
+            ways["before: jobctl run > /dev/null"] = ([*old_jobctl, *head], old_server, old_env)
         print(f"load average before: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
         print(f"{args.mib} MiB per stream, {args.reps} rounds; per GiB: CPU seconds (minor faults)")
         print(f"{'path':32} {'MB/s':>6} {'client':>16} {'server side':>18}")
         g = nbytes / GIB
         for _ in range(args.reps):
-            for name, argv in ways.items():
-                is_ssh = name.startswith("ssh")
+            for name, (argv, target, env) in ways.items():
                 # ssh: sshd and its descendants alive throughout (with multiplexing the session's
                 # channel work stays in one long-lived sshd process), and the multiplexing master
-                side = [*_tree(ssh.pid), *mux] if is_ssh else [server.pid]
+                side = [*_tree(ssh.pid), *mux] if target is None else [target.pid]
                 before = {p: _cpu_or_none(p) for p in side}
-                wall, cpu, faults, rc = run_client(argv)
+                wall, cpu, faults, rc = run_client(argv, env)
                 after = {p: _cpu_or_none(p) for p in side}
                 pairs = [(a, b) for p in side if (a := after[p]) is not None and (b := before[p]) is not None]
                 s_cpu = sum(a[0] - b[0] for a, b in pairs)
@@ -109,10 +139,13 @@ def main() -> int:
     finally:
         if ssh is not None:
             ssh.stop()
-        if server.proc is not None and server.proc.poll() is None:
-            stop_all_jobs(server.address)
-        server.stop()
-        server.kill_leftover_shims()
+        for srv in (server, old_server):
+            if srv is None:
+                continue
+            if srv.proc is not None and srv.proc.poll() is None:
+                stop_all_jobs(srv.address)
+            srv.stop()
+            srv.kill_leftover_shims()
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
