@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from run_all import BIN, HERE, Server, free_port, stop_all_jobs
+from run_all import BIN, CERTS, HERE, Server, free_port, stop_all_jobs
 from ssh_anchor import SshAnchor, ensure_installed
 
 GIB = 1 << 30
@@ -76,7 +76,7 @@ def main() -> int:
         if args.before:
             src = Path(args.before).resolve() / "packages"
             path = os.pathsep.join(str(src / m / "src") for m in ("jobcore", "jobclient", "jobserver"))
-            old_env = {"PYTHONPATH": path}
+            old_env = {"PYTHONPATH": path, "JOBCTL_CERTS": str(CERTS)}  # its certs/ lookup starts there
             (workdir / "before").mkdir()
             old_server = Server(workdir / "before")
             saved = os.environ.get("PYTHONPATH")
