@@ -71,6 +71,16 @@ class SshAnchor:
             "root@127.0.0.1",
         ]
 
+    def new_connection_argv(self) -> list[str]:
+        """`argv` with multiplexing off: each command makes (and tears down) its own connection. ssh
+        keeps the first value of an option, so the ControlPath is dropped rather than overridden."""
+        options = self.argv[1:-1]
+        kept: list[str] = []
+        for flag, value in zip(options[::2], options[1::2], strict=True):
+            if not value.startswith("ControlPath="):
+                kept += [flag, value]
+        return ["ssh", *kept, "-o", "ControlMaster=no", "-o", "ControlPath=none", self.argv[-1]]
+
     def _save(self) -> None:
         """What `stop()` needs, in the directory: a supervisor can stop what a dead process started."""
         state = {"port": self.port, "pid": self.pid, "key_added": self._key_added}

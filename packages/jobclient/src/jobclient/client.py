@@ -184,6 +184,65 @@ class _BaseClient:
         return f"{type(self).__name__}({self.target!r}, credentials from {self.credentials.source or '?'})"
 
 
+_STREAM_OUTPUT = "/jobworker.v1.JobWorker/StreamOutput"
+
+
+class RawOutput:
+    """A StreamOutputResponse's `data` and `offset`, read straight from the wire by `decode_output`."""
+
+    __slots__ = ("data", "offset")
+
+    def __init__(self, data: bytes, offset: int) -> None:
+        self.data = data
+        self.offset = offset
+
+
+def _varint(raw: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(raw) or shift > 63:
+            raise ValueError("truncated or overlong varint in a StreamOutputResponse")
+        byte = raw[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i
+        shift += 7
+
+
+def decode_output(raw: bytes) -> RawOutput:
+    """Decode a StreamOutputResponse for `output()`, which needs only `data` (field 1) and `offset`
+    (field 2): one copy of the data, where upb's FromString and then reading `.data` make two (each
+    read of a bytes field copies it). Other fields are skipped; the last occurrence of a field wins, as
+    in protobuf. Raises ValueError on a malformed message."""
+    data = b""
+    offset = 0
+    i, end = 0, len(raw)
+    while i < end:
+        key, i = _varint(raw, i)
+        field, wire = key >> 3, key & 7
+        if wire == 2:  # length-delimited
+            length, i = _varint(raw, i)
+            if i + length > end:
+                raise ValueError("truncated field in a StreamOutputResponse")
+            if field == 1:
+                data = raw[i : i + length]
+            i += length
+        elif wire == 0:
+            value, i = _varint(raw, i)
+            if field == 2:
+                offset = value
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            i += 4
+        else:
+            raise ValueError(f"unsupported wire type {wire} in a StreamOutputResponse")
+    if i != end:
+        raise ValueError("truncated field in a StreamOutputResponse")
+    return RawOutput(data, offset)
+
+
 class _StreamCall:
     """What OutputStream and OutputChunkStream share: the call, its cancel and the resume offset."""
 
@@ -193,17 +252,21 @@ class _StreamCall:
         self._closed = False
         self.job_id = job_id
         self.offset = offset
+        self._data = b""  # the last response's data, read once
 
-    def _next_response(self) -> pb.StreamOutputResponse:
+    def _next_response(self) -> Any:
         while True:
             try:
-                response: pb.StreamOutputResponse = next(self._call)
+                response: pb.StreamOutputResponse | RawOutput = next(self._call)
             except grpc.RpcError as e:
                 if self._closed:
                     raise StopIteration from None
                 raise self._client._error(e, self.job_id) from e
-            if response.data:
-                self.offset = response.offset + len(response.data)
+            # Each read of a bytes field copies it out of the message (upb): read it once.
+            data = response.data
+            if data:
+                self.offset = response.offset + len(data)
+                self._data = data
                 return response
 
     def close(self) -> None:
@@ -228,7 +291,8 @@ class OutputStream(_StreamCall, Iterator[bytes]):
         return self
 
     def __next__(self) -> bytes:
-        return self._next_response().data
+        self._next_response()
+        return self._data
 
 
 class OutputChunkStream(_StreamCall, Iterator[OutputChunk]):
@@ -262,6 +326,11 @@ class Client(_BaseClient):
             target, credentials.channel_credentials(), self._channel_options()
         )
         self._stub = pb_grpc.JobWorkerStub(self._channel)
+        self._raw_output = self._channel.unary_stream(
+            _STREAM_OUTPUT,
+            request_serializer=pb.StreamOutputRequest.SerializeToString,
+            response_deserializer=decode_output,
+        )
 
     def start(
         self,
@@ -358,7 +427,7 @@ class Client(_BaseClient):
         Raises errors (JobNotFound, ...) when iterated.
         """
         request = conv.output_request(job_id, offset, follow, stream=stream, since=since, tail=tail)
-        return OutputStream(self._stub.StreamOutput(request), self, job_id, offset)
+        return OutputStream(self._raw_output(request), self, job_id, offset)
 
     def output_chunks(
         self,
@@ -438,6 +507,7 @@ class _AsyncStreamCall:
         self._closed = False
         self.job_id = job_id
         self.offset = offset
+        self._data = b""
 
     async def _next_response(self) -> Any:
         while True:
@@ -454,8 +524,10 @@ class _AsyncStreamCall:
                 raise self._client._error(e, self.job_id) from e
             if response is grpc.aio.EOF:
                 raise StopAsyncIteration
-            if response.data:
-                self.offset = response.offset + len(response.data)
+            data = response.data  # copied out of the message on each read (upb): once
+            if data:
+                self.offset = response.offset + len(data)
+                self._data = data
                 return response
 
     async def aclose(self) -> None:
@@ -477,7 +549,8 @@ class AsyncOutputStream(_AsyncStreamCall, AsyncIterator[bytes]):
         return self
 
     async def __anext__(self) -> bytes:
-        return bytes((await self._next_response()).data)
+        await self._next_response()
+        return self._data
 
 
 class AsyncOutputChunkStream(_AsyncStreamCall, AsyncIterator[OutputChunk]):
@@ -507,6 +580,11 @@ class AsyncClient(_BaseClient):
             target, credentials.channel_credentials(), self._channel_options()
         )
         self._stub = pb_grpc.JobWorkerStub(self._channel)
+        self._raw_output = self._channel.unary_stream(
+            _STREAM_OUTPUT,
+            request_serializer=pb.StreamOutputRequest.SerializeToString,
+            response_deserializer=decode_output,
+        )
 
     async def start(
         self,
@@ -593,7 +671,7 @@ class AsyncClient(_BaseClient):
     ) -> AsyncOutputStream:
         """See `Client.output`; iterate with `async for`."""
         request = conv.output_request(job_id, offset, follow, stream=stream, since=since, tail=tail)
-        return AsyncOutputStream(self._stub.StreamOutput(request), self, job_id, offset)
+        return AsyncOutputStream(self._raw_output(request), self, job_id, offset)
 
     def output_chunks(
         self,

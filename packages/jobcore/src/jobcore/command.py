@@ -13,8 +13,7 @@ import json
 import os
 import signal
 import socket
-import subprocess
-from typing import Any
+from typing import Any, NoReturn
 
 from jobcore import linux, sandbox
 from jobcore.controllers.base import Handle
@@ -89,45 +88,134 @@ def enter_job(spec: dict[str, Any], handle: Handle) -> None:
         raise StartError("cwd", f"cannot enter {spec['cwd']!r}: {describe(exc)}", exc.errno) from exc
 
 
-def spawn_command(spec: dict[str, Any], handle: Handle, out_w: int, err_w: int) -> subprocess.Popen[bytes]:
+class Command:
+    """The command's process as `spawn_command` started it: its pid (the caller reaps it).
+    `returncode` is kept for callers written against `subprocess.Popen`."""
+
+    __slots__ = ("pid", "returncode")
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+
+#: Signals that CPython ignores and a command must get back at their defaults (Popen's restore_signals).
+_RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+#: How the child exits when it cannot exec (as subprocess's child does).
+_CHILD_FAILED = 255
+
+
+def spawn_command(spec: dict[str, Any], handle: Handle, out_w: int, err_w: int) -> Command:
     """Fork and exec the command with `enter_job` run in between. The shim is single-threaded, so
-    running Python in the forked child is safe here. Raises StartError with the OS error."""
+    running Python in the forked child is safe here. Raises StartError with the OS error.
+
+    What `subprocess.Popen(argv, env=..., stdin=DEVNULL, stdout=out_w, stderr=err_w, close_fds=True,
+    restore_signals=True, preexec_fn=...)` did, done directly: the same fork, steps and errors, without
+    Popen's own work around them, which dirtied ~0.5 MiB more of the shim's inherited pages per job
+    (docs/benchmarks.md, "Where a job's start time and memory go")."""
+    argv = spec["argv"]
+    env = spec["env"]
+    executables = _executables(argv[0], env)
     error_r, error_w = os.pipe2(os.O_CLOEXEC)
-
-    def in_child() -> None:
-        try:
-            enter_job(spec, handle)
-        except StartError as exc:
-            os.write(
-                error_w, json.dumps({"stage": exc.stage, "errno": exc.errno, "message": str(exc)}).encode()
-            )
-            raise
-
     try:
-        return subprocess.Popen(
-            spec["argv"],
-            env=spec["env"],
-            stdin=subprocess.DEVNULL,
-            stdout=out_w,
-            stderr=err_w,
-            close_fds=True,
-            restore_signals=True,
-            preexec_fn=in_child,  # noqa: PLW1509 - single-threaded process, see the docstring
-        )
-    except subprocess.SubprocessError as exc:
-        os.close(error_w)
-        error_w = -1
-        detail = _read_all(error_r)
-        if detail:
-            info = json.loads(detail)
-            raise StartError(info["stage"], info["message"], info["errno"]) from exc
-        raise StartError("setup", f"cannot set up the job: {exc}") from exc
-    except OSError as exc:
-        raise StartError("exec", f"cannot run {spec['argv'][0]!r}: {describe(exc)}", exc.errno) from exc
-    finally:
-        if error_w >= 0:
-            os.close(error_w)
+        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
         os.close(error_r)
+        os.close(error_w)
+        raise
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        for fd in (error_r, error_w, devnull):
+            os.close(fd)
+        raise StartError("exec", f"cannot run {argv[0]!r}: {describe(exc)}", exc.errno) from exc
+    if pid == 0:  # the child: never returns
+        _child(spec, handle, executables, (devnull, out_w, err_w), error_w)
+    os.close(error_w)
+    os.close(devnull)
+    try:
+        detail = _read_all(error_r)
+    finally:
+        os.close(error_r)
+    if not detail:
+        return Command(pid)  # exec'd: the close-on-exec error pipe closed without a word
+    _reap(pid)
+    info = json.loads(detail)
+    if "exec_errno" in info:
+        err = info["exec_errno"]
+        failed = OSError(err, os.strerror(err), argv[0])
+        raise StartError("exec", f"cannot run {argv[0]!r}: {describe(failed)}", err)
+    raise StartError(info["stage"], info["message"], info["errno"])
+
+
+def _executables(name: str, env: dict[str, str]) -> list[bytes]:
+    """Where exec looks for argv[0]: itself if it has a slash, else each directory of the job's PATH
+    (the environment it is given, as subprocess does)."""
+    if os.path.dirname(name):
+        return [os.fsencode(name)]
+    return [os.path.join(os.fsencode(d), os.fsencode(name)) for d in os.get_exec_path(env)]
+
+
+def _child(
+    spec: dict[str, Any], handle: Handle, executables: list[bytes], stdio: tuple[int, int, int], error_w: int
+) -> NoReturn:
+    """From fork to exec, in the order subprocess's child uses: stdio, signals, `enter_job`, close
+    every other fd, exec. Any failure goes to the parent on `error_w` as JSON."""
+    devnull, out_w, err_w = stdio
+    try:
+        try:
+            # An fd already on its target (only if the shim's stdio was closed) must lose close-on-exec;
+            # one that a dup2 below would overwrite is moved out of the way first.
+            if out_w == 0:
+                out_w = os.dup(out_w)
+            if err_w in (0, 1):
+                err_w = os.dup(err_w)
+            for fd, target in ((devnull, 0), (out_w, 1), (err_w, 2)):
+                if fd == target:
+                    os.set_inheritable(fd, True)
+                else:
+                    os.dup2(fd, target)
+            for sig in _RESTORED_SIGNALS:
+                signal.signal(sig, signal.SIG_DFL)
+            enter_job(spec, handle)
+            os.closerange(3, error_w)
+            os.closerange(error_w + 1, _max_fd())
+            argv = spec["argv"]
+            envp = {os.fsencode(k): os.fsencode(v) for k, v in spec["env"].items()}
+            first_error, last = 0, errno.ENOENT
+            for path in executables:
+                try:
+                    os.execve(path, argv, envp)
+                except OSError as exc:
+                    last = exc.errno or errno.ENOENT
+                    if last not in (errno.ENOENT, errno.ENOTDIR) and not first_error:
+                        first_error = last
+            report: dict[str, Any] = {"exec_errno": first_error or last}
+        except StartError as exc:
+            report = {"stage": exc.stage, "errno": exc.errno, "message": str(exc)}
+        except BaseException as exc:  # the child must not return into the shim
+            report = {"stage": "setup", "errno": None, "message": f"cannot set up the job: {exc}"}
+        os.write(error_w, json.dumps(report).encode())
+    finally:
+        os._exit(_CHILD_FAILED)
+
+
+def _max_fd() -> int:
+    try:
+        return os.sysconf("SC_OPEN_MAX")
+    except (OSError, ValueError):
+        return 1 << 20
+
+
+def _reap(pid: int) -> None:
+    while True:
+        try:
+            os.waitpid(pid, 0)
+            return
+        except ChildProcessError:
+            return  # the shim's SIGCHLD handling reaped it already
+        except InterruptedError:
+            continue
 
 
 def _read_all(fd: int) -> bytes:

@@ -1,0 +1,79 @@
+"""How the shim spawns the command (jobcore.command.spawn_command: fork, the job's set-up, execve, an
+error pipe; issue 14 replaced subprocess.Popen(preexec_fn=...) by it): what the command inherits and how
+each way of failing is reported must be what Popen gave."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jobcore_testing import requires_root
+
+from jobcore import JobSpec, JobState, Worker
+
+pytestmark = requires_root
+
+
+def _run(worker: Worker, argv: list[str], **kwargs: object) -> tuple[bytes, object]:
+    status = worker.start(JobSpec(argv, **kwargs))  # type: ignore[arg-type]
+    out = b"".join(worker.output(status.id))
+    return out, worker.wait(status.id, timeout=30)
+
+
+def test_the_command_holds_only_stdin_stdout_and_stderr(worker: Worker) -> None:
+    # the shell's fds, listed by a child of it (whose own directory fd is not the shell's)
+    out, status = _run(worker, ["sh", "-c", "ls /proc/$$/fd"])
+    assert status.exit_code == 0  # type: ignore[attr-defined]
+    assert out.split() == [b"0", b"1", b"2"]
+
+
+def test_stdin_is_dev_null_and_stdout_stderr_are_the_output_pipes(worker: Worker) -> None:
+    out, _ = _run(worker, ["sh", "-c", "readlink /proc/self/fd/0; readlink /proc/self/fd/1 /proc/self/fd/2"])
+    lines = out.decode().split()
+    assert lines[0] == "/dev/null"
+    assert lines[1].startswith("pipe:") and lines[2].startswith("pipe:")
+
+
+def test_no_signal_is_ignored_or_blocked_in_the_command(worker: Worker) -> None:
+    # CPython ignores SIGPIPE and SIGXFSZ; the command must get them back at their defaults, and an
+    # ignored disposition would survive exec
+    out, _ = _run(worker, ["grep", "-E", "^Sig(Ign|Blk):", "/proc/self/status"])
+    assert sorted(out.decode().split()) == sorted(
+        ["SigBlk:", "0000000000000000", "SigIgn:", "0000000000000000"]
+    )
+
+
+def test_a_closed_pipe_kills_the_writer_with_sigpipe_as_on_a_shell(worker: Worker) -> None:
+    out, _status = _run(worker, ["sh", "-c", "(yes; echo yes-exited $? >&2) | head -c 1 >/dev/null"])
+    assert b"yes-exited 141" in out  # 128 + SIGPIPE: killed by the signal, not EPIPE-and-exit
+
+
+def test_a_command_not_on_the_jobs_path_names_itself_and_enoent(worker: Worker, tmp_path: Path) -> None:
+    status = worker.start(JobSpec(["no-such-tool-x"], env={"PATH": f"{tmp_path}:/usr/bin:/bin"}))
+    assert status.state is JobState.FAILED_TO_START
+    assert status.reason is not None
+    assert "cannot run 'no-such-tool-x'" in status.reason
+    assert "No such file or directory (ENOENT): no-such-tool-x" in status.reason
+
+
+def test_a_non_executable_match_on_the_path_is_reported_over_later_misses(
+    worker: Worker, tmp_path: Path
+) -> None:
+    # subprocess's rule: the first error other than ENOENT/ENOTDIR wins over the "not found" of the rest
+    (tmp_path / "tool").write_text("#!/bin/sh\necho hi\n")
+    (tmp_path / "tool").chmod(0o644)
+    status = worker.start(JobSpec(["tool"], env={"PATH": f"{tmp_path}:/nonexistent"}, cwd=str(tmp_path)))
+    assert status.state is JobState.FAILED_TO_START
+    assert status.reason is not None and "Permission denied (EACCES)" in status.reason
+
+
+def test_a_later_match_on_the_path_runs_after_misses_and_a_file_in_the_way(
+    worker: Worker, tmp_path: Path
+) -> None:
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "tool").write_text("#!/bin/sh\necho found\n")
+    (tmp_path / "bin" / "tool").chmod(0o755)
+    (tmp_path / "afile").write_text("")  # a PATH entry that is a file: ENOTDIR, skipped
+    path = f"/nonexistent:{tmp_path / 'afile'}:{tmp_path / 'bin'}"
+    out, status = _run(worker, ["tool"], env={"PATH": path}, cwd=str(tmp_path))
+    assert status.exit_code == 0  # type: ignore[attr-defined]
+    assert out == b"found\n"
