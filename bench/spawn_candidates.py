@@ -142,8 +142,20 @@ class _NoCgroup:
 def jobcore_spawn(out_w: int) -> int:
     """jobcore.command.spawn_command itself: no namespaces, no sandbox, no cgroup to join."""
     from jobcore.command import spawn_command
+    from jobcore.records import SpecRecord
+    from jobcore.spec import Limits
 
-    spec = {"id": "bench", "argv": [TRUE], "env": {"PATH": "/usr/bin:/bin"}, "cwd": "/", "namespaces": []}
+    spec = SpecRecord(
+        id="bench",
+        owner="bench",
+        argv=(TRUE,),
+        cwd="/",
+        namespaces=(),
+        limits=Limits(),
+        controller="none",
+        created_at=0.0,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     return spawn_command(spec, _NoCgroup(), out_w, out_w).pid  # type: ignore[arg-type]
 
 

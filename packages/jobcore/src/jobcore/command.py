@@ -13,10 +13,13 @@ import json
 import os
 import signal
 import socket
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from jobcore import linux, sandbox
 from jobcore.controllers.base import Handle
+
+if TYPE_CHECKING:
+    from jobcore.records import SpecRecord
 
 
 class StartError(Exception):
@@ -37,7 +40,7 @@ def describe(exc: BaseException) -> str:
     return str(exc)
 
 
-def enter_job(spec: dict[str, Any], handle: Handle) -> None:
+def enter_job(spec: SpecRecord, handle: Handle) -> None:
     """Everything the command's process does between fork and exec, in this order: join the cgroup,
     enter the namespaces, build the filesystem view (the sandbox, or just fresh /proc and /sys), set
     up the network and hostname, drop privileges, enter the working directory. Raises StartError."""
@@ -45,7 +48,7 @@ def enter_job(spec: dict[str, Any], handle: Handle) -> None:
         handle.enter(0)
     except Exception as exc:
         raise StartError("cgroup", f"cannot join the job's cgroup: {describe(exc)}") from exc
-    namespaces = set(spec["namespaces"])
+    namespaces = set(spec.namespaces)
     flags = 0
     for name in namespaces - {"pid"}:  # the PID namespace is the shim's own, made by the launcher
         flags |= linux.NAMESPACE_FLAGS[name]
@@ -57,7 +60,7 @@ def enter_job(spec: dict[str, Any], handle: Handle) -> None:
             raise StartError(
                 "namespaces", f"the host refused new namespaces ({asked}): {describe(exc)}", exc.errno
             ) from exc
-    plan = spec.get("sandbox")
+    plan = spec.sandbox
     try:
         if "mount" in namespaces:
             linux.make_mounts_private()
@@ -69,23 +72,23 @@ def enter_job(spec: dict[str, Any], handle: Handle) -> None:
         if "net" in namespaces:
             linux.set_interface_up("lo")
         if "uts" in namespaces:
-            socket.sethostname(spec["id"])
+            socket.sethostname(spec.id)
     except OSError as exc:
         raise StartError(
             "namespaces", f"cannot set up the job's namespaces: {describe(exc)}", exc.errno
         ) from exc
     try:
         if plan is not None:
-            sandbox.prepare_filesystem(plan, spec["cwd"], "pid" in namespaces, "net" in namespaces)
-        sandbox.drop_privileges(spec.get("user"), plan is not None)
+            sandbox.prepare_filesystem(plan, spec.cwd, "pid" in namespaces, "net" in namespaces)
+        sandbox.drop_privileges(spec.user, plan is not None)
     except sandbox.SandboxError as exc:
         raise StartError("sandbox", str(exc), exc.errno) from exc
     try:
         # After the uid switch, which clears it; the command must not outlive the shim.
         linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
-        os.chdir(spec["cwd"])  # as the job's user, in the job's view
+        os.chdir(spec.cwd)  # as the job's user, in the job's view
     except OSError as exc:
-        raise StartError("cwd", f"cannot enter {spec['cwd']!r}: {describe(exc)}", exc.errno) from exc
+        raise StartError("cwd", f"cannot enter {spec.cwd!r}: {describe(exc)}", exc.errno) from exc
 
 
 class Command:
@@ -105,7 +108,7 @@ _RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 _CHILD_FAILED = 255
 
 
-def spawn_command(spec: dict[str, Any], handle: Handle, out_w: int, err_w: int) -> Command:
+def spawn_command(spec: SpecRecord, handle: Handle, out_w: int, err_w: int) -> Command:
     """Fork and exec the command with `enter_job` run in between. The shim is single-threaded, so
     running Python in the forked child is safe here. Raises StartError with the OS error.
 
@@ -113,8 +116,8 @@ def spawn_command(spec: dict[str, Any], handle: Handle, out_w: int, err_w: int) 
     restore_signals=True, preexec_fn=...)` did, done directly: the same fork, steps and errors, without
     Popen's own work around them, which dirtied ~0.5 MiB more of the shim's inherited pages per job
     (docs/benchmarks.md, "Where a job's start time and memory go")."""
-    argv = spec["argv"]
-    env = spec["env"]
+    argv = spec.argv
+    env = spec.env
     executables = _executables(argv[0], env)
     error_r, error_w = os.pipe2(os.O_CLOEXEC)
     try:
@@ -157,7 +160,7 @@ def _executables(name: str, env: dict[str, str]) -> list[bytes]:
 
 
 def _child(
-    spec: dict[str, Any], handle: Handle, executables: list[bytes], stdio: tuple[int, int, int], error_w: int
+    spec: SpecRecord, handle: Handle, executables: list[bytes], stdio: tuple[int, int, int], error_w: int
 ) -> NoReturn:
     """From fork to exec, in the order subprocess's child uses: stdio, signals, `enter_job`, close
     every other fd, exec. Any failure goes to the parent on `error_w` as JSON."""
@@ -180,8 +183,8 @@ def _child(
             enter_job(spec, handle)
             os.closerange(3, error_w)
             os.closerange(error_w + 1, _max_fd())
-            argv = spec["argv"]
-            envp = {os.fsencode(k): os.fsencode(v) for k, v in spec["env"].items()}
+            argv = spec.argv
+            envp = {os.fsencode(k): os.fsencode(v) for k, v in spec.env.items()}
             first_error, last = 0, errno.ENOENT
             for path in executables:
                 try:

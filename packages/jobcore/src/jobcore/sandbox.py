@@ -19,9 +19,13 @@ import resource
 import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING
 
 from jobcore import linux
+
+if TYPE_CHECKING:
+    from jobcore.records import SandboxPlan
+    from jobcore.spec import RunAs
 
 #: Device nodes a job gets in its /dev (the host's nodes, bind-mounted): nothing that reaches hardware.
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -81,18 +85,18 @@ def _tmpfs(target: str, mode: int, flags: int = _TMPFS_FLAGS) -> None:
     linux.mount("tmpfs", target, "tmpfs", flags, f"mode={mode:o}")
 
 
-def prepare_filesystem(plan: dict[str, Any], cwd: str, pid_namespace: bool, net_namespace: bool) -> None:
+def prepare_filesystem(plan: SandboxPlan, cwd: str, pid_namespace: bool, net_namespace: bool) -> None:
     """Build the job's view of the filesystem in its (new, private) mount namespace."""
     fds: dict[str, int] = {}
     try:
         with _step("open what the job keeps"):
             for name in DEVICES:
                 fds[f"dev/{name}"] = _open_path(f"/dev/{name}")
-            if plan.get("scratch"):
-                fds["scratch"] = _open_path(plan["scratch"], directory=True)
-            if plan.get("cwd_bind"):
+            if plan.scratch:
+                fds["scratch"] = _open_path(plan.scratch, directory=True)
+            if plan.cwd_bind:
                 fds["cwd"] = _open_path(cwd, directory=True)
-                _check_opened_cwd(fds["cwd"], cwd, plan.get("hide", ()))
+                _check_opened_cwd(fds["cwd"], cwd, plan.hide)
         with _step("make the host's filesystem read-only"):
             linux.mount_setattr("/", linux.MOUNT_ATTR_RDONLY | linux.MOUNT_ATTR_NOSUID, recursive=True)
         with _step("mount a private /tmp"):
@@ -102,11 +106,11 @@ def prepare_filesystem(plan: dict[str, Any], cwd: str, pid_namespace: bool, net_
         with _step("set up /dev"):
             _minimal_dev(fds)
         if "cwd" in fds:
-            writable = plan["cwd_bind"] == "rw"
+            writable = plan.cwd_bind == "rw"
             with _step(f"bind the working directory {cwd}{' writable' if writable else ''}"):
                 os.makedirs(cwd, mode=0o755, exist_ok=True)  # only where it is gone: under /tmp
                 _bind_tree(fds["cwd"], cwd, writable)
-        _hide(plan.get("hide", ()), fds.get("scratch"), plan.get("scratch"))
+        _hide(plan.hide, fds.get("scratch"), plan.scratch)
         if pid_namespace:
             with _step("mount /proc"):
                 # hidepid: the job sees only the processes it may trace, so not its init (root, and
@@ -192,7 +196,7 @@ def _hide(paths: Sequence[str], scratch_fd: int | None, scratch: str | None) -> 
             linux.mount_setattr(path, linux.MOUNT_ATTR_RDONLY)
 
 
-def drop_privileges(user: dict[str, int] | None, sandbox: bool) -> None:
+def drop_privileges(user: RunAs | None, sandbox: bool) -> None:
     """Become the job's user with no supplementary groups; with the sandbox, also keep no capability
     (none in any set, none in the bounding set, so not even a set-uid root binary gets one back),
     no_new_privs (set-uid bits and file capabilities mean nothing on exec) and no core dumps."""
@@ -201,7 +205,7 @@ def drop_privileges(user: dict[str, int] | None, sandbox: bool) -> None:
             for cap in range(LAST_CAP + 1):
                 linux.prctl(linux.PR_CAPBSET_DROP, cap)
     if user is not None:
-        uid, gid = user["uid"], user["gid"]
+        uid, gid = user.uid, user.gid
         with _step(f"run as uid {uid} gid {gid}"):
             os.setgroups([])
             os.setresgid(gid, gid, gid)

@@ -107,7 +107,7 @@ class Shim:
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         linux.set_pipe_size(out_r, PIPE_SIZE)
         try:
-            command = spawn_command(records.unstructure(self.spec), self.handle, out_w, err_w)
+            command = spawn_command(self.spec, self.handle, out_w, err_w)
         except StartError:
             for fd in (out_r, err_r):
                 os.close(fd)
