@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 # Imported before any fork so that every shim starts with them loaded (a fork shares them for free).
-from jobcore import linux, shim
+from jobcore import linux, records, shim
 from jobcore.command import StartError, describe
 
 
@@ -95,6 +95,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Everything imported so far is shared with every shim; keep the collector from touching (and so
     # copying) those pages in each shim.
+    records.prewarm()  # the converter's generated code, compiled once here rather than in every shim
     gc.freeze()
     sock.send(b"ready")
     try:

@@ -234,6 +234,32 @@ def write(path: Path, record: Any, *, durable: bool = False) -> None:
     jobdir.write_json(path, unstructure(record), durable=durable)
 
 
+def prewarm() -> None:
+    """Make the converter build its (generated, compiled) code for every record now: a launcher
+    calls this before it forks, so that no shim compiles and holds a copy of its own."""
+    spec = SpecRecord(
+        id="prewarm",
+        owner="prewarm",
+        argv=("true",),
+        cwd="/",
+        namespaces=("pid",),
+        limits=Limits(),
+        controller="none",
+        created_at=0.0,
+        user=RunAs(0, 0),
+        sandbox=SandboxPlan(hide=("/x",), scratch="/x", cwd_bind="ro"),
+    )
+    samples = [
+        spec,
+        ShimRecord(1, 1),
+        RunRecord(1, 0.0, 1),
+        StopRequest(0.0, 0.0),
+        ExitRecord(JobState.EXITED),
+    ]
+    for record in samples:
+        structure(json.loads(json.dumps(unstructure(record))), type(record))
+
+
 def job_status(
     spec: SpecRecord,
     run: RunRecord | None,
