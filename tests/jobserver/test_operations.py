@@ -31,7 +31,8 @@ from jobclient._proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from jobcore import jobdir
 from jobserver.cli import main as jobserver_main
 from jobserver.config import load_config
-from jobserver.sd_notify import NotifyError, notify
+from jobserver.errors import NotifyError
+from jobserver.sd_notify import notify
 
 MiB = 1 << 20
 START = "/jobworker.v1.JobWorker/StartJob"
