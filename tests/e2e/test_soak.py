@@ -46,8 +46,8 @@ from e2e_support import (
 )
 
 from jobclient import Client, Credentials, JobClientError, JobState
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
-from jobclient._proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 
 pytestmark = needs_root
 

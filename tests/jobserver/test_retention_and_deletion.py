@@ -12,7 +12,7 @@ import grpc
 import pytest
 from server_harness import Client, RunningServer, rpc_error, wait_for
 
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
 from jobserver.config import settings_from_file
 from jobserver.errors import ConfigError
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
 from jobcore.spec import RunAs
 from jobserver.config import DEFAULT_ROLE_ALLOW, WEAKENINGS, ServerConfig, load_config
 from jobserver.convert import check_isolation_policy, spec_from_request

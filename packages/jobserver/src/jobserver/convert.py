@@ -11,7 +11,7 @@ import math
 import os
 import uuid
 
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
 from jobcore.errors import InvalidSpec
 from jobcore.spec import Isolation, JobSpec, Limits, RunAs
 from jobcore.status import JobState, JobStatus

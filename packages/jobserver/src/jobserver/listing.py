@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
 from jobserver.errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 100

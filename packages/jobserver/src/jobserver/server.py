@@ -19,7 +19,7 @@ import structlog
 from grpc_reflection.v1alpha import reflection
 
 import jobserver
-from jobclient._proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
+from jobclient.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from jobcore.errors import JobError
 from jobserver.certinfo import OID_EC_PUBLIC_KEY, parse_pem
 from jobserver.config import ServerConfig

@@ -14,8 +14,8 @@ from typing import Protocol
 
 import grpc
 
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
-from jobclient._proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from jobcore import output_log
 from jobcore.spec import RunAs
 from jobserver import convert, listing
