@@ -85,7 +85,7 @@ def check_isolation_policy(iso: pb.Isolation, role: str, config: ServerConfig) -
     if refused:
         raise PermissionDenied(
             f"role {role!r} may not ask for {', '.join(refused)}: the server's policy keeps every "
-            "job of this role isolated and sandboxed (see [roles] in the server's config)",
+            "job of this role isolated and sandboxed (see [roles] in the server's config)"
         )
 
 

@@ -216,7 +216,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         call.identity = identity_from_auth_context(context.auth_context(), self._issuers)
         if isinstance(request, MalformedRequest):  # only after authentication: no probing without a cert
             raise InvalidArgument(
-                f"the request is not a valid {call.method.rsplit('/', 1)[-1]} message: {request.error}",
+                f"the request is not a valid {call.method.rsplit('/', 1)[-1]} message: {request.error}"
             )
 
     def _share(self, call: CallInfo, stream: bool) -> contextlib.AbstractContextManager[None]:

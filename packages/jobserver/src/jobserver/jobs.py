@@ -169,7 +169,7 @@ class Jobs:
             if running >= self._max_running:
                 raise QuotaExceeded(
                     f"user {spec.owner} already runs {running} jobs, the most allowed at once "
-                    f"({self._max_running}); stop one or wait for one to end",
+                    f"({self._max_running}); stop one or wait for one to end"
                 )
             self._starting[spec.owner] += 1
         try:
@@ -195,7 +195,7 @@ class Jobs:
             raise QuotaExceeded(
                 f"user {owner} stores {used} bytes of job output ({format_size(used)}), at or past the "
                 f"quota of {quota} bytes ({format_size(quota)}); delete ended jobs (jobctl rm, jobctl "
-                "prune) to start new ones",
+                "prune) to start new ones"
             )
 
     def stop(self, view: JobView, grace: float) -> JobView:
@@ -282,7 +282,7 @@ class Jobs:
         stored = view.status.output_bytes
         if offset > stored:
             raise OutOfRange(
-                f"offset {offset} is past the end of job {job_id}'s output ({stored} bytes so far)",
+                f"offset {offset} is past the end of job {job_id}'s output ({stored} bytes so far)"
             )
         if view.status.started_at is not None and not os.path.lexists(self._job_dir(job_id) / jobdir.OUTPUT):
             raise DataLoss(f"the output file of job {job_id} is missing from the server")
@@ -328,7 +328,7 @@ class Jobs:
             # (fs.inotify.max_user_instances, 128 by default), besides the fd limits.
             raise QuotaExceeded(
                 f"the server cannot open another filtered output stream now ({exc.strerror}); "
-                "retry later, or stream without --stdout/--stderr/--since/--tail/-t",
+                "retry later, or stream without --stdout/--stderr/--since/--tail/-t"
             ) from None
 
     def _job_dir(self, job_id: str) -> Path:

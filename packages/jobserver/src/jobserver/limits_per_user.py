@@ -35,7 +35,7 @@ class CallShares:
                 what = "output streams open" if stream else "calls in flight"
                 raise QuotaExceeded(
                     f"user {user} already has {counter[user]} {what}, the most one user may have at once "
-                    f"({limit}); wait for one to end",
+                    f"({limit}); wait for one to end"
                 )
             counter[user] += 1
         try:

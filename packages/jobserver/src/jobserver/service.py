@@ -57,7 +57,7 @@ class StreamRegistry:
             if len(self._readers) >= self._limit:
                 reader.close()
                 raise QuotaExceeded(
-                    f"the server already serves {self._limit} output streams, the most it allows at once",
+                    f"the server already serves {self._limit} output streams, the most it allows at once"
                 )
             self._readers.add(reader)
 
