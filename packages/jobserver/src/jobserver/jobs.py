@@ -287,12 +287,15 @@ class Jobs:
         if view.status.started_at is not None and not os.path.lexists(self._job_dir(job_id) / jobdir.OUTPUT):
             raise DataLoss(f"the output file of job {job_id} is missing from the server")
 
-    def output(self, view: JobView, offset: int, follow: bool) -> OutputChunks:
+    def output(self, view: JobView, offset: int, follow: bool, chunk_size: int | None = None) -> OutputChunks:
         """`view`'s raw output from byte `offset` (after `check_output`); with `follow`, new output as
-        it arrives until the job has ended. The caller closes the reader."""
+        it arrives until the job has ended; chunks of at most `chunk_size` bytes (None: the Worker's
+        default). The caller closes the reader."""
         self.check_output(view, offset)
         try:
-            return self._worker.output(view.status.id, offset=offset, follow=follow)
+            if chunk_size is None:
+                return self._worker.output(view.status.id, offset=offset, follow=follow)
+            return self._worker.output(view.status.id, offset=offset, follow=follow, chunk_size=chunk_size)
         except JobNotFound:
             raise output_not_stored(view.status.id) from None
 
