@@ -460,7 +460,7 @@ def test_a_bad_indexed_request_is_invalid_argument(server: ServerProcess, fields
     import grpc
 
     from jobclient import Client, Credentials
-    from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
+    from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
 
     job_id = start(server, "true")
     with Client(server.target, credentials=Credentials.for_user("alice", CERTS)) as client:

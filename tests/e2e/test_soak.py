@@ -46,8 +46,8 @@ from e2e_support import (
 )
 
 from jobclient import Client, Credentials, JobClientError, JobState
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
-from jobclient._proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 
 pytestmark = needs_root
 
@@ -186,6 +186,14 @@ def flood_loop(target: str, cert: Path, key: Path, deadline: float, tally: Tally
             with tally.lock:
                 tally.job_ids.add(job.id)
             try:
+                # The job prints "flood" once its trap is set: a SIGTERM before that ends it at once,
+                # and a flood of an ended job holds nothing (nothing to refuse). A fast server's first
+                # StopJob can reach the shell within milliseconds of StartJob's answer.
+                show = pb.StreamOutputRequest(job_id=job.id, follow=False)
+                for _ in range(600):
+                    if b"flood" in b"".join(r.data for r in stub.StreamOutput(show, timeout=30)):
+                        break
+                    time.sleep(0.05)
                 stop = pb.StopJobRequest(job_id=job.id, grace_seconds=20)
                 calls = [stub.StopJob.future(stop, timeout=120) for _ in range(FLOOD)]
                 follow = pb.StreamOutputRequest(job_id=job.id, follow=True)

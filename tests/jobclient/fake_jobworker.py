@@ -19,8 +19,8 @@ from typing import Any
 import attrs
 import grpc
 
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
-from jobclient._proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 
 CERTS = Path(__file__).resolve().parents[2] / "certs"
 WAIT_BOUND = 20.0  # no fake ever blocks longer than this

@@ -11,7 +11,7 @@ import pytest
 from fake_jobworker import FakeJobWorker, FakeServer, Plan
 
 from jobclient import AsyncClient, Client, Credentials, Isolation, JobNotFound, JobState, Limits
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
 
 T = TypeVar("T")
 

@@ -146,3 +146,12 @@ def test_jobctl_start_loads_no_json_converter_metadata_or_toml() -> None:
     assert len(server.servicer.calls("StartJob")) == 1, done.stderr  # it did start a job
     assert sorted(loaded & START_FORBIDDEN) == []
     assert not any(m.startswith("jobclient._json") or m.startswith("cattrs") for m in loaded)
+    # The generated code comes from the public module, once: five modules, as under the old private
+    # name, and never through the deprecated alias (which would load it all a second time by name).
+    assert sorted(m for m in loaded if m.startswith(("jobclient.proto", "jobclient._proto"))) == [
+        "jobclient.proto",
+        "jobclient.proto.jobworker",
+        "jobclient.proto.jobworker.v1",
+        "jobclient.proto.jobworker.v1.jobworker_pb2",
+        "jobclient.proto.jobworker.v1.jobworker_pb2_grpc",
+    ]

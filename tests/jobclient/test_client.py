@@ -10,7 +10,7 @@ import pytest
 from fake_jobworker import FakeJobWorker, FakeServer, Plan
 
 from jobclient import Client, Credentials, Isolation, Job, JobNotFound, JobState, Limits
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
 
 NASTY = [b"plain text\n", b"\x00\x00NUL\x00", b"\xff\xfe\xc3(invalid utf-8\x80", b"\r\n\x1b[31mred\x1b[0m"]
 

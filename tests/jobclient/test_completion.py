@@ -10,7 +10,7 @@ import pytest
 from fake_jobworker import FakeJobWorker
 from jobctl_runner import JOBCTL, Jobctl
 
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 

@@ -24,7 +24,7 @@ from jobclient import (
     ServerError,
     Unavailable,
 )
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
 
 MAPPING: list[tuple[grpc.StatusCode, type[JobClientError]]] = [
     (grpc.StatusCode.NOT_FOUND, JobNotFound),

@@ -11,7 +11,7 @@ from types import ModuleType
 
 import pytest
 
-from jobclient._proto.jobworker.v1 import jobworker_pb2, jobworker_pb2_grpc
+from jobclient.proto.jobworker.v1 import jobworker_pb2, jobworker_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
 GEN_PROTO = ROOT / "tools" / "gen_proto.py"
@@ -34,8 +34,9 @@ def test_checked_in_generated_code_is_up_to_date() -> None:
 
 def test_check_names_a_stale_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     gen_proto = _load_gen_proto()
-    copy = tmp_path / "_proto"
+    copy = tmp_path / "proto"
     shutil.copytree(gen_proto.OUT_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert gen_proto.check(copy) == 0  # the .proto source beside the code is not "not generated"
     stale = copy / "jobworker" / "v1" / "jobworker_pb2_grpc.py"
     stale.write_text(stale.read_text() + "\n# hand edit\n")
     (copy / "leftover_pb2.py").write_text("")
@@ -48,4 +49,4 @@ def test_check_names_a_stale_file(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 def test_generated_code_imports_as_part_of_jobclient() -> None:
     assert jobworker_pb2.DESCRIPTOR.name == "jobworker/v1/jobworker.proto"
-    assert jobworker_pb2_grpc.JobWorkerStub.__module__ == "jobclient._proto.jobworker.v1.jobworker_pb2_grpc"
+    assert jobworker_pb2_grpc.JobWorkerStub.__module__ == "jobclient.proto.jobworker.v1.jobworker_pb2_grpc"

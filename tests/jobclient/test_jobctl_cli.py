@@ -14,7 +14,7 @@ import pytest
 from fake_jobworker import CERTS, FakeJobWorker, FakeServer, Plan
 from jobctl_runner import Jobctl
 
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
 
 NASTY = b"line\n\x00\x00NUL\x00\xff\xfe\xc3(not utf-8\x80\r\n\x1b[0m"
 COMMANDS = ["start", "run", "status", "logs", "stop", "wait", "list"]

@@ -9,7 +9,7 @@ import pytest
 
 from jobclient import Isolation, Job, JobState, Limits, ResourceUsage, _json
 from jobclient import _conversions as conv
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
 
 
 def full_proto_job() -> pb.Job:

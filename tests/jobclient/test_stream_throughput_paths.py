@@ -13,8 +13,8 @@ import sys
 
 import pytest
 
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
 from jobclient.client import decode_output
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
 
 
 def _varint(value: int) -> bytes:
@@ -97,7 +97,7 @@ import os, resource, sys
 if sys.argv[1] == "tuned":
     from jobclient._malloc import keep_freed_buffers
     assert keep_freed_buffers()
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
 fd = os.open("/dev/zero", os.O_RDONLY)
 def message():  # what a stream does per 1 MiB message: read, build, serialize, free
     pb.StreamOutputResponse(data=os.read(fd, 1 << 20), offset=1).SerializeToString()

@@ -22,8 +22,8 @@ import attrs
 import grpc
 import pytest
 
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
-from jobclient._proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from jobserver.config import ServerConfig
 from jobserver.server import JobServer
 

@@ -9,7 +9,7 @@ import pytest
 import structlog.testing
 from server_harness import RunningServer, cert_paths, marked_job, processes_with, rpc_error
 
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ import pytest
 from cert_minting import CA_LEAF_EXT, INTERMEDIATE_EXT, SUBJECT_BASE, chained_admin, mint
 from server_harness import CERTS, Client, RunningServer, rpc_error
 
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
-from jobserver.certinfo import CertificateError
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
 from jobserver.direct_issuer import DirectIssuers
+from jobserver.errors import CertificateError
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 

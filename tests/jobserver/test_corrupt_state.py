@@ -16,7 +16,7 @@ import grpc
 import pytest
 from server_harness import Client, RunningServer, marked_job, processes_with, rpc_error, wait_for
 
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
 
 JOB_FILES = ("spec.json", "shim.json", "run.json", "exit.json", "stop.json", "output", "output.idx")
 #: The records a Worker reads at start: damage to one of them makes the job LOST (its processes killed).

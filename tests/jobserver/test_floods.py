@@ -11,7 +11,7 @@ from collections.abc import Callable
 import grpc
 from server_harness import Client, RunningServer, processes_with, wait_for
 
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
 
 FLOOD = 300
 #: The deadline of every call of the users who are not flooding: they must be answered within it.

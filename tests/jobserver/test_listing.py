@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 from server_harness import Client, RunningServer, rpc_error
 
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
 from jobserver.listing import LISTED_ARGV_CHARS, MAX_PAGE_BYTES
 
 #: Each job's argv: two arguments of 125 000 bytes (under the kernel's 128 KiB per argument).

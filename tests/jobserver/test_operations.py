@@ -26,12 +26,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from server_harness import CERTS, RunningServer, ServerProcess, channel_credentials, rpc_error, wait_for
 from structlog.testing import capture_logs
 
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
-from jobclient._proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from jobcore import jobdir
 from jobserver.cli import main as jobserver_main
 from jobserver.config import load_config
-from jobserver.sd_notify import NotifyError, notify
+from jobserver.errors import NotifyError
+from jobserver.sd_notify import notify
 
 MiB = 1 << 20
 START = "/jobworker.v1.JobWorker/StartJob"

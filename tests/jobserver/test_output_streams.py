@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 from server_harness import Client, RunningServer, ServerProcess, rpc_error, wait_for
 
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
 from jobserver.server import RPC_THREAD_NAME
 
 # About 2 MB of output written over a second or so, so that followers join while it is produced.

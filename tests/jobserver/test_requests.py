@@ -13,7 +13,7 @@ import pytest
 import structlog.testing
 from server_harness import IS_ROOT, Client, RunningServer, rpc_error, test_config
 
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
 from jobcore import Worker
 from jobcore.spec import Limits
 from jobserver.server import JobServer

@@ -25,7 +25,7 @@ from server_harness import (
     wait_for,
 )
 
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
 from jobcore import Worker
 from jobserver.jobs import VANISHED_REASON
 from jobserver.server import JobServer

@@ -12,8 +12,9 @@ import grpc
 import pytest
 from server_harness import Client, RunningServer, rpc_error, wait_for
 
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
-from jobserver.config import ConfigError, settings_from_file
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobserver.config import settings_from_file
+from jobserver.errors import ConfigError
 
 
 def _delete(client: Client, job_id: str) -> pb.Job:

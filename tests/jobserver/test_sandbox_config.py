@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
 from jobcore.spec import RunAs
-from jobserver.config import DEFAULT_ROLE_ALLOW, WEAKENINGS, ConfigError, ServerConfig, load_config
+from jobserver.config import DEFAULT_ROLE_ALLOW, WEAKENINGS, ServerConfig, load_config
 from jobserver.convert import check_isolation_policy, spec_from_request
-from jobserver.errors import RpcStatusError
-from jobserver.identities import IdentityError, UserIds
+from jobserver.errors import ConfigError, IdentityError, PermissionDenied
+from jobserver.identities import UserIds
+from jobserver.interceptor import failure_for
 
 
 def config_from(tmp_path: Path, text: str) -> ServerConfig:
@@ -104,15 +105,16 @@ def test_every_weakening_is_refused_for_users_by_default() -> None:
     config = ServerConfig()
     for name in WEAKENINGS:
         iso = pb.Isolation(**{name: True})
-        with pytest.raises(RpcStatusError, match=f"may not ask for {name}") as info:
+        with pytest.raises(PermissionDenied, match=f"may not ask for {name}") as info:
             check_isolation_policy(iso, "user", config)
-        assert info.value.code.name == "PERMISSION_DENIED"
+        failure = failure_for(info.value)
+        assert failure is not None and failure.code.name == "PERMISSION_DENIED"
         check_isolation_policy(iso, "admin", config)  # allowed
 
 
 def test_no_mount_namespace_needs_the_sandbox_permission_too() -> None:
     config = ServerConfig(role_allow={"user": frozenset({"disable_mount"}), "admin": frozenset()})
-    with pytest.raises(RpcStatusError, match="disable_sandbox"):
+    with pytest.raises(PermissionDenied, match="disable_sandbox"):
         check_isolation_policy(pb.Isolation(disable_mount=True), "user", config)
     request = pb.StartJobRequest(argv=["true"], isolation=pb.Isolation(disable_mount=True))
     spec = spec_from_request(request, "alice", config, RunAs(700000, 700000))

@@ -13,7 +13,8 @@ import pytest
 from server_harness import CERTS, Client, ServerProcess, wait_for
 
 from jobcore.spec import Limits
-from jobserver.config import DEFAULT_LIMITS, ConfigError, ServerConfig, load_config
+from jobserver.config import DEFAULT_LIMITS, ServerConfig, load_config
+from jobserver.errors import ConfigError
 
 MIB = 1024 * 1024
 

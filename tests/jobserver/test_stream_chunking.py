@@ -14,7 +14,7 @@ from server_harness import CERTS, RunningServer
 
 from jobclient import Client as SdkClient
 from jobclient import Credentials
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
 from jobcore import jobdir
 from jobserver.service import STREAM_CHUNK_BYTES
 

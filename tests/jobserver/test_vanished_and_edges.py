@@ -20,7 +20,7 @@ from server_harness import (
     wait_for,
 )
 
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
 
 
 def _running_marked_job(server: RunningServer, marker: str) -> pb.Job:

@@ -6,8 +6,8 @@ import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
 from jobclient.models import Isolation, Job, JobState, Limits, OutputChunk, ResourceUsage
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
 
 _STATE_FROM_PROTO: dict[int, JobState] = {
     pb.JOB_STATE_RUNNING: JobState.RUNNING,

@@ -16,12 +16,12 @@ import grpc
 import grpc.aio
 
 from jobclient import _conversions as conv
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
-from jobclient._proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from jobclient.config import resolve
 from jobclient.credentials import Credentials, credentials_for
 from jobclient.errors import JobClientError, Unavailable, from_rpc_error
 from jobclient.models import Isolation, Job, JobState, Limits, OutputChunk
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 
 __all__ = [
     "DEFAULT_TARGET",

@@ -14,6 +14,8 @@ import ssl
 
 import attrs
 
+from jobserver.errors import CertificateError
+
 OID_COMMON_NAME = "2.5.4.3"
 OID_ORGANIZATIONAL_UNIT = "2.5.4.11"
 OID_EXTENDED_KEY_USAGE = "2.5.29.37"
@@ -35,10 +37,6 @@ _STRING_TAGS = {
     0x14: "latin-1",  # TeletexString (T.61; latin-1 is the usual practical reading)
     0x1E: "utf-16-be",  # BMPString
 }
-
-
-class CertificateError(ValueError):
-    """The certificate is not well-formed DER of the shape RFC 5280 describes."""
 
 
 @attrs.frozen

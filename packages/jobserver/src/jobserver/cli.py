@@ -13,10 +13,11 @@ import jobserver  # noqa: F401  isort: skip
 
 import structlog
 
-from jobserver.config import ConfigError, ServerConfig, load_config
+from jobserver.config import ServerConfig, load_config
+from jobserver.errors import ConfigError, StartupError
 from jobserver.logs import configure_logging
 from jobserver.native_logs import NativeStderr
-from jobserver.server import JobServer, StartupError
+from jobserver.server import JobServer
 
 
 def main(argv: Sequence[str] | None = None) -> int:

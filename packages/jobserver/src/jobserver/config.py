@@ -22,6 +22,7 @@ from jobcore.errors import InvalidLimit
 from jobcore.spec import Limits, host_cpu_count, host_memory_bytes
 from jobcore.units import parse_cpu, parse_rate, parse_size
 from jobserver import DISTRIBUTION, __version__
+from jobserver.errors import ConfigError
 from jobserver.retention import parse_age
 
 MIB = 1024 * 1024
@@ -55,10 +56,6 @@ _SHARED_DIRS = frozenset(
 def default_max_limits() -> Limits:
     """What a request may ask for at most, unless configured: the whole host, 32768 pids, IO unlimited."""
     return Limits(cpu=float(host_cpu_count()), memory=host_memory_bytes(), pids=32768)
-
-
-class ConfigError(Exception):
-    """The configuration (file, environment or flags) is invalid; the message says where and why."""
 
 
 @attrs.frozen

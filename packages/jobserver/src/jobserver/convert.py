@@ -11,14 +11,12 @@ import math
 import os
 import uuid
 
-import grpc
-
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
 from jobcore.errors import InvalidSpec
 from jobcore.spec import Isolation, JobSpec, Limits, RunAs
 from jobcore.status import JobState, JobStatus
 from jobserver.config import WEAKENINGS, ServerConfig
-from jobserver.errors import RpcStatusError, invalid
+from jobserver.errors import InvalidArgument, PermissionDenied
 
 _STATE_TO_PROTO = {
     JobState.RUNNING: pb.JOB_STATE_RUNNING,
@@ -41,14 +39,16 @@ _LIMIT_FIELDS = {  # proto field -> jobcore Limits field
 def parse_job_id(text: str) -> str:
     """A job id in canonical UUID form (what jobcore issues); anything else is INVALID_ARGUMENT."""
     if not text:
-        raise invalid("job_id is empty")
+        raise InvalidArgument("job_id is empty")
     shown = text if len(text) <= 64 else text[:64] + "..."
     try:
         canonical = str(uuid.UUID(text))
     except ValueError:
-        raise invalid(f"job_id {shown!r} is not a job id (a UUID such as {uuid.UUID(int=0)})") from None
+        raise InvalidArgument(
+            f"job_id {shown!r} is not a job id (a UUID such as {uuid.UUID(int=0)})"
+        ) from None
     if canonical != text:
-        raise invalid(f"job_id {shown!r} is not in canonical form; use {canonical}")
+        raise InvalidArgument(f"job_id {shown!r} is not in canonical form; use {canonical}")
     return canonical
 
 
@@ -63,11 +63,11 @@ def limits_from_proto(msg: pb.Limits) -> Limits:
             values[core_name] = getattr(msg, proto_name)
     cpu = values.get("cpu")
     if cpu is not None and not math.isfinite(cpu):
-        raise invalid(f"limits.cpu must be a finite number of cores, got {cpu}")
+        raise InvalidArgument(f"limits.cpu must be a finite number of cores, got {cpu}")
     try:
         return Limits(**values)  # type: ignore[arg-type]
     except InvalidSpec as exc:
-        raise invalid(f"limits: {exc}") from None
+        raise InvalidArgument(f"limits: {exc}") from None
 
 
 def requested_weakenings(iso: pb.Isolation) -> list[str]:
@@ -83,10 +83,9 @@ def check_isolation_policy(iso: pb.Isolation, role: str, config: ServerConfig) -
     allowed = config.role_allow.get(role, frozenset())
     refused = [name for name in requested_weakenings(iso) if name not in allowed]
     if refused:
-        raise RpcStatusError(
-            grpc.StatusCode.PERMISSION_DENIED,
+        raise PermissionDenied(
             f"role {role!r} may not ask for {', '.join(refused)}: the server's policy keeps every "
-            "job of this role isolated and sandboxed (see [roles] in the server's config)",
+            "job of this role isolated and sandboxed (see [roles] in the server's config)"
         )
 
 
@@ -98,21 +97,21 @@ def spec_from_request(
     checks the isolation policy first (check_isolation_policy)."""
     argv = list(req.argv)
     if not argv:
-        raise invalid("argv is empty: give the command to run and its arguments")
+        raise InvalidArgument("argv is empty: give the command to run and its arguments")
     if len(argv) > config.max_argv_count:
-        raise invalid(f"argv has {len(argv)} entries, more than the {config.max_argv_count} allowed")
+        raise InvalidArgument(f"argv has {len(argv)} entries, more than the {config.max_argv_count} allowed")
     argv_bytes = sum(_byte_size(a) + 1 for a in argv)
     if argv_bytes > config.max_argv_bytes:
-        raise invalid(f"argv takes {argv_bytes} bytes, more than the {config.max_argv_bytes} allowed")
+        raise InvalidArgument(f"argv takes {argv_bytes} bytes, more than the {config.max_argv_bytes} allowed")
     env = dict(req.env)
     if len(env) > config.max_env_count:
-        raise invalid(f"env has {len(env)} entries, more than the {config.max_env_count} allowed")
+        raise InvalidArgument(f"env has {len(env)} entries, more than the {config.max_env_count} allowed")
     env_bytes = sum(_byte_size(k) + _byte_size(v) + 2 for k, v in env.items())
     if env_bytes > config.max_env_bytes:
-        raise invalid(f"env takes {env_bytes} bytes, more than the {config.max_env_bytes} allowed")
+        raise InvalidArgument(f"env takes {env_bytes} bytes, more than the {config.max_env_bytes} allowed")
     cwd = req.cwd or None
     if cwd is not None and _byte_size(cwd) > config.max_cwd_bytes:
-        raise invalid(f"cwd is longer than {config.max_cwd_bytes} bytes")
+        raise InvalidArgument(f"cwd is longer than {config.max_cwd_bytes} bytes")
     iso = req.isolation
     isolation = Isolation(
         pid=not iso.disable_pid,
@@ -133,7 +132,7 @@ def spec_from_request(
             user=user,
         )
     except InvalidSpec as exc:
-        raise invalid(str(exc)) from None
+        raise InvalidArgument(str(exc)) from None
 
 
 def stop_grace(req: pb.StopJobRequest, config: ServerConfig) -> float:
@@ -141,9 +140,11 @@ def stop_grace(req: pb.StopJobRequest, config: ServerConfig) -> float:
         return config.default_stop_grace_seconds
     grace = req.grace_seconds
     if not math.isfinite(grace) or grace < 0:
-        raise invalid(f"grace_seconds must be a finite number of seconds >= 0, got {grace}")
+        raise InvalidArgument(f"grace_seconds must be a finite number of seconds >= 0, got {grace}")
     if grace > config.max_stop_grace_seconds:
-        raise invalid(f"grace_seconds of {grace} is above the maximum of {config.max_stop_grace_seconds}")
+        raise InvalidArgument(
+            f"grace_seconds of {grace} is above the maximum of {config.max_stop_grace_seconds}"
+        )
     return grace
 
 
@@ -151,7 +152,7 @@ def list_scope(req: pb.ListJobsRequest) -> int:
     """The request's ListScope, validated (an open proto3 enum carries unknown numbers as they came)."""
     if req.scope not in pb.ListScope.values():
         names = ", ".join(pb.ListScope.keys())
-        raise invalid(f"scope {req.scope} is not a known ListScope ({names})")
+        raise InvalidArgument(f"scope {req.scope} is not a known ListScope ({names})")
     return pb.LIST_SCOPE_OWN if req.scope == pb.LIST_SCOPE_UNSPECIFIED else req.scope
 
 
@@ -164,7 +165,7 @@ def limits_to_proto(limits: Limits) -> pb.Limits:
     return msg
 
 
-def job_to_proto(status: JobStatus, cwd: str = "") -> pb.Job:
+def job_to_proto(status: JobStatus) -> pb.Job:
     job = pb.Job(
         id=status.id,
         owner=status.owner,
@@ -178,7 +179,7 @@ def job_to_proto(status: JobStatus, cwd: str = "") -> pb.Job:
         namespaces=list(status.namespaces),
         output_bytes=status.output_bytes,
         output_capped=status.output_capped,
-        cwd=cwd or status.cwd,
+        cwd=status.cwd,
         sandboxed=status.sandboxed,
     )
     for name in ("pid", "exit_code", "signal", "started_at", "ended_at", "uid", "gid"):

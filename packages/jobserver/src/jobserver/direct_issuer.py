@@ -22,7 +22,8 @@ import ssl
 
 import attrs
 
-from jobserver.certinfo import CertificateError, _children, _expect, _read_tlv, decode_oid
+from jobserver.certinfo import _children, _expect, _read_tlv, decode_oid
+from jobserver.errors import CertificateError
 
 _SEQUENCE = 0x30
 _OID = 0x06

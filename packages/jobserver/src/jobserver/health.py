@@ -18,7 +18,7 @@ import threading
 
 import grpc
 
-from jobserver.errors import RpcStatusError
+from jobserver.errors import MalformedMessageError, NotFound
 
 SERVICE_NAME = "grpc.health.v1.Health"
 
@@ -28,10 +28,6 @@ class ServingStatus(enum.IntEnum):
     SERVING = 1
     NOT_SERVING = 2
     SERVICE_UNKNOWN = 3  # Watch only
-
-
-class MalformedMessageError(ValueError):
-    pass
 
 
 def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -124,7 +120,7 @@ class HealthService:
         with self._lock:
             status = self._status.get(service)
         if status is None:
-            raise RpcStatusError(grpc.StatusCode.NOT_FOUND, f"unknown service {service[:100]!r}")
+            raise NotFound(f"unknown service {service[:100]!r}")
         return status
 
     def handler(self) -> grpc.GenericRpcHandler:

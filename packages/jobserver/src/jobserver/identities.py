@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from jobcore.spec import RunAs
+from jobserver.errors import IdentityError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS identities (
@@ -27,10 +28,6 @@ CREATE TABLE IF NOT EXISTS identities (
     created_at REAL NOT NULL
 );
 """
-
-
-class IdentityError(Exception):
-    """The uid map cannot be opened, or the range is used up; the message says which and what to do."""
 
 
 class UserIds:

@@ -21,17 +21,15 @@ import re
 from collections.abc import Mapping, Sequence
 
 import attrs
-import grpc
 
 from jobserver.certinfo import (
     OID_CLIENT_AUTH,
     OID_COMMON_NAME,
     OID_ORGANIZATIONAL_UNIT,
-    CertificateError,
     parse_pem,
 )
 from jobserver.direct_issuer import DirectIssuers
-from jobserver.errors import RpcStatusError
+from jobserver.errors import CertificateError, PermissionDenied, Unauthenticated
 
 #: What a user name (a certificate's CN, lower-cased) must be, matched in full: jobcore's owner syntax.
 USER_NAME_RE = re.compile(r"[a-z_][a-z0-9_.-]{0,63}", re.ASCII)
@@ -63,18 +61,19 @@ class Identity:
         return self.is_admin or owner == self.name
 
 
-def _unauthenticated(message: str) -> RpcStatusError:
-    return RpcStatusError(grpc.StatusCode.UNAUTHENTICATED, message)
+def _unauthenticated(message: str) -> Unauthenticated:
+    return Unauthenticated(message)
 
 
-def _denied(message: str) -> RpcStatusError:
-    return RpcStatusError(grpc.StatusCode.PERMISSION_DENIED, message)
+def _denied(message: str) -> PermissionDenied:
+    return PermissionDenied(message)
 
 
 def identity_from_auth_context(
     auth: Mapping[str, Sequence[bytes]], issuers: DirectIssuers | None = None
 ) -> Identity:
-    """The caller's identity from `ServicerContext.auth_context()`, or RpcStatusError saying why not.
+    """The caller's identity from `ServicerContext.auth_context()`, or Unauthenticated (no usable
+    certificate) / PermissionDenied (a certificate of no role) saying why not.
     With `issuers`, the certificate must also be signed directly by one of those CAs."""
     if auth.get("transport_security_type") != [b"ssl"] or not auth.get("x509_pem_cert"):
         raise _unauthenticated("a client certificate is required")

@@ -2,9 +2,12 @@
 
 For each call it (1) establishes the caller's identity from the verified client certificate (refusing
 the call when there is none), (2) makes it available to the handler through `current_call()`, (3) turns
-`RpcStatusError` and jobcore's errors into gRPC statuses, and any other exception into INTERNAL with a
-reference to the server log (never a traceback to the client), and (4) writes exactly one audit record:
-who, which method, which job, the status code and the duration.
+the server's call errors (`jobserver.errors`) and jobcore's errors into gRPC statuses, and any other
+exception into INTERNAL with a reference to the server log (never a traceback to the client), and (4)
+writes exactly one audit record: who, which method, which job, the status code and the duration.
+
+`failure_for` (with `CALL_ERROR_CODES`) is the only place in the server that decides a status code:
+handlers and the modules under them raise domain errors and never name a gRPC code.
 
 Per-job authorization (owner or admin) is decided by `jobserver.jobs.Jobs.find`, which every handler
 that names a job uses; list scopes by `jobserver.service`. Both read the identity set here.
@@ -35,7 +38,18 @@ from jobcore.errors import (
     WorkerError,
 )
 from jobserver.direct_issuer import DirectIssuers
-from jobserver.errors import RpcStatusError
+from jobserver.errors import (
+    CallError,
+    DataLoss,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    PermissionDenied,
+    QuotaExceeded,
+    Unauthenticated,
+    Unavailable,
+)
 from jobserver.identity import Identity, identity_from_auth_context
 from jobserver.limits_per_user import CallShares
 from jobserver.metrics import ServerMetrics
@@ -64,28 +78,53 @@ def caller() -> Identity:
     """The authenticated identity of the call being served."""
     identity = _current.get().identity
     if identity is None:  # only reachable if a handler were registered without the interceptor
-        raise RpcStatusError(grpc.StatusCode.UNAUTHENTICATED, "no authenticated caller")
+        raise Unauthenticated("no authenticated caller")
     return identity
 
 
-def failure_for(exc: Exception) -> RpcStatusError | None:
+@attrs.frozen
+class Failure:
+    """The status a call is answered with: a gRPC code and the message the caller sees."""
+
+    code: grpc.StatusCode
+    message: str
+
+
+#: The one mapping from the server's call errors (jobserver.errors) to gRPC status codes.
+CALL_ERROR_CODES: dict[type[CallError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    QuotaExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
+    DataLoss: grpc.StatusCode.DATA_LOSS,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def failure_for(exc: Exception) -> Failure | None:
     """The status a known error is answered with; None for an unexpected one."""
-    if isinstance(exc, RpcStatusError):
-        return exc
+    if isinstance(exc, CallError):
+        for cls, code in CALL_ERROR_CODES.items():
+            if isinstance(exc, cls):
+                return Failure(code, exc.message)
+        return None  # a CallError subclass nobody mapped: a bug, answered INTERNAL
     if isinstance(exc, JobNotFound):
-        return RpcStatusError(grpc.StatusCode.NOT_FOUND, f"job {exc.job_id} not found")
+        return Failure(grpc.StatusCode.NOT_FOUND, f"job {exc.job_id} not found")
     if isinstance(exc, InvalidSpec | InvalidJobId):
-        return RpcStatusError(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return Failure(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     if isinstance(exc, JobStillRunning):
-        return RpcStatusError(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return Failure(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
     if isinstance(exc, ControllerError):
-        return RpcStatusError(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return Failure(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
     if isinstance(exc, StopTimeout):
-        return RpcStatusError(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+        return Failure(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
     if isinstance(exc, WorkerError):
-        return RpcStatusError(grpc.StatusCode.UNAVAILABLE, str(exc))
+        return Failure(grpc.StatusCode.UNAVAILABLE, str(exc))
     if _disk_full(exc):
-        return RpcStatusError(
+        return Failure(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             "no space left in the server's state directory; try again once space is freed",
         )
@@ -176,9 +215,8 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     def _authenticate(self, call: CallInfo, request: Any, context: grpc.ServicerContext) -> None:
         call.identity = identity_from_auth_context(context.auth_context(), self._issuers)
         if isinstance(request, MalformedRequest):  # only after authentication: no probing without a cert
-            raise RpcStatusError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"the request is not a valid {call.method.rsplit('/', 1)[-1]} message: {request.error}",
+            raise InvalidArgument(
+                f"the request is not a valid {call.method.rsplit('/', 1)[-1]} message: {request.error}"
             )
 
     def _share(self, call: CallInfo, stream: bool) -> contextlib.AbstractContextManager[None]:
@@ -194,7 +232,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         if failure is None:
             ref = uuid.uuid4().hex[:12]
             self._errors.error("unexpected error", method=call.method, ref=ref, exc_info=exc)
-            failure = RpcStatusError(grpc.StatusCode.INTERNAL, f"internal error (server log reference {ref})")
+            failure = Failure(grpc.StatusCode.INTERNAL, f"internal error (server log reference {ref})")
         context.abort(failure.code, failure.message)
 
     def _outcome(self, exc: Exception, context: grpc.ServicerContext) -> tuple[grpc.StatusCode, str]:

@@ -13,9 +13,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 
-import grpc
-
-from jobserver.errors import RpcStatusError
+from jobserver.errors import QuotaExceeded
 
 
 class CallShares:
@@ -35,10 +33,9 @@ class CallShares:
         with self._lock:
             if counter[user] >= limit:
                 what = "output streams open" if stream else "calls in flight"
-                raise RpcStatusError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                raise QuotaExceeded(
                     f"user {user} already has {counter[user]} {what}, the most one user may have at once "
-                    f"({limit}); wait for one to end",
+                    f"({limit}); wait for one to end"
                 )
             counter[user] += 1
         try:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import base64
 import json
 
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
-from jobserver.errors import invalid
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobserver.errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -27,7 +27,7 @@ Position = tuple[float, str]
 
 def page_size(request: pb.ListJobsRequest) -> int:
     if request.page_size < 0:
-        raise invalid(f"page_size must be >= 0, got {request.page_size}")
+        raise InvalidArgument(f"page_size must be >= 0, got {request.page_size}")
     return min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
@@ -47,7 +47,7 @@ def decode_token(token: str) -> Position | None:
             raise ValueError("bad id")
     except (ValueError, TypeError, UnicodeError):
         shown = token if len(token) <= 64 else token[:64] + "..."
-        raise invalid(f"page_token {shown!r} is not a token this server issued") from None
+        raise InvalidArgument(f"page_token {shown!r} is not a token this server issued") from None
     return float(created_at), job_id
 
 

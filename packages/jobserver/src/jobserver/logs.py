@@ -1,7 +1,17 @@
 """structlog set-up: JSON lines by default, the console renderer on a TTY or when asked.
 
-Everything ends up in the same stream and format: structlog events, the standard `logging` records of
-jobcore and other libraries (bridged here), and gRPC's C-core lines (`jobserver.native_logs`).
+Everything ends up in one stream, in one format, through one standard-library handler whose
+`structlog.stdlib.ProcessorFormatter` renders every line:
+
+* structlog events (the server's own) go to the standard `logging` logger of their name and are
+  rendered by that formatter;
+* standard `logging` records of any library (jobcore's, grpc's, ...) are rendered by the same
+  formatter, with the same processors: `event` (the formatted message), `level`, `logger` (the
+  record's logger), `timestamp`, and `exception` for a record with exc_info;
+* Python `warnings` are captured into `logging` (logger `py.warnings`), so they are JSON lines too;
+* gRPC's C-core lines, which bypass Python, are turned into structlog events by `jobserver.native_logs`.
+
+One level (`--log-level`) filters them all alike.
 """
 
 from __future__ import annotations
@@ -16,16 +26,8 @@ from structlog.tracebacks import ExceptionDictTransformer
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-class _ToStructlog(logging.Handler):
-    """Hands standard-library log records (jobcore's, for one) to structlog, under the record's logger."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            log = structlog.get_logger(record.name)
-            method = getattr(log, record.levelname.lower(), log.error)
-            method(record.getMessage(), logger=record.name, exc_info=record.exc_info or None)
-        except Exception:
-            self.handleError(record)
+class _ServerHandler(logging.StreamHandler[TextIO]):
+    """The one handler on the root logger (its type marks it, so a new configuration replaces it)."""
 
 
 def configure_logging(log_format: str | None, level: str = "info", stream: TextIO | None = None) -> None:
@@ -33,26 +35,41 @@ def configure_logging(log_format: str | None, level: str = "info", stream: TextI
     JSON); `level` is the least severe level logged: "debug", "info", "warning" or "error"."""
     out = stream or sys.stderr
     fmt = log_format or ("console" if out.isatty() else "json")
-    renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer() if fmt == "console" else structlog.processors.JSONRenderer()
+    threshold = LEVELS[level]
+    #: What every line gets, whether it started as a structlog event or a standard logging record.
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: list[structlog.typing.Processor] = (
+        [
+            # No local variables in logged tracebacks: they would copy requests (env values) into logs.
+            structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
+            structlog.processors.JSONRenderer(),
+        ]
+        if fmt == "json"
+        else [structlog.dev.ConsoleRenderer()]
     )
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            # No local variables in logged tracebacks: they would copy requests (env values) into logs.
-            structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False))
-            if fmt == "json"
-            else structlog.dev.set_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=False,
     )
+    handler = _ServerHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderer],
+        )
+    )
+    handler.setLevel(threshold)
     root = logging.getLogger()
-    for handler in [h for h in root.handlers if isinstance(h, _ToStructlog)]:
-        root.removeHandler(handler)
-    root.addHandler(_ToStructlog())
-    root.setLevel(LEVELS[level])
+    for old in [h for h in root.handlers if isinstance(h, _ServerHandler)]:
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(threshold)
+    logging.captureWarnings(True)

@@ -15,14 +15,11 @@ from __future__ import annotations
 import structlog
 
 from jobserver.config import ServerConfig
+from jobserver.errors import NotifyError, OperationsError, ProbeError
 from jobserver.metrics import MetricsEndpoint, ServerMetrics
-from jobserver.probes import ProbeError, ProbeServer
-from jobserver.sd_notify import NotifyError, notify
+from jobserver.probes import ProbeServer
+from jobserver.sd_notify import notify
 from jobserver.store import JobStore
-
-
-class OperationsError(Exception):
-    """An endpoint cannot listen; the message names the flag and the address."""
 
 
 class Operations:

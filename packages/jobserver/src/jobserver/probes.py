@@ -18,13 +18,11 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from jobserver.errors import ProbeError
+
 #: Threads of the probe server; more calls at once than `MAX_CALLS` are refused (RESOURCE_EXHAUSTED).
 THREADS = 2
 MAX_CALLS = 16
-
-
-class ProbeError(Exception):
-    """The probe endpoint cannot listen; the message names the address."""
 
 
 class ProbeServer:

@@ -11,11 +11,9 @@ from __future__ import annotations
 import os
 import socket
 
+from jobserver.errors import NotifyError
+
 NOTIFY_SOCKET_ENV = "NOTIFY_SOCKET"
-
-
-class NotifyError(Exception):
-    """`$NOTIFY_SOCKET` is set but the message could not be delivered; the message names the socket."""
 
 
 def notify(*assignments: str, environ: dict[str, str] | None = None) -> bool:

@@ -13,7 +13,6 @@ import os
 import threading
 from concurrent import futures
 from pathlib import Path
-from typing import Any
 
 import grpc
 import structlog
@@ -21,23 +20,24 @@ from grpc_reflection.v1alpha import reflection
 
 import jobserver
 from jobclient._malloc import keep_freed_buffers
-from jobclient._proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
+from jobclient.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from jobcore.errors import JobError
-from jobcore.status import JobStatus
-from jobserver.certinfo import OID_EC_PUBLIC_KEY, CertificateError, parse_pem
+from jobserver.certinfo import OID_EC_PUBLIC_KEY, parse_pem
 from jobserver.config import ServerConfig
 from jobserver.direct_issuer import DirectIssuers
+from jobserver.errors import CertificateError, IdentityError, OperationsError, StartupError, StoreError
 from jobserver.health import HealthService, ServingStatus
-from jobserver.identities import IdentityError, UserIds
+from jobserver.identities import UserIds
 from jobserver.interceptor import GuardInterceptor
-from jobserver.jobs import Jobs
+from jobserver.jobs import Jobs, record_end
 from jobserver.lifecycle import JobEvents
 from jobserver.limits_per_user import CallShares
 from jobserver.metrics import ServerMetrics
-from jobserver.operations import Operations, OperationsError, job_state_counts
+from jobserver.operations import Operations, job_state_counts
 from jobserver.retention import RetentionPolicy, RetentionSweeper
 from jobserver.service import SERVICE_NAME, JobWorkerService
-from jobserver.store import JobStore, StoreError
+from jobserver.store import JobStore
+from jobserver.worker_api import WorkerAPI, WorkerFactory
 
 #: The OS-level name of the threads that serve calls (visible in `top -H`, /proc/<pid>/task/*/comm).
 RPC_THREAD_NAME = "jobserver-rpc"
@@ -49,10 +49,6 @@ def _name_os_thread() -> None:
             f.write(RPC_THREAD_NAME)
     except OSError:
         pass  # only a name
-
-
-class StartupError(Exception):
-    """The server cannot start; the message names the file, address or setting at fault."""
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -119,7 +115,7 @@ def retention_policy(config: ServerConfig) -> RetentionPolicy:
 
 
 class JobServer:
-    def __init__(self, config: ServerConfig, worker_factory: Any = None) -> None:
+    def __init__(self, config: ServerConfig, worker_factory: WorkerFactory | None = None) -> None:
         self.config = config
         self._log = structlog.get_logger("jobserver")
         self._worker_factory = worker_factory
@@ -133,13 +129,13 @@ class JobServer:
         self.operations = Operations(config, self.metrics, (SERVICE_NAME,))
         self._stopped = threading.Event()
         self.port: int | None = None
-        self.worker: Any = None
+        self.worker: WorkerAPI | None = None
 
-    def _make_worker(self, store: JobStore) -> Any:
+    def _make_worker(self, store: JobStore) -> WorkerAPI:
         from jobcore import Limits, Worker
         from jobcore.controllers import load_controller
 
-        factory = self._worker_factory or Worker
+        factory: WorkerFactory = self._worker_factory or Worker
         config = self.config
         controller = load_controller(config.controller)
         default_limits, max_limits = config.default_limits, config.max_limits
@@ -156,13 +152,9 @@ class JobServer:
             default_limits=default_limits,
             max_limits=max_limits,
             output_cap=config.output_cap,
-            on_job_ended=lambda status: self._job_ended(store, status),
+            on_job_ended=lambda status: record_end(store, self.events, status),
             hidden_paths=[str(p) for p in config.paths_hidden_from_jobs()],
         )
-
-    def _job_ended(self, store: JobStore, status: JobStatus) -> None:
-        store.put(status)
-        self.events.ended(status)
 
     def start(self) -> int:
         """Open the state, re-attach to jobs, listen; returns the bound port."""
@@ -226,7 +218,7 @@ class JobServer:
         sweeper = RetentionSweeper(jobs, retention_policy(config))
         sweeper.start()
         self._stack.callback(sweeper.close)
-        self._service = JobWorkerService(worker, jobs, config, user_ids)
+        self._service = JobWorkerService(jobs, config, user_ids)
         workers = config.max_concurrent_streams + config.unary_threads
         self._executor = futures.ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix=RPC_THREAD_NAME, initializer=_name_os_thread

@@ -2,33 +2,36 @@
 """`JobWorkerService`: the handlers of `jobworker.v1.JobWorker`.
 
 Each handler runs under `GuardInterceptor`, which has authenticated the caller (`caller()`) and turns
-raised `RpcStatusError`s and jobcore errors into statuses. Requests are translated by `jobserver.convert`.
+raised domain errors (`jobserver.errors`) and jobcore errors into statuses. Requests are translated by
+`jobserver.convert`; jobs are found, read and changed through `jobserver.jobs.Jobs` only.
 """
 
 from __future__ import annotations
 
-import errno
-import math
-import os
 import threading
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import grpc
 
-from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
-from jobclient._proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
-from jobcore import jobdir, output_log
-from jobcore.errors import JobNotFound
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
+from jobcore import output_log
 from jobcore.spec import RunAs
 from jobserver import convert, listing
 from jobserver.config import ServerConfig
-from jobserver.errors import RpcStatusError, invalid
-from jobserver.identities import IdentityError, UserIds
+from jobserver.errors import (
+    DataLoss,
+    IdentityError,
+    InvalidArgument,
+    PermissionDenied,
+    QuotaExceeded,
+    Unavailable,
+)
+from jobserver.identities import UserIds
 from jobserver.identity import user_name
 from jobserver.interceptor import caller, current_call
-from jobserver.jobs import Jobs
+from jobserver.jobs import Jobs, JobView
 
 SERVICE_NAME = "jobworker.v1.JobWorker"
 #: The most output one StreamOutputResponse carries. gRPC's synchronous server has one message in flight
@@ -37,29 +40,32 @@ SERVICE_NAME = "jobworker.v1.JobWorker"
 STREAM_CHUNK_BYTES = 1 << 20
 
 
+class _Reader(Protocol):
+    def close(self) -> None: ...
+
+
 class StreamRegistry:
     """The open output streams: bounded in number, and closed all at once on shutdown."""
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
         self._lock = threading.Lock()
-        self._readers: set[Any] = set()
+        self._readers: set[_Reader] = set()
         self._closed = False
 
-    def add(self, reader: Any) -> None:
+    def add(self, reader: _Reader) -> None:
         with self._lock:
             if self._closed:
                 reader.close()
-                raise RpcStatusError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+                raise Unavailable("the server is shutting down")
             if len(self._readers) >= self._limit:
                 reader.close()
-                raise RpcStatusError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"the server already serves {self._limit} output streams, the most it allows at once",
+                raise QuotaExceeded(
+                    f"the server already serves {self._limit} output streams, the most it allows at once"
                 )
             self._readers.add(reader)
 
-    def remove(self, reader: Any) -> None:
+    def remove(self, reader: _Reader) -> None:
         with self._lock:
             self._readers.discard(reader)
 
@@ -81,8 +87,7 @@ class StreamRegistry:
 
 
 class JobWorkerService(pb_grpc.JobWorkerServicer):
-    def __init__(self, worker: Any, jobs: Jobs, config: ServerConfig, user_ids: UserIds) -> None:
-        self._worker = worker
+    def __init__(self, jobs: Jobs, config: ServerConfig, user_ids: UserIds) -> None:
         self._jobs = jobs
         self._config = config
         self._user_ids = user_ids
@@ -95,29 +100,29 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         spec = convert.spec_from_request(request, identity.name, self._config, user)
         view = self._jobs.start(spec)
         current_call().job_id = view.status.id
-        return pb.StartJobResponse(job=convert.job_to_proto(view.status, view.cwd))
+        return pb.StartJobResponse(job=convert.job_to_proto(view.status))
 
     def _run_as(self, name: str) -> RunAs:
         try:
             return self._user_ids.run_as(name)
         except IdentityError as exc:
-            raise RpcStatusError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+            raise QuotaExceeded(str(exc)) from None
 
     def StopJob(self, request: pb.StopJobRequest, context: grpc.ServicerContext) -> pb.StopJobResponse:
         job_id = convert.parse_job_id(request.job_id)
         grace = convert.stop_grace(request, self._config)
         view = self._jobs.stop(self._jobs.find(job_id, caller()), grace)
-        return pb.StopJobResponse(job=convert.job_to_proto(view.status, view.cwd))
+        return pb.StopJobResponse(job=convert.job_to_proto(view.status))
 
     def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.GetJobResponse:
         job_id = convert.parse_job_id(request.job_id)
         view = self._jobs.find(job_id, caller())
-        return pb.GetJobResponse(job=convert.job_to_proto(view.status, view.cwd))
+        return pb.GetJobResponse(job=convert.job_to_proto(view.status))
 
     def DeleteJob(self, request: pb.DeleteJobRequest, context: grpc.ServicerContext) -> pb.DeleteJobResponse:
         job_id = convert.parse_job_id(request.job_id)
         view = self._jobs.delete(self._jobs.find(job_id, caller()))
-        return pb.DeleteJobResponse(job=convert.job_to_proto(view.status, view.cwd))
+        return pb.DeleteJobResponse(job=convert.job_to_proto(view.status))
 
     def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.ListJobsResponse:
         identity = caller()
@@ -127,20 +132,16 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
             owner = identity.name
         elif scope == pb.LIST_SCOPE_ALL:
             if not identity.is_admin:
-                raise RpcStatusError(
-                    grpc.StatusCode.PERMISSION_DENIED, "listing every user's jobs needs the admin role"
-                )
+                raise PermissionDenied("listing every user's jobs needs the admin role")
             owner = None
         else:
             if not request.user:
-                raise invalid("scope LIST_SCOPE_USER needs user: whose jobs to list")
+                raise InvalidArgument("scope LIST_SCOPE_USER needs user: whose jobs to list")
             owner = user_name(request.user)
             if owner is None:
-                raise invalid(f"user {request.user[:64]!r} is not a valid user name")
+                raise InvalidArgument(f"user {request.user[:64]!r} is not a valid user name")
             if owner != identity.name and not identity.is_admin:
-                raise RpcStatusError(
-                    grpc.StatusCode.PERMISSION_DENIED, "listing another user's jobs needs the admin role"
-                )
+                raise PermissionDenied("listing another user's jobs needs the admin role")
         return self._list_page(request, owner)
 
     def _list_page(self, request: pb.ListJobsRequest, owner: str | None) -> pb.ListJobsResponse:
@@ -150,9 +151,8 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         response = pb.ListJobsResponse()
         size = 0
         last: tuple[float, str] = (0.0, "")
-        view: Any
         for count, (view, position) in enumerate(found):
-            job = convert.job_to_proto(view.status, view.cwd)
+            job = convert.job_to_proto(view.status)
             listing.shorten_argv(job)
             size += job.ByteSize() + 8
             if count == limit or (count and size > listing.MAX_PAGE_BYTES):
@@ -167,32 +167,12 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
     ) -> Iterator[pb.StreamOutputResponse]:
         job_id = convert.parse_job_id(request.job_id)
         view = self._jobs.find(job_id, caller())
-        if not view.live:
-            raise RpcStatusError(
-                grpc.StatusCode.FAILED_PRECONDITION, f"the output of job {job_id} is no longer stored here"
-            )
+        if _selects_by_index(request):
+            yield from self._stream_by_index(view, request, context)
+            return
         offset = request.offset
         stored = view.status.output_bytes
-        if offset > stored:  # running jobs too: an offset is a position in what is stored
-            raise RpcStatusError(
-                grpc.StatusCode.OUT_OF_RANGE,
-                f"offset {offset} is past the end of job {job_id}'s output ({stored} bytes so far)",
-            )
-        if view.status.started_at is not None and not self._output_present(job_id):
-            raise RpcStatusError(
-                grpc.StatusCode.DATA_LOSS, f"the output file of job {job_id} is missing from the server"
-            )
-        if _selects_by_index(request):
-            yield from self._stream_by_index(job_id, request, context)
-            return
-        try:
-            reader = self._worker.output(
-                job_id, offset=offset, follow=request.follow, chunk_size=STREAM_CHUNK_BYTES
-            )
-        except JobNotFound:
-            raise RpcStatusError(
-                grpc.StatusCode.FAILED_PRECONDITION, f"the output of job {job_id} is no longer stored here"
-            ) from None
+        reader = self._jobs.output(view, offset, request.follow, chunk_size=STREAM_CHUNK_BYTES)
         try:
             self.streams.add(reader)
             # Runs when the call ends for any reason, the client leaving included; close() wakes a
@@ -204,58 +184,38 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
                     yield pb.StreamOutputResponse(data=chunk, offset=offset)
                     offset += len(chunk)
             except OSError as exc:
-                raise RpcStatusError(
-                    grpc.StatusCode.DATA_LOSS,
-                    f"the output of job {job_id} cannot be read at offset {offset}: {exc.strerror or exc}",
+                raise DataLoss(
+                    f"the output of job {job_id} cannot be read at offset {offset}: {exc.strerror or exc}"
                 ) from None
             if self.streams.closed and context.is_active():
-                raise RpcStatusError(
-                    grpc.StatusCode.UNAVAILABLE, f"the server is shutting down; resume from offset {offset}"
-                )
+                raise Unavailable(f"the server is shutting down; resume from offset {offset}")
             if offset < stored and context.is_active():
-                raise RpcStatusError(
-                    grpc.StatusCode.DATA_LOSS,
+                raise DataLoss(
                     f"the stored output of job {job_id} ends at byte {offset}, short of the {stored} "
-                    "bytes it had: the output file was truncated or replaced",
+                    "bytes it had: the output file was truncated or replaced"
                 )
         finally:
             self.streams.remove(reader)
             reader.close()
 
-    def _output_present(self, job_id: str) -> bool:
-        """Whether the job's output file is in the Worker's state directory (jobcore's layout)."""
-        return os.path.lexists(os.path.join(self._worker.state_dir, job_id, jobdir.OUTPUT))
-
     def _stream_by_index(
-        self, job_id: str, request: pb.StreamOutputRequest, context: grpc.ServicerContext
+        self, view: JobView, request: pb.StreamOutputRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.StreamOutputResponse]:
         """StreamOutput with a stream filter, a start time, a tail or annotations: the output read
         through its index (jobcore.output_log), one response per chunk the command wrote."""
-        directory = Path(self._worker.state_dir) / job_id
+        # The job's state is checked before the request's filter, as for an unfiltered stream.
+        self._jobs.check_output(view, request.offset)
         stream = _STREAM_FILTERS.get(request.stream)
         if stream is None:
-            raise invalid(f"unknown output stream {request.stream}")
-        if request.HasField("since") and not math.isfinite(request.since):
-            raise invalid(f"since must be a finite Unix time, got {request.since}")
-        offset = request.offset
-        if request.HasField("tail_lines"):
-            tail_stream = output_log.ANY_STREAM if stream == output_log.NO_STREAM else stream
-            offset = max(offset, output_log.tail_offset(directory, request.tail_lines, tail_stream))
-        since_ns = round(request.since * 1e9) if request.HasField("since") else None
-        try:
-            reader = output_log.IndexedOutputReader(
-                directory, offset, follow=request.follow, stream=stream, since_ns=since_ns
-            )
-        except OSError as exc:
-            if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOSPC, errno.ENOMEM):
-                raise
-            # Each indexed stream holds an inotify instance: the kernel caps them per user
-            # (fs.inotify.max_user_instances, 128 by default), besides the fd limits.
-            raise RpcStatusError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"the server cannot open another filtered output stream now ({exc.strerror}); "
-                "retry later, or stream without --stdout/--stderr/--since/--tail/-t",
-            ) from None
+            raise InvalidArgument(f"unknown output stream {request.stream}")
+        reader = self._jobs.indexed_output(
+            view,
+            request.offset,
+            request.follow,
+            stream=stream,
+            since=request.since if request.HasField("since") else None,
+            tail_lines=request.tail_lines if request.HasField("tail_lines") else None,
+        )
         try:
             self.streams.add(reader)
             if not context.add_callback(reader.close):
@@ -268,10 +228,7 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
                     time=time_ns / 1e9,
                 )
             if self.streams.closed and context.is_active():
-                raise RpcStatusError(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"the server is shutting down; resume from offset {reader.offset}",
-                )
+                raise Unavailable(f"the server is shutting down; resume from offset {reader.offset}")
         finally:
             self.streams.remove(reader)
             reader.close()

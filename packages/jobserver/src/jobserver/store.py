@@ -1,8 +1,12 @@
-"""`JobStore`: the server's durable job records in SQLite (stdlib `sqlite3`, WAL).
+"""`JobStore`: the server's index of jobs in SQLite (stdlib `sqlite3`, WAL).
 
-One row per job: its id, owner, creation time and the latest `JobStatus` the server saw, as JSON. The
-jobcore Worker's job directories stay the source of truth for live jobs; the records are what the
-server answers from when a job directory is gone, and what ownership checks and listings read.
+One row per job: its id, owner, creation time and the last `JobStatus` the server was told of, as
+JSON. The jobcore Worker's job directories are the source of truth; the index is what listings,
+ownership checks and the retention policy read, and what the server answers from once a job's
+directory is gone. Reads never write; the few places that do are listed in `jobserver.jobs`.
+
+`cwd` is part of the status (`JobStatus.cwd`); the `cwd` column is a copy kept for rows written before
+statuses carried it (their status JSON has no `cwd`: the column's value is used).
 
 One connection shared behind a lock: the server's writes are a few small rows per job, so a lock costs
 nothing measurable and keeps every connection accounted for (closed in `close()`).
@@ -21,8 +25,10 @@ from typing import Any
 import attrs
 import cattrs
 
+from jobcore.records import stored_limits
 from jobcore.spec import Limits
 from jobcore.status import JobState, JobStatus
+from jobserver.errors import StoreError
 
 log = logging.getLogger("jobserver.store")
 
@@ -45,17 +51,10 @@ CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, created_at);
 """
 
 
-class StoreError(Exception):
-    """The database cannot be used: unreadable, or written by a newer schema."""
-
-
 def _structure_stored_limits(data: Any, _type: Any) -> Limits:
     # Stored limits were validated when they were applied. The host may have shrunk since (fewer CPUs,
-    # less memory), which must not make a finished job's record unreadable, so they are not re-validated.
-    limits = object.__new__(Limits)
-    for field in attrs.fields(Limits):
-        object.__setattr__(limits, field.name, data.get(field.name))
-    return limits
+    # less memory), which must not make a finished job's record unreadable: read as written.
+    return stored_limits(data)
 
 
 _converter = cattrs.Converter()
@@ -66,8 +65,13 @@ def status_to_json(status: JobStatus) -> str:
     return json.dumps(_converter.unstructure(status), separators=(",", ":"))
 
 
-def status_from_json(text: str) -> JobStatus:
-    return _converter.structure(json.loads(text), JobStatus)
+def status_from_json(text: str, cwd: str = "") -> JobStatus:
+    """The status in `text`; `cwd` stands in for the working directory of a status without one (a
+    row written before statuses carried it)."""
+    data = json.loads(text)
+    if isinstance(data, dict) and "cwd" not in data and cwd:
+        data["cwd"] = cwd
+    return _converter.structure(data, JobStatus)
 
 
 @attrs.frozen
@@ -75,8 +79,6 @@ class JobRecord:
     id: str
     owner: str
     created_at: float
-    #: The job's working directory ("" when unknown: a job adopted from the Worker without a record).
-    cwd: str
     status: JobStatus
 
 
@@ -111,19 +113,25 @@ class JobStore:
         with self._lock:
             self._db.close()
 
-    def put(self, status: JobStatus, created_at: float | None = None, cwd: str = "") -> None:
+    def put(self, status: JobStatus, created_at: float | None = None) -> None:
         """Record a job's status. A record of an ended job is never replaced by a running one (the
         Worker's end-of-job callback can race the handler that started the job)."""
         created = created_at if created_at is not None else status.started_at or 0.0
         with self._lock:
             self._db.execute(
                 """INSERT INTO jobs (id, owner, created_at, cwd, ended, status) VALUES (?, ?, ?, ?, ?, ?)
-                   ON CONFLICT (id) DO UPDATE SET ended = excluded.ended, status = excluded.status
+                   ON CONFLICT (id) DO UPDATE SET cwd = excluded.cwd, ended = excluded.ended,
+                       status = excluded.status
                    WHERE excluded.ended OR NOT jobs.ended""",
-                (status.id, status.owner, created, cwd, int(status.state.ended), status_to_json(status)),
+                (
+                    status.id,
+                    status.owner,
+                    created,
+                    status.cwd,
+                    int(status.state.ended),
+                    status_to_json(status),
+                ),
             )
-            if cwd:
-                self._db.execute("UPDATE jobs SET cwd = ? WHERE id = ? AND cwd = ''", (cwd, status.id))
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._lock:
@@ -213,12 +221,17 @@ def _record(row: tuple[Any, ...]) -> JobRecord | None:
     try:
         if not isinstance(text, str):
             raise TypeError(f"the status column holds {type(text).__name__}")
-        status = status_from_json(text)
+        status = status_from_json(text, cwd)
         if status.id != job_id or status.owner != owner:
             raise ValueError("the status names another job or owner")
     except Exception as exc:  # any decoding failure: JSON, cattrs, enum values
         log.warning("job database: the record of job %s is unreadable (%s); served as lost", job_id, exc)
         status = JobStatus(
-            id=job_id, owner=owner, argv=(), state=JobState.LOST, reason=UNREADABLE_RECORD_REASON
+            id=job_id,
+            owner=owner,
+            argv=(),
+            state=JobState.LOST,
+            reason=UNREADABLE_RECORD_REASON,
+            cwd=cwd or "/",
         )
-    return JobRecord(id=job_id, owner=owner, created_at=float(created_at), cwd=cwd, status=status)
+    return JobRecord(id=job_id, owner=owner, created_at=float(created_at), status=status)

@@ -1,0 +1,1 @@
+"""Deprecated alias of `jobclient.proto.jobworker` (see `jobclient._proto`)."""

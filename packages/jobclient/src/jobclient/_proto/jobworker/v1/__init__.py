@@ -1,0 +1,1 @@
+"""Deprecated alias of `jobclient.proto.jobworker.v1` (see `jobclient._proto`)."""

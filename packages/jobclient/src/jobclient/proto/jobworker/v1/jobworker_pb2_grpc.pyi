@@ -2,7 +2,7 @@
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any
 
-from jobclient._proto.jobworker.v1 import jobworker_pb2
+from jobclient.proto.jobworker.v1 import jobworker_pb2
 
 class JobWorkerStub:
     def __init__(self, channel: Any) -> None: ...
