@@ -42,6 +42,7 @@ from jobcore.errors import JobNotFound
 from jobcore.spec import JobSpec
 from jobcore.status import JobState, JobStatus
 from jobcore.units import format_size
+from jobcore.worker import LIST_USAGE_MAX_AGE
 from jobserver.errors import (
     DataLoss,
     FailedPrecondition,
@@ -266,7 +267,8 @@ class Jobs:
             status, live = record.status, True
             if not status.state.ended:
                 try:
-                    status = self._worker.status(record.id)
+                    # A listing reads no job's cgroup twice in a second (GetJob reads it afresh).
+                    status = self._worker.status(record.id, usage_max_age=LIST_USAGE_MAX_AGE)
                 except JobNotFound:
                     live = False
             views.append(JobView(status=status, live=live))

@@ -53,8 +53,9 @@ class WorkerAPI(Protocol):
 
     def start(self, spec: JobSpec) -> JobStatus: ...
 
-    def status(self, job_id: str) -> JobStatus:
-        """Raises jobcore's JobNotFound for a job it does not know."""
+    def status(self, job_id: str, *, usage_max_age: float = 0.0) -> JobStatus:
+        """Raises jobcore's JobNotFound for a job it does not know. A running job's usage may be up
+        to `usage_max_age` seconds old (listings)."""
         ...
 
     def list(self, owner: str | None = None) -> list[JobStatus]: ...
