@@ -459,12 +459,18 @@ def test_logs_follow_resumes_across_a_server_restart(server: ServerProcess) -> N
 def test_a_bad_indexed_request_is_invalid_argument(server: ServerProcess, fields: dict[str, Any]) -> None:
     import grpc
 
-    from jobclient import Client, Credentials
     from jobclient._proto.jobworker.v1 import jobworker_pb2 as pb
+    from jobclient._proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 
     job_id = start(server, "true")
-    with Client(server.target, credentials=Credentials.for_user("alice", CERTS)) as client:
+    credentials = grpc.ssl_channel_credentials(
+        (CERTS / "ca.crt").read_bytes(),
+        (CERTS / "alice.key").read_bytes(),
+        (CERTS / "alice.crt").read_bytes(),
+    )
+    # A raw stub: the SDK never sends such a request, so the server's own check is what is under test.
+    with grpc.secure_channel(server.target, credentials) as channel:
         request = pb.StreamOutputRequest(job_id=job_id, **fields)
         with pytest.raises(grpc.RpcError) as info:
-            list(client._stub.StreamOutput(request, timeout=30))
+            list(pb_grpc.JobWorkerStub(channel).StreamOutput(request, timeout=30))
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
