@@ -164,15 +164,6 @@ def cgroup_dirs_of(job_ids: Iterable[str]) -> list[str]:
 JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-def all_job_cgroup_dirs() -> set[str]:
-    """Every job cgroup directory (named like a job id) in any `remote-jobs` subtree of this host."""
-    found = set()
-    for root, dirs, _files in os.walk("/sys/fs/cgroup"):
-        if "remote-jobs" in root:
-            found.update(os.path.join(root, d) for d in dirs if JOB_ID.fullmatch(d))
-    return found
-
-
 def live_job_processes(jobs_dir: Path, job_ids: Iterable[str] | None = None) -> list[str]:
     """Shims and job init processes recorded in `jobs_dir/<id>/{shim,run}.json` that still run (pid and
     start time both match, so a reused pid is not mistaken for a survivor; a zombie runs nothing)."""
