@@ -1,7 +1,8 @@
 """Helpers for the whole-stack tests: the real `jobserver` and `jobctl` executables as subprocesses,
 the real certificates, real sockets on 127.0.0.1, and /proc and cgroupfs probes for leaks.
 
-Standalone on purpose: nothing here imports from the per-distribution test folders.
+Nothing here imports from the per-distribution test folders; what every suite shares (waits, the
+server subprocess, /proc identity) comes from tests/support.
 """
 
 from __future__ import annotations
@@ -10,20 +11,36 @@ import os
 import re
 import signal
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import pytest
+from support import (
+    BIN,
+    CERTS,
+    IS_ROOT,
+    JOBCTL,
+    JOBSERVER,
+    REPO,
+    ServerProcess,
+    is_running,
+    process_start_ticks,
+    wait_for,
+)
 
-REPO = Path(__file__).resolve().parents[2]
-CERTS = REPO / "certs"
-BIN = Path(sys.executable).parent
-JOBSERVER = BIN / "jobserver"
-JOBCTL = BIN / "jobctl"
-IS_ROOT = os.geteuid() == 0
+#: Re-exported from tests/support for the e2e test files.
+__all__ = [
+    "BIN",
+    "CERTS",
+    "IS_ROOT",
+    "JOBCTL",
+    "JOBSERVER",
+    "REPO",
+    "ServerProcess",
+    "process_start_ticks",
+    "wait_for",
+]
+
 needs_root = pytest.mark.skipif(
     not IS_ROOT,
     reason="the server's jobs run in cgroups and namespaces (and the tests mount tmpfs): needs root",
@@ -31,133 +48,6 @@ needs_root = pytest.mark.skipif(
 #: Thread names of the two pools that keep idle threads for later calls (see thread_counts).
 RPC_THREAD_NAME = "jobserver-rpc"
 GRPC_POOL_THREAD_NAME = "event_engine"
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 30, interval: float = 0.05) -> bool:
-    """Poll `predicate` until it is true or `timeout` passed (a bound for settling, not a speed check)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-
-
-class ServerProcess:
-    """`jobserver` as an operator runs it, on a state directory that outlives the process.
-
-    `restart()` starts a new process on the same state directory and the same port, so clients that
-    hold the address keep working once it is back.
-    """
-
-    def __init__(self, state_dir: Path, work_dir: Path, *args: str) -> None:
-        self.state_dir = state_dir
-        self.work_dir = work_dir
-        self.args = args
-        self.port = 0
-        self.generation = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: Any = None
-        self.log_paths: list[Path] = []
-        self.start()
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def start(self, timeout: float = 60) -> None:
-        self.generation += 1
-        port_file = self.work_dir / f"port-{self.generation}"
-        log_path = self.work_dir / f"server-{self.generation}.log"
-        self.log_paths.append(log_path)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("JOBSERVER_", "GRPC_", "JOBCTL_"))}
-        self._log = open(log_path, "wb")  # noqa: SIM115 (closed in _reap)
-        self.proc = subprocess.Popen(
-            [
-                str(JOBSERVER),
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                "--cert",
-                str(CERTS / "server.crt"),
-                "--key",
-                str(CERTS / "server.key"),
-                "--ca",
-                str(CERTS / "ca.crt"),
-                "--state-dir",
-                str(self.state_dir),
-                "--port-file",
-                str(port_file),
-                "--log-format",
-                "json",
-                *self.args,
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if port_file.exists():
-                self.port = int(port_file.read_text())
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.kill()
-        raise AssertionError(f"jobserver did not start:\n{self.log_text()[-5000:]}")
-
-    def restart(self) -> None:
-        """Start again on the same state directory and port (the previous process must be gone)."""
-        assert not self.running
-        for _attempt in range(4):
-            try:
-                self.start()
-                return
-            except AssertionError:
-                # The port may not be free again at once (a socket of the dead server lingering).
-                if "cannot listen" not in self.log_text():
-                    raise
-                time.sleep(0.5)
-        self.start()
-
-    def log_text(self) -> str:
-        return "".join(p.read_text(errors="replace") for p in self.log_paths if p.exists())
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown code runs, as in a crash."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self._reap()
-
-    def terminate(self, timeout: float = 60) -> int:
-        """SIGTERM (a graceful stop); returns the exit status."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._reap()
-        return self.proc.returncode
-
-    def _reap(self) -> None:
-        if self.proc is not None:
-            self.proc.wait(30)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
 
 def jobctl_env(server: str) -> dict[str, str]:
@@ -203,20 +93,6 @@ def assert_one_line_diagnostic(stderr: bytes, *needles: str) -> str:
 
 
 # ---------------------------------------------------------------------------- /proc probes
-
-
-def process_start_ticks(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat (start time in clock ticks since boot), or None if no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after its last ")".
-    fields = data[data.rindex(b")") + 2 :].split()
-    if fields[0] == b"Z":
-        return None  # a zombie is dead; only its parent's wait is missing
-    return int(fields[19])
 
 
 def thread_counts(pid: int) -> tuple[int, int, int]:
@@ -288,18 +164,9 @@ def cgroup_dirs_of(job_ids: Iterable[str]) -> list[str]:
 JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-def all_job_cgroup_dirs() -> set[str]:
-    """Every job cgroup directory (named like a job id) in any `remote-jobs` subtree of this host."""
-    found = set()
-    for root, dirs, _files in os.walk("/sys/fs/cgroup"):
-        if "remote-jobs" in root:
-            found.update(os.path.join(root, d) for d in dirs if JOB_ID.fullmatch(d))
-    return found
-
-
 def live_job_processes(jobs_dir: Path, job_ids: Iterable[str] | None = None) -> list[str]:
-    """Shims and job init processes recorded in `jobs_dir/<id>/{shim,run}.json` that are still alive
-    (pid and start time both match, so a reused pid is not mistaken for a survivor)."""
+    """Shims and job init processes recorded in `jobs_dir/<id>/{shim,run}.json` that still run (pid and
+    start time both match, so a reused pid is not mistaken for a survivor; a zombie runs nothing)."""
     import json
 
     wanted = set(job_ids) if job_ids is not None else None
@@ -315,7 +182,7 @@ def live_job_processes(jobs_dir: Path, job_ids: Iterable[str] | None = None) -> 
             except (FileNotFoundError, ValueError):
                 continue
             pid, ticks = record.get("pid"), _recorded_start_ticks(record)
-            if pid and ticks is not None and process_start_ticks(pid) == ticks:
+            if pid and isinstance(ticks, int) and is_running(pid, ticks):
                 alive.append(f"{entry.name}/{name}: pid {pid}")
     return alive
 
@@ -340,7 +207,7 @@ def kill_job_processes(jobs_dir: Path) -> None:
             except (FileNotFoundError, ValueError, OSError):
                 continue
             pid, ticks = record.get("pid"), _recorded_start_ticks(record)
-            if pid and ticks is not None and process_start_ticks(pid) == ticks:
+            if pid and ticks is not None and process_start_ticks(pid) == ticks:  # a zombie too: harmless
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:

@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 from e2e_support import CERTS, JOBCTL, ServerProcess, jobctl, jobctl_env, needs_root, ok, wait_for
 
+from jobclient import Client, Credentials
+
 pytestmark = needs_root
 
 # Writes to both streams in a known order, with pauses so that the chunks (and their times) differ.
@@ -180,7 +182,10 @@ def test_stop_and_status_take_several_ids_and_prefixes(server: ServerProcess) ->
 
 
 def test_an_ambiguous_prefix_is_a_clear_error(server: ServerProcess) -> None:
-    ids = [start(server, "true") for _ in range(20)]  # 20 random ids share some first hex digit
+    # 20 random ids share some first hex digit. Started through the SDK: jobctl's prefix lookup is what
+    # is under test, and 20 jobctl processes would only add their start-up time.
+    with Client(server.target, credentials=Credentials.for_user("alice", CERTS)) as alice:
+        ids = [alice.start(["true"]).id for _ in range(20)]
     first_digits = [job_id[0] for job_id in ids]
     shared = next(d for d in first_digits if first_digits.count(d) > 1)
     result = jobctl(server.target, "alice", "status", shared)
@@ -459,12 +464,18 @@ def test_logs_follow_resumes_across_a_server_restart(server: ServerProcess) -> N
 def test_a_bad_indexed_request_is_invalid_argument(server: ServerProcess, fields: dict[str, Any]) -> None:
     import grpc
 
-    from jobclient import Client, Credentials
     from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
+    from jobclient.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 
     job_id = start(server, "true")
-    with Client(server.target, credentials=Credentials.for_user("alice", CERTS)) as client:
+    credentials = grpc.ssl_channel_credentials(
+        (CERTS / "ca.crt").read_bytes(),
+        (CERTS / "alice.key").read_bytes(),
+        (CERTS / "alice.crt").read_bytes(),
+    )
+    # A raw stub: the SDK never sends such a request, so the server's own check is what is under test.
+    with grpc.secure_channel(server.target, credentials) as channel:
         request = pb.StreamOutputRequest(job_id=job_id, **fields)
         with pytest.raises(grpc.RpcError) as info:
-            list(client._stub.StreamOutput(request, timeout=30))
+            list(pb_grpc.JobWorkerStub(channel).StreamOutput(request, timeout=30))
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]

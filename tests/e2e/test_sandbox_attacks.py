@@ -29,6 +29,7 @@ from e2e_support import (
     process_start_ticks,
     wait_for,
 )
+from support import is_running, server_command
 
 from jobclient import Client, Credentials, Isolation, Job, JobState, Limits
 from jobclient.errors import PermissionDenied
@@ -275,7 +276,7 @@ def test_output_limits_stop_and_restart_still_work_in_the_sandbox(server: Server
         assert len(members) >= 3, members  # sh, the daemon's sh and its sleep (at least)
         stopped = c.stop(daemon.id, grace=0)
         assert stopped.state is JobState.KILLED
-        assert wait_for(lambda: not any(process_start_ticks(p) == t for p, t in members), 10)
+        assert wait_for(lambda: not any(is_running(p, t) for p, t in members), 10)
         long = c.start(["sh", "-c", "echo before; sleep 3; echo after; sleep 300"])
     server.terminate()
     server.restart()
@@ -307,13 +308,9 @@ def test_the_server_refuses_a_private_key_others_may_read(tmp_path: Path) -> Non
     key = tmp_path / "server.key"
     shutil.copy(CERTS / "server.key", key)
     os.chmod(key, 0o644)
-    from e2e_support import JOBSERVER
-
     result = subprocess.run(
-        [str(JOBSERVER), "--listen", "127.0.0.1:0", "--cert", str(CERTS / "server.crt"), "--key", str(key),
-         "--ca", str(CERTS / "ca.crt"), "--state-dir", str(tmp_path / "state")],
-        capture_output=True, timeout=60, check=False,
-    )  # fmt: skip
+        server_command(tmp_path / "state", key=key), capture_output=True, timeout=60, check=False
+    )
     assert result.returncode != 0
     text = result.stderr.decode()
     assert f"chmod 600 {key}" in text and "readable by group or others" in text

@@ -302,8 +302,10 @@ def test_mixed_load_from_several_clients_leaves_nothing_behind(
     assert {job.id for job in jobs} == all_ids
     assert all(job.ended for job in jobs), [job for job in jobs if not job.ended]
     jobs_dir = server.state_dir / "jobs"
-    assert wait_for(lambda: not live_job_processes(jobs_dir, all_ids), 30), live_job_processes(jobs_dir)
-    assert wait_for(lambda: not cgroup_dirs_of(all_ids), 30), cgroup_dirs_of(all_ids)
+    # Bounds for settling after ~700 jobs, not speed checks: at load 10 on 2 cores, job inits were once
+    # still there 30 s after every job had ended. A process that truly leaked fails this still.
+    assert wait_for(lambda: not live_job_processes(jobs_dir, all_ids), 120), live_job_processes(jobs_dir)
+    assert wait_for(lambda: not cgroup_dirs_of(all_ids), 120), cgroup_dirs_of(all_ids)
     assert server.terminate() == 0
 
     # Damaged records must not keep the server from starting again, nor hide the other jobs.

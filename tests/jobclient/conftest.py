@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 
 import pytest
+import support
 from fake_jobworker import CERTS, FakeJobWorker, FakeServer
 from jobctl_runner import JOBCTL, Jobctl
 
@@ -40,9 +40,7 @@ def client(server: FakeServer, alice: Credentials) -> Iterator[Client]:
 @pytest.fixture
 def free_port() -> int:
     """A port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return support.free_port()
 
 
 @pytest.fixture

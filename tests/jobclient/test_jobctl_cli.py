@@ -13,6 +13,7 @@ import grpc
 import pytest
 from fake_jobworker import CERTS, FakeJobWorker, FakeServer, Plan
 from jobctl_runner import Jobctl
+from support import wait_for
 
 from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
 
@@ -243,9 +244,7 @@ def test_ctrl_c_stops_the_job_and_exits_with_its_status(jobctl: Jobctl, servicer
 
 
 def _wait_for_calls(servicer: FakeJobWorker, method: str, count: int) -> list[Any]:
-    deadline = time.monotonic() + 10
-    while len(servicer.calls(method)) < count and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(lambda: len(servicer.calls(method)) >= count, 30, interval=0.02)
     calls = servicer.calls(method)
     assert len(calls) >= count, f"jobctl made {len(calls)} {method} calls, expected {count}"
     return calls

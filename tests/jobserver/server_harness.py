@@ -10,9 +10,6 @@ from __future__ import annotations
 import jobserver  # noqa: F401  isort: skip
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,15 +18,14 @@ from typing import Any
 import attrs
 import grpc
 import pytest
+import support
+from support import CERTS, IS_ROOT, REPO, wait_for  # noqa: F401  (REPO, wait_for: for the test files)
 
 from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
 from jobclient.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from jobserver.config import ServerConfig
 from jobserver.server import JobServer
 
-REPO = Path(__file__).resolve().parents[2]
-CERTS = REPO / "certs"
-IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="jobs run in cgroups and namespaces: needs root")
 
 
@@ -130,75 +126,11 @@ class RunningServer:
         return client
 
 
-class ServerProcess:
-    """The `jobserver` entry point as a subprocess, on a state directory that outlives it."""
-
-    def __init__(self, state_dir: Path, tmp: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.state_dir = state_dir
-        self.port_file = tmp / f"port-{time.monotonic_ns()}"
-        self.log_path = tmp / f"server-{time.monotonic_ns()}.log"
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("JOBSERVER_", "GRPC_"))}
-        full_env.update(env or {})
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in wait/kill)
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "jobserver.cli",
-                "--listen",
-                "127.0.0.1:0",
-                "--cert",
-                str(CERTS / "server.crt"),
-                "--key",
-                str(CERTS / "server.key"),
-                "--ca",
-                str(CERTS / "ca.crt"),
-                "--state-dir",
-                str(state_dir),
-                "--port-file",
-                str(self.port_file),
-                "--log-format",
-                "json",
-                *args,
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=full_env,
-        )
-        self.port = self._wait_port()
-
-    def _wait_port(self, timeout: float = 60) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.port_file.exists():
-                return int(self.port_file.read_text())
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.kill()
-        raise AssertionError(f"jobserver did not start:\n{self.log_text()}")
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
+class ServerProcess(support.ServerProcess):
+    """tests/support's `jobserver` subprocess, with a raw-stub client."""
 
     def client(self, name: str | None = "alice") -> Client:
         return Client(self.port, name)
-
-    def terminate(self, timeout: float = 60) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout)
-        self._log.close()
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(30)
-        self._log.close()
 
 
 def processes_with(marker: str) -> list[int]:
@@ -216,17 +148,6 @@ def processes_with(marker: str) -> list[int]:
         if marker.encode() in cmdline:
             found.append(int(entry))
     return found
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 30, interval: float = 0.05) -> bool:
-    """Poll `predicate` until true or `timeout` (a bound for settling, not a speed assertion)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
 
 
 def marked_job(marker: str, first_line: str = "") -> list[str]:
