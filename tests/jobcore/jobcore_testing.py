@@ -1,4 +1,5 @@
-"""What jobcore's tests share: the backend under test, root detection, bounded waits, leak probes.
+"""What jobcore's tests share: the backend under test, root detection, leak probes (bounded waits are
+tests/support's, re-exported).
 
 The backend under test is `auto` (cgroup1 on the build machines) unless JOBCORE_TEST_CONTROLLER names
 one (the cgroup v2 VM sets it to cgroup2).
@@ -7,12 +8,13 @@ one (the cgroup v2 VM sets it to cgroup2).
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
+from support.procfs import is_running
+from support.waiting import wait_until
 
-from jobcore import jobdir, linux
+from jobcore import jobdir
 
 CONTROLLER = os.environ.get("JOBCORE_TEST_CONTROLLER", "auto")
 IS_ROOT = os.geteuid() == 0
@@ -20,30 +22,25 @@ IS_ROOT = os.geteuid() == 0
 #: /tmp (which a job's private /tmp hides) or link into root's 0700 pyenv.
 JOB_PYTHON = "/usr/bin/python3"
 
+__all__ = ["CONTROLLER", "IS_ROOT", "JOB_PYTHON", "cgroup_dirs", "job_pids", "requires_root", "wait_until"]
+
 requires_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (namespaces and cgroups)")
 
 
 def job_pids(state_dir: Path) -> list[tuple[str, int]]:
-    """(what, pid) of every shim and job init recorded under `state_dir` that is still alive."""
+    """(what, pid) of every shim and job init recorded under `state_dir` that is still running (a
+    zombie is not: it is dead, only its parent's wait is missing)."""
     alive = []
     for entry in state_dir.iterdir():
         for name in (jobdir.SHIM, jobdir.RUN):
             record = jobdir.read_json(entry / name) if entry.is_dir() else None
             if not record:
                 continue
+            # run.json called it pid_start_ticks before jobcore.records gave each fact one name.
             ticks = record.get("start_ticks", record.get("pid_start_ticks"))
-            if linux.process_start_ticks(record["pid"]) == ticks:
+            if is_running(record["pid"], ticks):
                 alive.append((f"{entry.name}/{name}", record["pid"]))
     return alive
-
-
-def wait_until(predicate, timeout: float = 10.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    """Wait (bounded) for something another process does; fail the test with `what` otherwise."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def cgroup_dirs(owner_ids: set[str]) -> list[str]:
