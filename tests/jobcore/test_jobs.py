@@ -232,16 +232,16 @@ def test_reading_from_an_offset_and_without_follow(worker: Worker) -> None:
 
 
 def test_close_from_another_thread_wakes_a_blocked_reader(worker: Worker) -> None:
-    status = worker.start(JobSpec(["sleep", "30"]))
+    status = worker.start(JobSpec(["sh", "-c", "echo x; exec sleep 30"]))
     reader = worker.output(status.id)
-    result: list[object] = []
-    t = threading.Thread(target=lambda: result.append(list(reader)))
+    got: list[bytes] = []
+    t = threading.Thread(target=lambda: got.extend(reader))
     t.start()
-    time.sleep(0.2)
-    assert t.is_alive()  # blocked: no output yet
+    wait_until(lambda: got == [b"x\n"], 10, "the reader to take what there is")
+    assert t.is_alive()  # and then wait: nothing more comes while the job runs
     reader.close()
     t.join(5)
-    assert not t.is_alive() and result == [[]]
+    assert not t.is_alive() and got == [b"x\n"]
     worker.stop(status.id, grace=0)
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from jobcore_testing import CONTROLLER, requires_root
+from jobcore_testing import CONTROLLER, requires_root, wait_until
 
 from jobcore import InvalidLimit, JobSpec, JobState, Limits, RunAs, Worker
 from jobcore.controllers.block_device import resolve_block_device
@@ -106,7 +106,8 @@ def test_an_io_limit_on_a_path_without_a_block_device_is_refused(limited: Worker
 def test_a_fork_bomb_is_contained_by_pids_and_stops_cleanly(limited: Worker) -> None:
     bomb = "bomb() { bomb | bomb & }; bomb; sleep 60"
     status = limited.start(JobSpec(["sh", "-c", bomb], limits=Limits(pids=50)))
-    time.sleep(2)
+    # The shells say so once a fork is refused: the bomb has reached the limit, and the job runs on.
+    wait_until(lambda: limited.status(status.id).output_bytes > 0, 30, "a fork to be refused")
     assert limited.status(status.id).state is JobState.RUNNING
     # The host can still start processes and jobs.
     ok = limited.start(JobSpec(["true"]))

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support.waiting import wait_until
 
 from jobcore import jobdir
 from jobcore.output_log import (
@@ -106,10 +107,10 @@ def test_a_follower_gets_new_records_and_ends_with_the_job(tmp_path: Path) -> No
 def test_close_from_another_thread_wakes_a_waiting_follower(tmp_path: Path) -> None:
     write(tmp_path, (STDOUT, b"x")).close(durable=False)
     reader = IndexedOutputReader(tmp_path, follow=True)
-    assert next(reader)[1] == b"x"
-    thread = threading.Thread(target=lambda: list(reader))
+    got: list[bytes] = []
+    thread = threading.Thread(target=lambda: got.extend(d for _, d, _, _ in reader))
     thread.start()
-    time.sleep(0.2)
+    wait_until(lambda: got == [b"x"], 10, "the follower to take what there is (then it waits)")
     assert thread.is_alive()  # waiting for more
     reader.close()
     thread.join(10)

@@ -81,7 +81,7 @@ def test_a_stream_flood_from_one_user_leaves_every_other_user_served(
     flood = [alice.stub.StreamOutput(request, timeout=120) for _ in range(FLOOD)]
     try:
         assert wait_for(lambda: sum(call.done() for call in flood) >= FLOOD - 4)
-        assert len(server.server._service.streams) == 4  # type: ignore[union-attr]
+        assert server.server.open_streams == 4
         refused = [call for call in flood if call.done()]
         assert {call.code() for call in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
         assert "output streams open, the most one user may have at once (4)" in refused[0].details()
@@ -94,5 +94,5 @@ def test_a_stream_flood_from_one_user_leaves_every_other_user_served(
         for call in flood:
             call.cancel()
         server.server.worker.stop(job.id, grace=0)
-    assert wait_for(lambda: len(server.server._service.streams) == 0)  # type: ignore[union-attr]
+    assert wait_for(lambda: server.server.open_streams == 0)
     assert wait_for(lambda: not processes_with(marker))

@@ -65,12 +65,12 @@ def test_stream_limit_answers_resource_exhausted(make_server: object) -> None:
     job = client.start(["sleep", "300"])
     req = pb.StreamOutputRequest(job_id=job.id, follow=True)
     open_streams = [client.stub.StreamOutput(req, timeout=60) for _ in range(2)]
-    assert wait_for(lambda: len(server.server._service.streams) == 2)  # type: ignore[union-attr]
+    assert wait_for(lambda: server.server.open_streams == 2)
     exc = rpc_error(lambda: client.stub.StreamOutput(req, timeout=30))
     assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     for stream in open_streams:
         stream.cancel()
-    assert wait_for(lambda: len(server.server._service.streams) == 0)  # type: ignore[union-attr]
+    assert wait_for(lambda: server.server.open_streams == 0)
     client.stop(job.id, grace=0)
 
 

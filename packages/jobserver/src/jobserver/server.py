@@ -259,6 +259,12 @@ class JobServer:
             _write_port_file(config.port_file, port)
         return port
 
+    @property
+    def open_streams(self) -> int:
+        """How many StreamOutput calls hold a reader of job output now (each holds a thread and an
+        fd until its call ends; the `max_concurrent_streams` setting bounds them)."""
+        return 0 if self._service is None else len(self._service.streams)
+
     def stop(self, grace: float | None = None) -> None:
         """Graceful stop (see the module docstring). Safe to call more than once."""
         if self._stopped.is_set():
