@@ -175,7 +175,8 @@ def test_jobs_that_ended_while_no_server_ran_are_reported_at_start(
     client.close()
     first.proc.kill()  # SIGKILL: the job ends while no server runs
     first.kill()
-    time.sleep(2)
+    exit_record = state / "jobs" / job.id / jobdir.EXIT
+    assert wait_for(exit_record.exists, 30), "the job did not end on its own"
     second = ServerProcess(state, tmp_path)
     server_processes.append(second)
     assert second.terminate() == 0
@@ -259,7 +260,7 @@ def test_grpc_core_lines_are_json_events_and_log_level_filters_them(
     default = ServerProcess(tmp_path / "a", tmp_path)
     server_processes.append(default)
     _tls12_handshake(default.port)
-    time.sleep(0.5)
+    assert wait_for(lambda: "NO_SHARED_CIPHER" in default.log_text(), 10)
     assert default.terminate() == 0
     events = [json.loads(line) for line in default.log_text().splitlines()]  # every line is JSON
     handshake = [e for e in events if e["event"] == "grpc" and "NO_SHARED_CIPHER" in e["message"]]
@@ -268,7 +269,7 @@ def test_grpc_core_lines_are_json_events_and_log_level_filters_them(
     quiet = ServerProcess(tmp_path / "b", tmp_path, "--log-level", "warning")
     server_processes.append(quiet)
     _tls12_handshake(quiet.port)
-    time.sleep(0.5)
+    time.sleep(0.5)  # time to log what it would (an absence has no event to wait for)
     assert quiet.terminate() == 0
     events = [json.loads(line) for line in quiet.log_text().splitlines()]
     assert not [e for e in events if e["level"] in ("debug", "info")], events
