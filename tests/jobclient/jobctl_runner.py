@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -47,6 +48,16 @@ class Jobctl:
         return Result(done.returncode, done.stdout, done.stderr.decode())
 
     def popen(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
+        # SIGINT at its default, as in a terminal, even when the suite runs in the background (a
+        # background shell starts its children with SIGINT ignored, which Python then keeps).
         return subprocess.Popen(
-            [str(JOBCTL), *args], env=self.env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            [str(JOBCTL), *args],
+            env=self.env(**env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=_default_sigint,  # noqa: PLW1509 - the tests start it from one thread
         )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -4,9 +4,12 @@ each way of failing is reported must be what Popen gave."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
-from jobcore_testing import requires_root
+from jobcore_testing import CONTROLLER, requires_root
 
 from jobcore import JobSpec, JobState, Worker
 
@@ -77,3 +80,32 @@ def test_a_later_match_on_the_path_runs_after_misses_and_a_file_in_the_way(
     out, status = _run(worker, ["tool"], env={"PATH": path}, cwd=str(tmp_path))
     assert status.exit_code == 0  # type: ignore[attr-defined]
     assert out == b"found\n"
+
+
+IGNORING_PARENT = r"""
+import signal, sys
+from jobcore import JobSpec, Worker
+with Worker(sys.argv[1], controller=sys.argv[2]) as worker:
+    job = worker.start(JobSpec(["grep", "^SigIgn:", "/proc/self/status"]))
+    worker.wait(job.id, timeout=30)
+    sys.stdout.buffer.write(b"".join(worker.output(job.id)))
+"""
+
+
+def _ignore_what_a_background_shell_does() -> None:
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGALRM, signal.SIGTSTP, signal.SIGRTMIN + 3):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def test_signals_the_workers_process_ignores_are_not_passed_on_to_the_command(tmp_path: Path) -> None:
+    """A Worker started with signals ignored (by a background shell, nohup, make -j) starts its jobs
+    with every signal at its default: an ignored disposition survives exec, so the shim must reset
+    each one, not only the two CPython ignores."""
+    done = subprocess.run(
+        [sys.executable, "-c", IGNORING_PARENT, str(tmp_path / "state"), CONTROLLER],
+        capture_output=True,
+        timeout=120,
+        preexec_fn=_ignore_what_a_background_shell_does,
+        check=True,
+    )
+    assert done.stdout.split() == [b"SigIgn:", b"0000000000000000"]

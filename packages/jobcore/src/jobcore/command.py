@@ -103,7 +103,10 @@ class Command:
 
 
 #: Signals that CPython ignores and a command must get back at their defaults (Popen's restore_signals).
-_RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+#: Every signal a process can handle or ignore: the command starts with all of them at SIG_DFL, not
+#: with what CPython (SIGPIPE, SIGXFSZ) or whatever started the Worker (a background shell ignores
+#: SIGINT and SIGQUIT, make -j ignores 32 and 33) left ignored, which exec would keep.
+_RESTORED_SIGNALS = tuple(n for n in range(1, signal.NSIG) if n not in (signal.SIGKILL, signal.SIGSTOP))
 #: How the child exits when it cannot exec (as subprocess's child does).
 _CHILD_FAILED = 255
 
@@ -179,7 +182,10 @@ def _child(
                 else:
                     os.dup2(fd, target)
             for sig in _RESTORED_SIGNALS:
-                signal.signal(sig, signal.SIG_DFL)
+                try:
+                    signal.signal(sig, signal.SIG_DFL)
+                except (OSError, ValueError):  # one glibc keeps for itself (32, 33)
+                    linux.default_signal(sig)
             enter_job(spec, handle)
             os.closerange(3, error_w)
             os.closerange(error_w + 1, _max_fd())

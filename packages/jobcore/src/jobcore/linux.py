@@ -51,6 +51,7 @@ _SYS_OPEN_TREE = 428
 _SYS_MOVE_MOUNT = 429
 _SYS_MOUNT_SETATTR = 442
 _SYS_CAPSET = {"x86_64": 126, "aarch64": 91}.get(os.uname().machine)
+_SYS_RT_SIGACTION = {"x86_64": 13, "aarch64": 134}.get(os.uname().machine)
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
@@ -198,6 +199,33 @@ def clear_capabilities() -> None:
     header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
     data = (_CapData * 2)()
     _check(_libc.syscall(ctypes.c_long(_SYS_CAPSET), ctypes.byref(header), ctypes.byref(data)))
+
+
+class _KernelSigaction(ctypes.Structure):
+    _fields_ = [
+        ("handler", ctypes.c_void_p),
+        ("flags", ctypes.c_ulong),
+        ("restorer", ctypes.c_void_p),
+        ("mask", ctypes.c_uint64),
+    ]
+
+
+def default_signal(signum: int) -> None:
+    """Set `signum`'s disposition to SIG_DFL with rt_sigaction(2) itself, for the signals glibc keeps
+    for its own use (32 and 33, which its sigaction refuses) and that an ignoring parent (make -j does
+    ignore them) would otherwise pass on through exec. For a process about to exec."""
+    if _SYS_RT_SIGACTION is None:
+        raise OSError(38, "rt_sigaction: unknown system call number on this architecture")
+    action = _KernelSigaction(None, 0, None, 0)  # SIG_DFL
+    _check(
+        _libc.syscall(
+            ctypes.c_long(_SYS_RT_SIGACTION),
+            ctypes.c_int(signum),
+            ctypes.byref(action),
+            None,
+            ctypes.c_size_t(8),
+        )
+    )
 
 
 def last_capability() -> int:
