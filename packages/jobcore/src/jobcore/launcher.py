@@ -70,12 +70,18 @@ def _serve(sock: socket.socket) -> None:
                 os.close(fd)
             continue
         report_fd = fds[0]
+        directory = Path(os.fsdecode(data[1:]))
         error = namespaces.prepare(new=data[:1] == b"P")
+        try:
+            job: shim.Prepared | None = shim.prepare(directory)
+        except Exception:
+            job = None  # the shim reads it again and records what is wrong
         pid = os.fork()
         if pid == 0:
             sock.close()
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            shim.run_shim(Path(os.fsdecode(data[1:])), report_fd, error)
+            shim.run_shim(directory, report_fd, error, job)
+        del job
         os.close(report_fd)
 
 

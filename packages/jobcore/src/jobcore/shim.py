@@ -51,9 +51,18 @@ FORWARDED_SIGNALS = (
 )
 
 
-def job_handle(spec: SpecRecord) -> Handle:
-    """The job's cgroup handle, rebuilt from its recorded state (no controller needed)."""
-    return handle_from_state(spec.cgroup, controller_class=spec.controller_class)
+#: A job's spec record and its cgroup handle, rebuilt from the record's state.
+Prepared = tuple[SpecRecord, Handle]
+
+
+def prepare(directory: Path) -> Prepared:
+    """Read the job's spec and rebuild its cgroup handle (no controller needed). The launcher calls
+    this before it forks the shim: what it builds (and the converter's work) is then in pages the
+    shim shares with the launcher instead of in the shim's own (docs/benchmarks.md)."""
+    spec = records.read(directory / jobdir.SPEC, SpecRecord)
+    if spec is None:
+        raise RuntimeError(f"{directory}: no spec.json")
+    return spec, handle_from_state(spec.cgroup, controller_class=spec.controller_class)
 
 
 # ---------------------------------------------------------------------------------------------- shim
@@ -62,18 +71,14 @@ def job_handle(spec: SpecRecord) -> Handle:
 class Shim:
     """The supervisor of one job, in its own process (see the module docstring)."""
 
-    def __init__(self, directory: Path, report_fd: int, wake_r: int) -> None:
+    def __init__(self, directory: Path, report_fd: int, wake_r: int, job: Prepared | None = None) -> None:
         self.dir = directory
         self.report_fd = report_fd
         self.wake_r = wake_r
-        spec = records.read(directory / jobdir.SPEC, SpecRecord)
-        if spec is None:
-            raise RuntimeError(f"{directory}: no spec.json")
-        self.spec = spec
+        self.spec, self.handle = job or prepare(directory)
         # kill(-1) is our way to empty the job's PID namespace; it must never run outside one, where it
         # would signal every process of the host. Being PID 1 is the proof.
         self.in_pid_namespace = os.getpid() == 1
-        self.handle = job_handle(spec)
         #: The command's pid as the shim sees it (in the job's PID namespace when it has one).
         self.command_pid = 0
         self.command_status: int | None = None
@@ -380,12 +385,15 @@ def _write_exit(directory: Path, exit_info: ExitRecord, reserve: Path | None) ->
             reserve.unlink(missing_ok=True)
 
 
-def run_shim(directory: Path, report_fd: int, launch_error: StartError | None = None) -> NoReturn:
-    """Entry point in the launcher's forked child. Never returns."""
+def run_shim(
+    directory: Path, report_fd: int, launch_error: StartError | None = None, job: Prepared | None = None
+) -> NoReturn:
+    """Entry point in the launcher's forked child, with the job `prepare`d before the fork (None: the
+    launcher could not; the shim tries, and records why it fails). Never returns."""
     code = 0
     try:
         wake_r = _detach()
-        shim = Shim(directory, report_fd, wake_r)
+        shim = Shim(directory, report_fd, wake_r, job)
         shim.record_self()
         try:
             if launch_error is not None:
