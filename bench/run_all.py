@@ -628,28 +628,26 @@ class Bench:
         p_sdk, p_cli = pct(sdk), pct(cli)
         p_mux = pct(mux) if mux else None
         p_new = pct(new) if new else None
-        self.r.rows += [
-            Row(
-                "run: SDK Client.run(['true']), all ns + default limits + sandbox",
-                ms(p_sdk[0]),
-                ms(p_sdk[1]),
-                str(n),
-                ratio(p_sdk[0], p_mux[0] if p_mux else None),
-            ),
-            Row("  ssh host true (multiplexed), same loop", ms(p_mux[0]), ms(p_mux[1]), str(n), "1.00x")
-            if p_mux
-            else Row("  ssh host true (multiplexed)", "skipped", ""),
-            Row(
-                "run: `jobctl run -- true` (new process)",
-                ms(p_cli[0]),
-                ms(p_cli[1]),
-                str(k),
-                ratio(p_cli[0], p_new[0] if p_new else None),
-            ),
-            Row("  ssh host true (new connection), same loop", ms(p_new[0]), ms(p_new[1]), str(k), "1.00x")
-            if p_new
-            else Row("  ssh host true (new connection)", "skipped", ""),
-        ]
+
+        def paired(name: str, ours: tuple[float, float], peer_name: str, peer: Any, count: int) -> list[Row]:
+            """Our row with its ratio to the peer measured in the same loop, and the peer's row."""
+            return [
+                Row(name, ms(ours[0]), ms(ours[1]), str(count), ratio(ours[0], peer[0] if peer else None)),
+                Row(f"  {peer_name}, same loop", ms(peer[0]), ms(peer[1]), str(count), "1.00x")
+                if peer
+                else Row(f"  {peer_name}", "skipped", ""),
+            ]
+
+        self.r.rows += paired(
+            "run: SDK Client.run(['true']), all ns + default limits + sandbox",
+            p_sdk,
+            "ssh host true (multiplexed)",
+            p_mux,
+            n,
+        )
+        self.r.rows += paired(
+            "run: `jobctl run -- true` (new process)", p_cli, "ssh host true (new connection)", p_new, k
+        )
         if p_mux:
             self.r.targets.append(
                 (

@@ -60,7 +60,7 @@ def _noop() -> None:
 # ------------------------------------------------------------------------------------------- spawners
 
 
-def popen_preexec(out_w: int) -> int:
+def _popen(out_w: int, preexec: bool) -> int:
     proc = subprocess.Popen(
         [TRUE],
         env={"PATH": "/usr/bin:/bin"},
@@ -69,24 +69,18 @@ def popen_preexec(out_w: int) -> int:
         stderr=out_w,
         close_fds=True,
         restore_signals=True,
-        preexec_fn=_noop,  # noqa: PLW1509 - single-threaded child, as in the shim
+        preexec_fn=_noop if preexec else None,  # noqa: PLW1509 - single-threaded child, as in the shim
     )
     proc.returncode = 0  # reaped below with waitpid, like the shim does
     return proc.pid
 
 
+def popen_preexec(out_w: int) -> int:
+    return _popen(out_w, preexec=True)
+
+
 def popen_plain(out_w: int) -> int:
-    proc = subprocess.Popen(
-        [TRUE],
-        env={"PATH": "/usr/bin:/bin"},
-        stdin=subprocess.DEVNULL,
-        stdout=out_w,
-        stderr=out_w,
-        close_fds=True,
-        restore_signals=True,
-    )
-    proc.returncode = 0
-    return proc.pid
+    return _popen(out_w, preexec=False)
 
 
 def fork_execve(out_w: int) -> int:

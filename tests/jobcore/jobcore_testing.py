@@ -14,7 +14,7 @@ import pytest
 from support.procfs import is_running
 from support.waiting import wait_until
 
-from jobcore import jobdir
+from jobcore import JobSpec, JobStatus, Worker, jobdir
 
 CONTROLLER = os.environ.get("JOBCORE_TEST_CONTROLLER", "auto")
 IS_ROOT = os.geteuid() == 0
@@ -22,7 +22,16 @@ IS_ROOT = os.geteuid() == 0
 #: /tmp (which a job's private /tmp hides) or link into root's 0700 pyenv.
 JOB_PYTHON = "/usr/bin/python3"
 
-__all__ = ["CONTROLLER", "IS_ROOT", "JOB_PYTHON", "cgroup_dirs", "job_pids", "requires_root", "wait_until"]
+__all__ = [
+    "CONTROLLER",
+    "IS_ROOT",
+    "JOB_PYTHON",
+    "cgroup_dirs",
+    "job_pids",
+    "requires_root",
+    "run_to_end",
+    "wait_until",
+]
 
 requires_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (namespaces and cgroups)")
 
@@ -41,6 +50,13 @@ def job_pids(state_dir: Path) -> list[tuple[str, int]]:
             if is_running(record["pid"], ticks):
                 alive.append((f"{entry.name}/{name}", record["pid"]))
     return alive
+
+
+def run_to_end(worker: Worker, argv: list[str], **kwargs: object) -> tuple[bytes, JobStatus]:
+    """Start a job, read all its output, and return it with the job's final status."""
+    status = worker.start(JobSpec(argv, **kwargs))  # type: ignore[arg-type]
+    out = b"".join(worker.output(status.id))
+    return out, worker.wait(status.id, timeout=30)
 
 
 def cgroup_dirs(owner_ids: set[str]) -> list[str]:

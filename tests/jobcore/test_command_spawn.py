@@ -9,28 +9,24 @@ import subprocess
 import sys
 from pathlib import Path
 
-from jobcore_testing import CONTROLLER, requires_root
+from jobcore_testing import CONTROLLER, requires_root, run_to_end
 
 from jobcore import JobSpec, JobState, Worker
 
 pytestmark = requires_root
 
 
-def _run(worker: Worker, argv: list[str], **kwargs: object) -> tuple[bytes, object]:
-    status = worker.start(JobSpec(argv, **kwargs))  # type: ignore[arg-type]
-    out = b"".join(worker.output(status.id))
-    return out, worker.wait(status.id, timeout=30)
-
-
 def test_the_command_holds_only_stdin_stdout_and_stderr(worker: Worker) -> None:
     # the shell's fds, listed by a child of it (whose own directory fd is not the shell's)
-    out, status = _run(worker, ["sh", "-c", "ls /proc/$$/fd"])
-    assert status.exit_code == 0  # type: ignore[attr-defined]
+    out, status = run_to_end(worker, ["sh", "-c", "ls /proc/$$/fd"])
+    assert status.exit_code == 0
     assert out.split() == [b"0", b"1", b"2"]
 
 
 def test_stdin_is_dev_null_and_stdout_stderr_are_the_output_pipes(worker: Worker) -> None:
-    out, _ = _run(worker, ["sh", "-c", "readlink /proc/self/fd/0; readlink /proc/self/fd/1 /proc/self/fd/2"])
+    out, _ = run_to_end(
+        worker, ["sh", "-c", "readlink /proc/self/fd/0; readlink /proc/self/fd/1 /proc/self/fd/2"]
+    )
     lines = out.decode().split()
     assert lines[0] == "/dev/null"
     assert lines[1].startswith("pipe:") and lines[2].startswith("pipe:")
@@ -39,14 +35,14 @@ def test_stdin_is_dev_null_and_stdout_stderr_are_the_output_pipes(worker: Worker
 def test_no_signal_is_ignored_or_blocked_in_the_command(worker: Worker) -> None:
     # CPython ignores SIGPIPE and SIGXFSZ; the command must get them back at their defaults, and an
     # ignored disposition would survive exec
-    out, _ = _run(worker, ["grep", "-E", "^Sig(Ign|Blk):", "/proc/self/status"])
+    out, _ = run_to_end(worker, ["grep", "-E", "^Sig(Ign|Blk):", "/proc/self/status"])
     assert sorted(out.decode().split()) == sorted(
         ["SigBlk:", "0000000000000000", "SigIgn:", "0000000000000000"]
     )
 
 
 def test_a_closed_pipe_kills_the_writer_with_sigpipe_as_on_a_shell(worker: Worker) -> None:
-    out, _status = _run(worker, ["sh", "-c", "(yes; echo yes-exited $? >&2) | head -c 1 >/dev/null"])
+    out, _status = run_to_end(worker, ["sh", "-c", "(yes; echo yes-exited $? >&2) | head -c 1 >/dev/null"])
     assert b"yes-exited 141" in out  # 128 + SIGPIPE: killed by the signal, not EPIPE-and-exit
 
 
@@ -77,8 +73,8 @@ def test_a_later_match_on_the_path_runs_after_misses_and_a_file_in_the_way(
     (tmp_path / "bin" / "tool").chmod(0o755)
     (tmp_path / "afile").write_text("")  # a PATH entry that is a file: ENOTDIR, skipped
     path = f"/nonexistent:{tmp_path / 'afile'}:{tmp_path / 'bin'}"
-    out, status = _run(worker, ["tool"], env={"PATH": path}, cwd=str(tmp_path))
-    assert status.exit_code == 0  # type: ignore[attr-defined]
+    out, status = run_to_end(worker, ["tool"], env={"PATH": path}, cwd=str(tmp_path))
+    assert status.exit_code == 0
     assert out == b"found\n"
 
 

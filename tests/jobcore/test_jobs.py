@@ -15,17 +15,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from jobcore_testing import CONTROLLER, JOB_PYTHON, cgroup_dirs, job_pids, requires_root, wait_until
+from jobcore_testing import (
+    CONTROLLER,
+    JOB_PYTHON,
+    cgroup_dirs,
+    job_pids,
+    requires_root,
+    run_to_end,
+    wait_until,
+)
 
 from jobcore import JobSpec, JobState, Limits, StateError, Worker, WorkerError, jobdir
 
 pytestmark = requires_root
-
-
-def run_to_end(worker: Worker, argv: list[str], **kwargs: object) -> tuple[bytes, object]:
-    status = worker.start(JobSpec(argv, **kwargs))  # type: ignore[arg-type]
-    out = b"".join(worker.output(status.id))
-    return out, worker.wait(status.id, timeout=30)
 
 
 def test_output_and_exit_code_are_recorded(worker: Worker) -> None:
