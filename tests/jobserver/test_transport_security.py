@@ -6,12 +6,12 @@ import shutil
 import socket
 import ssl
 import subprocess
-import sys
 from pathlib import Path
 
 import grpc
 import pytest
 from server_harness import CERTS, Client, RunningServer, ServerProcess, rpc_error, wait_for
+from support.server import server_command
 
 from jobserver.health import ServingStatus, decode_check_response, encode_check_request
 
@@ -79,10 +79,12 @@ def test_server_with_rsa_certificate_refuses_to_start(tmp_path: Path) -> None:
         check=True, capture_output=True,
     )  # fmt: skip
     result = subprocess.run(
-        [sys.executable, "-m", "jobserver.cli", "--cert", str(cert), "--key", str(key),
-         "--ca", str(CERTS / "ca.crt"), "--state-dir", str(tmp_path / "state"), "--listen", "127.0.0.1:0"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        server_command(tmp_path / "state", cert=cert, key=key),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 1
     assert "must have an ECDSA key" in result.stderr
 
