@@ -689,31 +689,24 @@ class Bench:
 
     def _ssh_stream(self, nbytes: int) -> float:
         assert self.ssh is not None
-        t = time.perf_counter()
-        rc = subprocess.run(
-            [*self.ssh.argv, "head", "-c", str(nbytes), "/dev/zero"],
-            stdout=subprocess.DEVNULL,
-            timeout=600,
-            check=False,
-        ).returncode
-        elapsed = time.perf_counter() - t
-        if rc != 0:
-            self.r.fail(f"ssh stream exited {rc}")
-        return nbytes / elapsed
+        return self._command_stream(
+            [*self.ssh.argv, "head", "-c", str(nbytes), "/dev/zero"], nbytes, "ssh stream"
+        )
 
     def _jobctl_stream(self, nbytes: int) -> float:
         """`jobctl run -- head -c N /dev/zero > /dev/null`: a new CLI process, start to exit."""
         argv = [str(BIN / "jobctl"), "--server", self.server.address, "--user", "alice"]
+        return self._command_stream(
+            [*argv, "run", "--", "head", "-c", str(nbytes), "/dev/zero"], nbytes, "jobctl run stream"
+        )
+
+    def _command_stream(self, argv: list[str], nbytes: int, what: str) -> float:
+        """Bytes per second of `argv` writing `nbytes` to /dev/null, start to exit."""
         t = time.perf_counter()
-        rc = subprocess.run(
-            [*argv, "run", "--", "head", "-c", str(nbytes), "/dev/zero"],
-            stdout=subprocess.DEVNULL,
-            timeout=600,
-            check=False,
-        ).returncode
+        rc = subprocess.run(argv, stdout=subprocess.DEVNULL, timeout=600, check=False).returncode
         elapsed = time.perf_counter() - t
         if rc != 0:
-            self.r.fail(f"jobctl run stream exited {rc}")
+            self.r.fail(f"{what} exited {rc}")
         return nbytes / elapsed
 
     @staticmethod
