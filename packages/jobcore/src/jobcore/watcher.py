@@ -26,10 +26,11 @@ import logging
 import os
 import queue
 import select
+import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,12 @@ class WatchedJob:
     (`run`, `exit`, `generation`, the fds) changes under the watcher's lock."""
 
     def __init__(
-        self, spec: SpecRecord, directory: Path, lock: threading.Lock, handle: Callable[[], Handle]
+        self,
+        spec: SpecRecord,
+        directory: Path,
+        lock: threading.Lock,
+        make_handle: Callable[[], Handle],
+        handle: Handle | None = None,
     ) -> None:
         self.id = spec.id
         self.dir = directory
@@ -76,8 +82,8 @@ class WatchedJob:
         #: As strings: a listing stats these for every running job, and pathlib costs more than stat.
         self.dir_path = str(directory)
         self.output_path = str(directory / jobdir.OUTPUT)
-        self._make_handle = handle
-        self._handle: Handle | None = None
+        self._make_handle = make_handle
+        self._handle = handle
 
     @property
     def ended(self) -> bool:
@@ -117,8 +123,14 @@ class Watcher:
             self._release()
             raise
 
-    def new_job(self, spec: SpecRecord, directory: Path, handle: Callable[[], Handle]) -> WatchedJob:
-        return WatchedJob(spec, directory, self.lock, handle)
+    def new_job(
+        self,
+        spec: SpecRecord,
+        directory: Path,
+        make_handle: Callable[[], Handle],
+        handle: Handle | None = None,
+    ) -> WatchedJob:
+        return WatchedJob(spec, directory, self.lock, make_handle, handle)
 
     def start(self) -> None:
         """Start the watcher and clean-up threads (after the jobs found at start-up are in)."""
@@ -189,13 +201,7 @@ class Watcher:
         """Watch a running job: its directory, and its shim through a pidfd. The pid is pinned first
         (pidfd_open), then checked to be the shim by its start time: a pid reused by another process
         after the shim exited is never taken for the shim. Ends the job if it ended meanwhile."""
-        try:
-            pidfd: int | None = os.pidfd_open(shim_pid)
-        except ProcessLookupError:
-            pidfd = None
-        if pidfd is not None and linux.process_start_ticks(shim_pid) != shim_start_ticks:
-            os.close(pidfd)  # not our shim: it exited and its pid went to another process
-            pidfd = None
+        pidfd = pin(shim_pid, shim_start_ticks)
         with self.lock:
             if self.closed or job.exit is not None:
                 if pidfd is not None:
@@ -278,8 +284,8 @@ class Watcher:
         its shim has exited, so no exit.json means none will come (the job is LOST)."""
         if job.exit is not None:
             return
-        run = job.run or _read_or_none(job.dir / jobdir.RUN, RunRecord)
-        recorded = _read_or_none(job.dir / jobdir.EXIT, ExitRecord)
+        run = job.run or read_or_none(job.dir / jobdir.RUN, RunRecord)
+        recorded = read_or_none(job.dir / jobdir.EXIT, ExitRecord)
         with self.lock:
             if job.run is None and run is not None:
                 job.run = run
@@ -382,9 +388,6 @@ class Watcher:
         while (task := self._tasks.get()) is not None:
             task()
 
-    def __iter__(self) -> Iterator[WatchedJob]:
-        return iter(self.jobs())
-
 
 VANISHED_REASON = "the job's directory vanished from the state directory; the job was killed"
 
@@ -395,10 +398,7 @@ def write_lost(directory: Path, lost: ExitRecord) -> None:
         return
     try:
         path = directory / jobdir.EXIT
-        if path.is_dir() and not path.is_symlink():
-            import shutil
-
-            shutil.rmtree(path, ignore_errors=True)
+        remove_damaged(path)
         records.write(path, lost, durable=True)
     except OSError as exc:
         # Known in memory; a later Worker finds the shim gone and decides the same again.
@@ -413,35 +413,50 @@ def kill_recorded_processes(directory: Path) -> None:
     """SIGKILL the job's shim and command if shim.json and run.json name live ones. Each pid is
     pinned with a pidfd before its start time is checked, so a reused pid is never hit. The shim of a
     job with a PID namespace is its PID 1: the kernel then kills every process of the job."""
-    shim = _read_or_none(directory / jobdir.SHIM, records.ShimRecord)
-    run = _read_or_none(directory / jobdir.RUN, RunRecord)
+    shim = read_or_none(directory / jobdir.SHIM, records.ShimRecord)
+    run = read_or_none(directory / jobdir.RUN, RunRecord)
     for record in (shim, run):
         if record is not None and record.start_ticks is not None:
             kill_pinned(record.pid, record.start_ticks)
 
 
-def kill_pinned(pid: int, start_ticks: int) -> None:
-    """SIGKILL `pid` if it is still the process that started at `start_ticks`."""
+def pin(pid: int, start_ticks: int | None) -> int | None:
+    """A pidfd of `pid` if it is still the process that started at `start_ticks`, else None. The pid
+    is pinned first (pidfd_open), then checked: a pid reused by another process after ours exited is
+    never taken for ours, and once pinned it cannot be reused under us. The caller closes the fd."""
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
+        return None
+    if linux.process_start_ticks(pid) != start_ticks:
+        os.close(pidfd)
+        return None
+    return pidfd
+
+
+def kill_pinned(pid: int, start_ticks: int) -> None:
+    """SIGKILL `pid` if it is still the process that started at `start_ticks`."""
+    pidfd = pin(pid, start_ticks)
+    if pidfd is None:
         return
     try:
-        if linux.process_start_ticks(pid) == start_ticks:
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
     except ProcessLookupError:
         pass
     finally:
         os.close(pidfd)
 
 
-def _read_or_none(path: Path, cls: type[records.R]) -> records.R | None:
+def remove_damaged(path: Path) -> None:
+    """Remove a directory found where a record file belongs, so that the record can be written."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def read_or_none(path: Path, cls: type[records.R]) -> records.R | None:
     """A record, or None when it is absent or damaged (for callers that decide without it)."""
     try:
         return records.read(path, cls)
     except CorruptStateFile as exc:
         log.warning("jobcore: ignoring %s", exc)
         return None
-
-
-read_or_none = _read_or_none

@@ -39,7 +39,7 @@ from jobcore.records import ExitRecord, RunRecord, SandboxPlan, SpecRecord, Stop
 from jobcore.sandbox import is_within
 from jobcore.spec import JobSpec, Limits, RunAs
 from jobcore.status import JobStatus, ResourceUsage
-from jobcore.watcher import VANISHED_REASON, WatchedJob, Watcher, read_or_none
+from jobcore.watcher import VANISHED_REASON, WatchedJob, Watcher, pin, read_or_none, remove_damaged
 
 __all__ = ["DEFAULT_GRACE", "DEFAULT_OUTPUT_CAP", "VANISHED_REASON", "OutputReader", "Worker"]
 
@@ -263,10 +263,7 @@ class Worker:
 
     def job_of(self, spec: SpecRecord, directory: Path, handle: Handle | None = None) -> WatchedJob:
         """A job known by its spec record (for jobcore.recovery)."""
-        job = self._jobs.new_job(spec, directory, lambda: self._handle_of(spec))
-        if handle is not None:
-            job._handle = handle
-        return job
+        return self._jobs.new_job(spec, directory, lambda: self._handle_of(spec), handle)
 
     def _handle_of(self, spec: SpecRecord) -> Handle:
         return handle_from_state(spec.cgroup, controller_class=spec.controller_class)
@@ -367,7 +364,7 @@ class Worker:
             request = StopRequest(grace=grace, requested_at=time.time())
             previous = read_or_none(job.dir / jobdir.STOP, StopRequest)
             if previous is None:
-                _remove_damaged(job.dir / jobdir.STOP)
+                remove_damaged(job.dir / jobdir.STOP)
             elif previous.deadline < request.deadline:
                 request = previous
             try:
@@ -496,29 +493,15 @@ def _read_report(fd: int, timeout: float) -> bytes:
     return b"".join(chunks)
 
 
-def _remove_damaged(path: Path) -> None:
-    """Remove a directory found where a record file belongs, so that the record can be written."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def _wait_shim_gone(directory: Path, timeout: float) -> None:
-    """Wait (bounded, on a pidfd) until the job's shim, if shim.json names one still alive, exits.
-    The pid is pinned first, then checked to be the shim by its start time."""
+    """Wait (bounded, on a pidfd) until the job's shim, if shim.json names one still alive, exits."""
     shim = read_or_none(directory / jobdir.SHIM, records.ShimRecord)
-    if shim is None:
-        return
-    try:
-        pidfd = os.pidfd_open(shim.pid)
-    except ProcessLookupError:
-        return
-    try:
-        from jobcore import linux
-
-        if linux.process_start_ticks(shim.pid) == shim.start_ticks:  # not a reused pid
+    pidfd = None if shim is None else pin(shim.pid, shim.start_ticks)
+    if pidfd is not None:
+        try:
             select.select([pidfd], [], [], timeout)
-    finally:
-        os.close(pidfd)
+        finally:
+            os.close(pidfd)
 
 
 def _hidden_paths(state_dir: Path, extra: Sequence[str | os.PathLike[str]]) -> list[str]:
