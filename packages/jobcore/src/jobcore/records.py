@@ -20,6 +20,7 @@ from typing import Any, TypeVar, cast
 
 import attrs
 import cattrs
+from cattrs.gen import make_dict_structure_fn
 
 from jobcore import jobdir
 from jobcore.errors import CorruptStateFile
@@ -168,13 +169,7 @@ def _structure_limits(value: Any, _type: Any) -> Limits:
     return limits
 
 
-def _structure_run(value: Any, cls: type[RunRecord]) -> RunRecord:
-    if isinstance(value, dict) and "start_ticks" not in value and "pid_start_ticks" in value:
-        value = {**value, "start_ticks": value["pid_start_ticks"]}  # run.json before one name per fact
-    return _plain.structure(value, cls)
-
-
-def _make_converter(plain: bool) -> cattrs.Converter:
+def _make_converter() -> cattrs.Converter:
     converter = cattrs.Converter(detailed_validation=True, forbid_extra_keys=False)
     converter.register_structure_hook(int, _strict(int))
     converter.register_structure_hook(float, _strict(float, int))
@@ -183,14 +178,19 @@ def _make_converter(plain: bool) -> cattrs.Converter:
     converter.register_structure_hook(Limits, _structure_limits)
     converter.register_structure_hook(JobState, lambda v, _t: JobState(_strict(str)(v, str)))
     converter.register_unstructure_hook(JobState, lambda v: v.value)
-    if not plain:
-        converter.register_structure_hook(RunRecord, _structure_run)
+    run_record = make_dict_structure_fn(RunRecord, converter)
+
+    def structure_run(value: Any, cls: type[RunRecord]) -> RunRecord:
+        if isinstance(value, dict) and "start_ticks" not in value and "pid_start_ticks" in value:
+            value = {**value, "start_ticks": value["pid_start_ticks"]}  # run.json before one name per fact
+        return run_record(value, cls)
+
+    converter.register_structure_hook(RunRecord, structure_run)
     return converter
 
 
-_plain = _make_converter(plain=True)
 #: The converter every record goes through.
-converter = _make_converter(plain=False)
+converter = _make_converter()
 
 
 def structure(data: Any, cls: type[R], path: Path | str = "<record>") -> R:
