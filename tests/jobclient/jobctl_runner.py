@@ -48,16 +48,14 @@ class Jobctl:
         return Result(done.returncode, done.stdout, done.stderr.decode())
 
     def popen(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
-        # SIGINT at its default, as in a terminal, even when the suite runs in the background (a
-        # background shell starts its children with SIGINT ignored, which Python then keeps).
         return subprocess.Popen(
-            [str(JOBCTL), *args],
-            env=self.env(**env),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            preexec_fn=_default_sigint,  # noqa: PLW1509 - the tests start it from one thread
+            [str(JOBCTL), *args], env=self.env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
 
 
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# jobctl's Ctrl-C tests need jobctl to start with SIGINT at its default, as in a terminal. A suite run
+# in the background (a non-interactive shell's `&`) has SIGINT ignored, and an ignored signal survives
+# exec; a handled one is reset to the default. So handle it here (imported in the main thread), rather
+# than resetting it in a preexec_fn: forking this gRPC-threaded process to run Python is not safe.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
