@@ -257,8 +257,10 @@ class Worker:
                 ) from exc
             raise
         job = self.job_of(record, directory, handle)
-        self._jobs.add(job)
         self._launch(job)
+        # Listed only once launched: a caller that counts a start in flight itself (the server's
+        # per-user cap) must not see it twice, as a start and as a running job.
+        self._jobs.add(job)
         return self._status(job)
 
     def job_of(self, spec: SpecRecord, directory: Path, handle: Handle | None = None) -> WatchedJob:
