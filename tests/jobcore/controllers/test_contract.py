@@ -14,6 +14,7 @@ import pytest
 from conftest import OWNER, Backend, Children, process_gone
 
 from jobcore.controllers import Handle, ResourceController, available_backends
+from jobcore.controllers.cgroupfs import CgroupFiles
 from jobcore.errors import ControllerError, InvalidLimit
 from jobcore.spec import Limits
 
@@ -232,3 +233,46 @@ def _state_paths(handle: Handle) -> list[str]:
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__]))
+
+
+class _RecordingFiles(CgroupFiles):
+    """The real cgroupfs, with every write recorded as (path, value)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[tuple[str, str]] = []
+
+    def write(self, path: str, value: str) -> None:
+        self.writes.append((path, value))
+        super().write(path, value)
+
+
+def _recorded_handle(backend: Backend, handle: Handle) -> tuple[Handle, list[tuple[str, str]]]:
+    """`handle` rebuilt over files that record its writes (the fake kernel records its own)."""
+    files = backend.fake if backend.fake is not None else _RecordingFiles()
+    rebuilt = type(handle).from_state(handle.to_state(), files=files)  # type: ignore[attr-defined]
+    return rebuilt, files.writes
+
+
+def test_killing_a_job_whose_processes_all_ended_writes_nothing(backend: Backend, children: Children) -> None:
+    """The usual end of a job (its command exited, nothing left behind) costs no freeze and thaw (v1)
+    nor cgroup.kill (v2); a job with a process left is still killed through them."""
+    if backend.id == "none":
+        pytest.skip("none has no cgroup to write")
+    handle = backend.controller.create(OWNER, "kill-empty", limits_for(backend), REPO)
+    try:
+        ended = children.spawn_in(handle, ["true"])
+        assert ended.wait(timeout=10) == 0
+        if backend.fake is not None:
+            backend.fake.exit(ended.pid)
+        recorded, writes = _recorded_handle(backend, handle)
+        before = len(writes)
+        recorded.kill()
+        assert writes[before:] == []
+        left = children.spawn_in(handle, ["sleep", "300"])
+        before = len(writes)
+        recorded.kill()
+        assert writes[before:], "a live process must be killed through the cgroup"
+        assert left.wait(timeout=10) == -9
+    finally:
+        handle.destroy()

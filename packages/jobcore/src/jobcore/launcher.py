@@ -28,6 +28,10 @@ from jobcore import linux, records, shim
 from jobcore.command import StartError, describe
 
 
+#: The name `ps -o comm`, `top` and perf show for the launcher (each shim is `shim.SHIM_NAME`).
+LAUNCHER_NAME = "jobcore-launch"
+
+
 class _PidNamespaces:
     """Makes the launcher's next child PID 1 of a new PID namespace, or of ours again."""
 
@@ -94,6 +98,7 @@ def main() -> None:
         except OSError:
             os.open(os.devnull, os.O_RDWR)  # takes the lowest free number: this one
     sock = socket.socket(fileno=int(sys.argv[1]))
+    linux.set_process_name(LAUNCHER_NAME)
     for module in sys.argv[2:]:  # a backend's modules: its handles are rebuilt in every shim
         importlib.import_module(module)
     # Shims are reaped by the kernel (we never wait for them): they outlive us anyway.

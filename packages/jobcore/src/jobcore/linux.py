@@ -133,6 +133,16 @@ def prctl(option: int, arg: int, arg3: int = 0) -> None:
     _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(arg3), 0, 0))
 
 
+def set_process_name(name: str) -> None:
+    """Name the calling process as `ps -o comm`, `top` and perf show it (at most 15 bytes are kept);
+    its command line (`ps -f`) is unchanged. Best effort: a name is a convenience."""
+    try:
+        with open("/proc/self/comm", "w") as f:
+            f.write(name)
+    except OSError:
+        pass
+
+
 class _MountAttr(ctypes.Structure):
     _fields_ = [
         ("attr_set", ctypes.c_uint64),

@@ -36,6 +36,8 @@ from jobcore.records import ExitRecord, RunRecord, ShimRecord, SpecRecord, StopR
 from jobcore.status import JobState, ResourceUsage
 
 PIPE_SIZE = 1 << 20
+#: The name `ps -o comm`, `top` and perf show for a shim (until its command's exec, its child's too).
+SHIM_NAME = "jobcore-shim"
 #: Where a shim notes its own problems, in the job directory.
 SHIM_ERRORS = "shim.err"
 #: After the command ends, how long leftovers may keep the output pipes open before they are dropped.
@@ -328,6 +330,7 @@ def _detach() -> int:
     """New session, no terminal or inherited output (the Worker's stdout may be a pipe that must
     close when the Worker exits); every signal the shim handles arrives on a wake-up fd."""
     os.setsid()
+    linux.set_process_name(SHIM_NAME)
     # Nobody but root with CAP_SYS_PTRACE may open our /proc entries (root, ns/*, environ, fd/...):
     # not a job running as root without capabilities, whose init (PID 1) we are.
     linux.prctl(linux.PR_SET_DUMPABLE, 0)

@@ -150,8 +150,14 @@ class CgroupHandle:
 
     def _kill(self, deadline: float) -> bool:
         """Kill everything in the job's cgroups; True once they are empty (by `deadline`)."""
-        if os.getpid() in self.pids():
+        pids = self.pids()
+        if os.getpid() in pids:
             raise ControllerError(f"refusing to kill job cgroup {self.dirs[0]}: the caller is in it")
+        if not pids:
+            # Nothing left to kill, and nothing can join: only a process already inside forks into
+            # these cgroups, and only root may move one in. The common end of a job (its command
+            # exited, nothing left behind) then skips the freeze and thaw (v1: 5-10 ms per job).
+            return True
         return self._kill_all(deadline)
 
     def _kill_all(self, deadline: float) -> bool:
