@@ -394,6 +394,22 @@ def test_running_count_counts_only_running_jobs_per_owner(worker: Worker) -> Non
     assert worker.running_count() == 0
 
 
+def test_running_output_bytes_sums_the_running_jobs_output_per_owner(worker: Worker) -> None:
+    writing = worker.start(JobSpec(["sh", "-c", "printf 12345; exec sleep 30"], owner="alice"))
+    done = worker.start(JobSpec(["sh", "-c", "printf 1234567890"], owner="alice"))
+    worker.wait(done.id)
+    other = worker.start(JobSpec(["sh", "-c", "printf 123; exec sleep 30"], owner="bob"))
+    wait_until(lambda: worker.status(writing.id).output_bytes == 5, 10, "alice's output")
+    wait_until(lambda: worker.status(other.id).output_bytes == 3, 10, "bob's output")
+    assert worker.running_output_bytes("alice") == 5  # the ended job's 10 bytes are not running output
+    assert worker.running_output_bytes("bob") == 3
+    assert worker.running_output_bytes() == 8
+    assert worker.running_output_bytes("carol") == 0
+    worker.stop(writing.id, grace=0)
+    worker.stop(other.id, grace=0)
+    assert worker.running_output_bytes() == 0
+
+
 @pytest.fixture
 def small_state_dir(tmp_path: Path) -> Iterator[Path]:
     """A state directory on an 8 MiB tmpfs, to fill up."""

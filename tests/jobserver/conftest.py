@@ -30,7 +30,9 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
         if not IS_ROOT:
             pytest.skip("the server's jobs run in cgroups and namespaces: needs root")
         state = overrides.pop("state_dir", tmp_path / "state")
-        server = JobServer(test_config(state, **overrides))
+        factory = overrides.pop("worker_factory", None)
+        config = test_config(state, **overrides)
+        server = JobServer(config) if factory is None else JobServer(config, worker_factory=factory)
         port = server.start()
         running = RunningServer(server=server, port=port, state_dir=state)
         started.append(running)

@@ -7,12 +7,14 @@ import shutil
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from server_harness import Client, RunningServer, rpc_error, wait_for
 
 from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobcore import Worker
 from jobserver.config import settings_from_file
 from jobserver.errors import ConfigError
 
@@ -107,6 +109,34 @@ def test_the_output_quota_refuses_new_jobs_until_output_is_deleted(
     assert bob.start(["true"]).owner == "bob"  # a quota per user
     _delete(alice, big.id)
     assert alice.start(["true"]).owner == "alice"
+
+
+def test_a_running_jobs_output_counts_and_a_start_lists_no_job(
+    make_server: Callable[..., RunningServer],
+) -> None:
+    """The quota check at each start adds the running jobs' output to the index's sum of ended jobs'
+    without building the status of every job the user has (Worker.list): a start's cost must not
+    grow with the user's history."""
+
+    class CountingWorker(Worker):
+        listed = 0
+
+        def list(self, *args: Any, **kwargs: Any) -> Any:
+            CountingWorker.listed += 1
+            return super().list(*args, **kwargs)
+
+    server = make_server(output_user_quota=1000, worker_factory=CountingWorker)
+    alice = server.client("alice")
+    for _ in range(3):
+        _ended(alice, ["true"])
+    writing = alice.start(["sh", "-c", "head -c 2000 /dev/zero; exec sleep 300"])
+    assert wait_for(lambda: alice.get(writing.id).output_bytes == 2000, 30)
+    listed = CountingWorker.listed
+    exc = rpc_error(lambda: alice.start(["true"]))
+    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "user alice stores 2000 bytes of job output" in exc.details()
+    assert CountingWorker.listed == listed
+    alice.stop(writing.id, grace=0)
 
 
 def test_retention_and_quota_settings_in_the_config_file(tmp_path: Path) -> None:

@@ -345,6 +345,18 @@ class Worker:
         jobs = self._jobs.jobs()
         return sum(1 for j in jobs if j.exit is None and (owner is None or j.spec.owner == owner))
 
+    def running_output_bytes(self, owner: str | None = None) -> int:
+        """The output stored so far by the running jobs (of `owner`): one stat per running job, where
+        `list()` builds every known job's status (a user's ended jobs too)."""
+        total = 0
+        for job in self._jobs.jobs():
+            if job.exit is None and (owner is None or job.spec.owner == owner):
+                try:
+                    total += os.stat(job.output_path).st_size
+                except FileNotFoundError:
+                    pass  # not started yet, or its directory vanished: no output of it is stored here
+        return total
+
     def wait(self, job_id: str, timeout: float | None = None) -> JobStatus:
         """Wait until the job has ended (or `timeout` seconds passed); return its status."""
         job = self._get(job_id)

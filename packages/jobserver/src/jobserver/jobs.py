@@ -190,8 +190,7 @@ class Jobs:
         quota = self._output_quota
         if quota is None:
             return
-        used = self._store.output_bytes(owner)
-        used += sum(s.output_bytes for s in self._worker.list(owner) if not s.state.ended)
+        used = self._store.output_bytes(owner) + self._worker.running_output_bytes(owner)
         if used >= quota:
             raise QuotaExceeded(
                 f"user {owner} stores {used} bytes of job output ({format_size(used)}), at or past the "
