@@ -29,7 +29,6 @@ from pathlib import Path
 from jobcore import linux, records, shim
 from jobcore.command import StartError, describe
 
-
 #: The name `ps -o comm`, `top` and perf show for the launcher (each shim is `shim.SHIM_NAME`).
 LAUNCHER_NAME = "jobcore-launch"
 

@@ -139,8 +139,13 @@ class CgroupHandle:
     def enter(self, pid: int) -> None:
         """Move `pid` (0: the caller) into the job's directory of every hierarchy. The kernel takes "0"
         as the writer itself (v1 too), which also works from inside a PID namespace."""
+        name = self._membership_file(pid)
         for directory in self.dirs:
-            self._files.write(os.path.join(directory, "cgroup.procs"), str(pid))
+            self._files.write(os.path.join(directory, name), str(pid))
+
+    def _membership_file(self, pid: int) -> str:
+        """The interface file `enter(pid)` writes in each of the job's directories."""
+        return "cgroup.procs"
 
     def pids(self) -> list[int]:
         return tree_pids(self._files, self.dirs)
@@ -150,14 +155,8 @@ class CgroupHandle:
 
     def _kill(self, deadline: float) -> bool:
         """Kill everything in the job's cgroups; True once they are empty (by `deadline`)."""
-        pids = self.pids()
-        if os.getpid() in pids:
+        if os.getpid() in self.pids():
             raise ControllerError(f"refusing to kill job cgroup {self.dirs[0]}: the caller is in it")
-        if not pids:
-            # Nothing left to kill, and nothing can join: only a process already inside forks into
-            # these cgroups, and only root may move one in. The common end of a job (its command
-            # exited, nothing left behind) then skips the freeze and thaw (v1: 5-10 ms per job).
-            return True
         return self._kill_all(deadline)
 
     def _kill_all(self, deadline: float) -> bool:
