@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -116,3 +117,40 @@ def test_close_from_another_thread_wakes_a_waiting_follower(tmp_path: Path) -> N
     thread.join(10)
     assert not thread.is_alive()
     assert reader.closed
+
+
+def _fsynced(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The fds os.fsync is called on from now on (and still flushed)."""
+    calls: list[int] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return calls
+
+
+def test_a_log_nothing_was_written_to_closes_without_flushing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _fsynced(monkeypatch)
+    OutputWriter(tmp_path, cap=None).close(durable=True)
+    assert calls == []
+    assert (tmp_path / jobdir.OUTPUT).read_bytes() == b"" and read_index(tmp_path) == []
+
+
+def test_a_log_with_output_is_flushed_output_and_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _fsynced(monkeypatch)
+    writer = OutputWriter(tmp_path, cap=None)
+    writer.append(STDOUT, b"hello\n")
+    writer.close(durable=True)
+    assert len(calls) == 2
+    assert (tmp_path / jobdir.OUTPUT).read_bytes() == b"hello\n"
+    assert [(o, n, s) for o, n, s, _ in read_index(tmp_path)] == [(0, 6, STDOUT)]
+    calls.clear()
+    OutputWriter(tmp_path, cap=None).close(durable=True)  # reopened (a re-attached shim): flushed again
+    assert len(calls) == 2
