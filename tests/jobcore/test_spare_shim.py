@@ -101,3 +101,16 @@ def test_a_spare_exits_with_its_launcher(state_dir: Path) -> None:
     ticks = process_start_ticks(spare)
     worker.close()
     wait_until(lambda: not is_running(spare, ticks), 10, "the spare to exit with its launcher")
+
+
+def test_a_spare_exits_with_its_launcher_while_a_job_forked_on_demand_runs(worker: Worker) -> None:
+    """The shim of a job without a PID namespace (forked while a spare waits) must not keep the spare's
+    socket open: the spare would then outlive its launcher for as long as that job runs."""
+    status = worker.start(
+        JobSpec(["sleep", "30"], owner="alice", isolation=Isolation(pid=False, sandbox=False))
+    )
+    spare = _spare(worker)
+    ticks = process_start_ticks(spare)
+    os.kill(worker.launcher_pid, signal.SIGKILL)
+    wait_until(lambda: not is_running(spare, ticks), 10, "the spare to exit with its launcher")
+    worker.stop(status.id, grace=0)

@@ -86,6 +86,13 @@ class _Spare:
         theirs.close()
         self._conn = ours
 
+    def forget(self) -> None:
+        """In a shim forked on demand: close our end of the spare's socket, which must close when the
+        launcher exits (the spare's cue to exit), not when that shim's job ends."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
     def hand_over(self, directory: bytes, report_fd: int) -> bool:
         """Give the job to the spare; False if there is none or it died (the caller forks a shim)."""
         conn, self._conn = self._conn, None
@@ -112,13 +119,19 @@ def _serve(sock: socket.socket) -> None:
         data, report_fd = received
         new_pid_namespace = data[:1] == b"P"
         if not (new_pid_namespace and spare.hand_over(data[1:], report_fd)):
-            _fork_shim(sock, namespaces, Path(os.fsdecode(data[1:])), report_fd, new_pid_namespace)
+            directory = Path(os.fsdecode(data[1:]))
+            _fork_shim(sock, namespaces, spare, directory, report_fd, new_pid_namespace)
         os.close(report_fd)
         spare.fork()
 
 
 def _fork_shim(
-    sock: socket.socket, namespaces: _PidNamespaces, directory: Path, report_fd: int, new_pid_namespace: bool
+    sock: socket.socket,
+    namespaces: _PidNamespaces,
+    spare: _Spare,
+    directory: Path,
+    report_fd: int,
+    new_pid_namespace: bool,
 ) -> None:
     """Fork a shim for the job in `directory`, prepared here first (its pages are then shared)."""
     error = namespaces.prepare(new=new_pid_namespace)
@@ -129,6 +142,7 @@ def _fork_shim(
     pid = os.fork()
     if pid == 0:
         sock.close()
+        spare.forget()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         shim.run_shim(directory, report_fd, error, job)
     del job
