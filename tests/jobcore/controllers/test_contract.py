@@ -330,3 +330,27 @@ def test_killing_a_job_whose_processes_all_ended_writes_nothing(backend: Backend
         assert left.wait(timeout=10) == -9
     finally:
         handle.destroy()
+
+
+def test_a_cgroup_made_below_the_jobs_own_is_walked_killed_and_removed(
+    backend: Backend, children: Children
+) -> None:
+    """A job's cgroups are walked with one stat each when they have no child cgroup (a directory's link
+    count says so); one made below them (as a job run as root could) is still found, killed, removed."""
+    need_kernel(backend)
+    handle = backend.controller.create(OWNER, "nested1", limits_for(backend), REPO)
+    dirs = list(handle.dirs)  # type: ignore[attr-defined]
+    try:
+        proc = children.spawn_in(handle, ["sleep", "300"])
+        for directory in dirs:
+            inner = os.path.join(directory, "inner")
+            os.mkdir(inner)
+            with open(os.path.join(inner, "cgroup.procs"), "w") as f:
+                f.write(str(proc.pid))
+        assert os.stat(dirs[0]).st_nlink == 3
+        assert handle.pids() == [proc.pid]
+        handle.kill()
+        assert proc.wait(timeout=10) == -9
+    finally:
+        handle.destroy()
+    assert not [d for d in dirs if os.path.exists(d)]

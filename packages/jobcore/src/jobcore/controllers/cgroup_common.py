@@ -155,12 +155,14 @@ class CgroupHandle:
 
     def _kill(self, deadline: float) -> bool:
         """Kill everything in the job's cgroups; True once they are empty (by `deadline`)."""
-        if os.getpid() in self.pids():
+        pids = self.pids()
+        if os.getpid() in pids:
             raise ControllerError(f"refusing to kill job cgroup {self.dirs[0]}: the caller is in it")
-        return self._kill_all(deadline)
+        return self._kill_all(deadline, pids)
 
-    def _kill_all(self, deadline: float) -> bool:
-        """The backend's kill strategy; True once the job's cgroups are empty."""
+    def _kill_all(self, deadline: float, pids: list[int]) -> bool:
+        """The backend's kill strategy (`pids`: what the job's cgroups held just now); True once the
+        job's cgroups are empty."""
         raise NotImplementedError
 
     def stats(self) -> ResourceUsage:

@@ -89,9 +89,9 @@ class CgroupV1Handle(CgroupHandle):
             return "tasks"
         return "cgroup.procs"
 
-    def _kill_all(self, deadline: float) -> bool:
+    def _kill_all(self, deadline: float, pids: list[int]) -> bool:
         """Freeze, SIGKILL everything, thaw; then re-kill until every hierarchy is empty."""
-        if not self.pids():
+        if not pids:
             # Already empty — what kill_until_empty would find at once — and it stays so: only a
             # process inside forks into these cgroups, and only root may move one in. The usual end
             # of a job (its command exited, nothing left behind) then costs no freeze and thaw

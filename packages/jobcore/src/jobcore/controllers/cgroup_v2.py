@@ -79,7 +79,7 @@ class CgroupV2Handle(CgroupHandle):
             raise TypeError(f"path is {path!r}, not a string")
         return {_UNIFIED: path}
 
-    def _kill_all(self, deadline: float) -> bool:
+    def _kill_all(self, deadline: float, pids: list[int]) -> bool:
         """cgroup.kill (or freeze, SIGKILL, thaw); True once cgroup.events says it is unpopulated."""
         files = self._files
         if not files.exists(self._path):
