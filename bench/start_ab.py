@@ -147,7 +147,7 @@ def main() -> None:
         print(f"{name:8} {pct([r[0] for r in rows]):>30} {pct([r[1] for r in rows]):>30}")
     if base is not None:
         for name in procs:
-            print(f"{name:8} CPU per job, Worker + launcher + shim + job together: {cpu[name] / n / 1e6:.2f} ms")
+            print(f"{name:8} CPU per job, Worker + launcher + shim + job: {cpu[name] / n / 1e6:.2f} ms")
         print(f"after / before, CPU per job: {cpu['after'] / cpu['before']:.2f}x")
     for i, what in enumerate(("Worker.start()", "start to end")):
         before = statistics.median(r[i] for r in results["before"])

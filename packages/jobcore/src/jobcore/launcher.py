@@ -120,7 +120,14 @@ def _serve(sock: socket.socket) -> None:
         new_pid_namespace = data[:1] == b"P"
         if not (new_pid_namespace and spare.hand_over(data[1:], report_fd)):
             directory = Path(os.fsdecode(data[1:]))
-            _fork_shim(sock, namespaces, spare, directory, report_fd, new_pid_namespace)
+            _fork_shim(
+                sock,
+                namespaces,
+                spare,
+                directory=directory,
+                report_fd=report_fd,
+                new_pid_namespace=new_pid_namespace,
+            )
         os.close(report_fd)
         spare.fork()
 
@@ -129,6 +136,7 @@ def _fork_shim(
     sock: socket.socket,
     namespaces: _PidNamespaces,
     spare: _Spare,
+    *,
     directory: Path,
     report_fd: int,
     new_pid_namespace: bool,
