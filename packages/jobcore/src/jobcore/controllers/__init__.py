@@ -121,9 +121,16 @@ def handle_from_state(state: Mapping[str, Any], *, controller_class: str | None 
                 f"(registered: {known}); pass the controller class that created it"
             )
         handle = backends[backend]().attach(dict(state))
-    if not isinstance(handle, Handle):
-        raise ControllerError(f"the state of backend {state.get('backend')!r} did not rebuild a Handle")
+    if type(handle) not in _HANDLE_TYPES:
+        # A runtime Protocol check looks up every member (~0.1 ms); once per class is enough.
+        if not isinstance(handle, Handle):
+            raise ControllerError(f"the state of backend {state.get('backend')!r} did not rebuild a Handle")
+        _HANDLE_TYPES.add(type(handle))
     return handle
+
+
+#: Classes whose instances passed `isinstance(handle, Handle)` in `handle_from_state`.
+_HANDLE_TYPES: set[type] = set()
 
 
 def _import_class(path: object, what: str) -> type[Any]:
