@@ -333,3 +333,18 @@ def _state_dirs(state: dict[str, Any]) -> list[str]:
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__]))
+
+
+class NotAHandle:
+    """A class a state may name whose from_state() builds something that is not a Handle."""
+
+    @classmethod
+    def from_state(cls, _state: object) -> object:
+        return cls()
+
+
+def test_a_state_that_rebuilds_something_else_than_a_handle_is_refused_every_time() -> None:
+    state = {"backend": "cgroup1", "handle": f"{__name__}:NotAHandle"}
+    for _ in range(2):  # the check is remembered per class only for classes that pass it
+        with pytest.raises(ControllerError, match="did not rebuild a Handle"):
+            handle_from_state(state)
