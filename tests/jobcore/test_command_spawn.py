@@ -4,6 +4,7 @@ each way of failing is reported must be what Popen gave."""
 
 from __future__ import annotations
 
+import ast
 import signal
 import subprocess
 import sys
@@ -105,3 +106,18 @@ def test_signals_the_workers_process_ignores_are_not_passed_on_to_the_command(tm
         check=True,
     )
     assert done.stdout.split() == [b"SigIgn:", b"0000000000000000"]
+
+
+def test_signals_not_at_default_lists_the_ignored_and_the_handled_ones() -> None:
+    """What the command's process resets before exec (the rest already are at SIG_DFL)."""
+    probe = (
+        "import signal; from jobcore import linux\n"
+        "signal.signal(signal.SIGUSR2, signal.SIG_IGN)\n"
+        "signal.signal(signal.SIGHUP, lambda *_: None)\n"
+        "signal.signal(signal.SIGINT, signal.SIG_DFL)\n"
+        "print(linux.signals_not_at_default())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    listed = set(ast.literal_eval(out))
+    assert {signal.SIGUSR2, signal.SIGHUP, signal.SIGPIPE, signal.SIGXFSZ} <= listed
+    assert not listed & {signal.SIGINT, signal.SIGTERM, signal.SIGKILL, signal.SIGSTOP}

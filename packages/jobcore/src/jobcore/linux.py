@@ -238,6 +238,26 @@ def default_signal(signum: int) -> None:
     )
 
 
+def signals_not_at_default() -> list[int] | None:
+    """The signals the calling process ignores or handles (its SigIgn and SigCgt in /proc/self/status),
+    SIGKILL and SIGSTOP aside: those an exec would not bring back to SIG_DFL by itself, or (handled)
+    whose handler must not run in a child before it execs. None when /proc cannot tell."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            text = f.read()
+    except OSError:
+        return None
+    mask = 0
+    seen = 0
+    for line in text.splitlines():
+        if line.startswith((b"SigIgn:", b"SigCgt:")):
+            mask |= int(line.split()[1], 16)
+            seen += 1
+    if seen != 2:
+        return None
+    return [n for n in range(1, 65) if mask >> (n - 1) & 1 and n not in (9, 19)]  # SIGKILL, SIGSTOP
+
+
 def last_capability() -> int:
     """The highest capability number this kernel knows (/proc/sys/kernel/cap_last_cap)."""
     try:
