@@ -29,7 +29,9 @@ sys.exit(cli.{entry}({args}))
 """
 
 
-def _frozen_at_exit(entry: str, argv: list[str], env: dict[str, str], *, pass_argv: bool = False) -> tuple[int, int, str]:
+def _frozen_at_exit(
+    entry: str, argv: list[str], env: dict[str, str], *, pass_argv: bool = False
+) -> tuple[int, int, str]:
     code = _PROBE.format(argv=argv, entry=entry, args=repr(argv) if pass_argv else "")
     done = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=False
