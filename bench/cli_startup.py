@@ -136,8 +136,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if services.ssh_argv:
             commands["ssh host true (new connection)"] = [*services.ssh_argv, "true"]
         if args.before:
-            main_of = "import sys; from jobclient.cli import main; sys.argv[0] = 'jobctl'; sys.exit(main())"
-            before = [sys.executable, "-c", f"import sys; sys.path.insert(0, {args.before!r}); {main_of}"]
+            # A script shaped like the console script pip writes (a file, not `-c`), on the old tree.
+            script = Path(tmp) / "jobctl-before"
+            script.write_text(
+                f"import re\nimport sys\nsys.path.insert(0, {args.before!r})\n"
+                "from jobclient.cli import main\nsys.argv[0] = 'jobctl'\nsys.exit(main())\n"
+            )
+            before = [sys.executable, str(script)]
             commands["(before) import jobclient.cli"] = [
                 sys.executable, "-c", f"import sys; sys.path.insert(0, {args.before!r}); import jobclient.cli"
             ]  # fmt: skip
