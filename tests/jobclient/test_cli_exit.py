@@ -1,11 +1,11 @@
 """How the `jobctl` process ends (issue 14): the console script freezes the collector before exiting.
 
 The interpreter's collections while it shuts down went through every object grpc, protobuf and asyncio
-had loaded: ~35 ms of a `jobctl run -- true` (docs/benchmarks.md, "jobctl start-up"). `console_main`
-moves them to the permanent generation (`gc.freeze()`) once `main()` has returned. Timing is not
-asserted: the tests check the mechanism (the installed script's entry point, and that the objects are
-frozen by the time the interpreter's exit handlers run), and that `main()` itself, which a program
-may call in-process, leaves the collector alone.
+had loaded: 24-50 ms of a `jobctl run -- true` at load 3-5 (docs/benchmarks.md, "jobctl start-up").
+`console_main` moves them to the permanent generation (`gc.freeze()`) once `main()` has returned.
+Timing is not asserted: the tests check the mechanism (the installed script's entry point, and that
+the objects are frozen by the time the interpreter's exit handlers run), and that `main()` itself,
+which a program may call in-process, leaves the collector alone.
 """
 
 from __future__ import annotations

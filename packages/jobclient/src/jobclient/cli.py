@@ -1137,9 +1137,10 @@ def console_main() -> int:
     Before returning (the script passes the status to sys.exit), the objects alive (most of them the
     modules grpc, protobuf and asyncio loaded) are moved to the collector's permanent generation
     (`gc.freeze()`): the collections the interpreter runs while it shuts down then skip them; they
-    took ~30 ms of a `jobctl run -- true` (docs/benchmarks.md, "jobctl start-up"). They have nothing
-    to do for jobctl: the channel is closed by then, and the memory goes back with the process. The
-    rest of the shutdown is as before (exit handlers, stdout flushed, the exit status)."""
+    took 24-50 ms of a `jobctl run -- true` at load 3-5, 7-12 ms being left (docs/benchmarks.md,
+    "jobctl start-up"). They have nothing to do for jobctl: the channel is closed by then, and the
+    memory goes back with the process. The rest of the shutdown is as before (exit handlers, stdout
+    flushed, the exit status)."""
     import gc
 
     status = main()
