@@ -10,6 +10,20 @@
 (e.g. `git archive main packages/jobclient | tar -x -C /tmp/old`), so that a change is measured
 against the code it replaces in the same run.
 
+`--target HOST:PORT` uses a jobserver already running there instead of starting one (`--server` is
+implied); `--ssh-port N` puts the throwaway sshd on port N (default: a free port).
+
+`--bytecode cache` gives the timed processes a bytecode cache of their own (PYTHONPYCACHEPREFIX in the
+temporary directory, PYTHONDONTWRITEBYTECODE unset): the warm-up run writes it, the timed runs read
+it, as an installed wheel's precompiled modules are read. The default (`--bytecode env`) runs them
+in this environment as it is: where PYTHONDONTWRITEBYTECODE=1 is set (this machine's shells) and the
+jobclient source is an editable checkout without __pycache__, every process compiles the jobclient
+modules it imports.
+
+`--breakdown` then times the phases of `jobctl run -- true` inside the process (and of the
+`--before` tree's, interleaved): interpreter start, each group of imports, the parser, the channel
+set-up, each RPC, and the interpreter's exit after main() returned. Medians of `--runs`.
+
 Each figure is the median (and p90) wall time of `--runs` fresh processes, interleaved round-robin so
 that load drifting during the run hits every command alike. `--server` starts a jobserver (needs root,
 as every job runs in cgroups and namespaces) on 127.0.0.1 with the checked-in certificates; `--ssh`
@@ -90,7 +104,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ssh", action="store_true", help="with --server: also a new-connection ssh")
     parser.add_argument("--importtime", action="store_true", help="print the costliest imports")
     parser.add_argument("--before", metavar="SRC", help="also time these commands with this jobclient source")
+    parser.add_argument("--target", metavar="HOST:PORT", help="use this running jobserver (implies --server)")
+    parser.add_argument(
+        "--ssh-port", metavar="N", type=int, default=0, help="the sshd's port (default: free)"
+    )
+    parser.add_argument(
+        "--bytecode", choices=("env", "cache"), default="env",
+        help="env: as this environment is (default); cache: a bytecode cache of the bench's own",
+    )  # fmt: skip
+    parser.add_argument(
+        "--breakdown", action="store_true", help="with --server: time the phases of `jobctl run -- true`"
+    )
     args = parser.parse_args(argv)
+    args.server = args.server or bool(args.target)
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JOBCTL_", "GRPC_"))}
     env.update(JOBCTL_USER="alice", JOBCTL_CERTS=str(CERTS))
@@ -101,14 +127,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         "jobctl --help": [jobctl, "--help"],
     }
     with tempfile.TemporaryDirectory(prefix="cli-startup-") as tmp, _Services(Path(tmp), args) as services:
+        if args.bytecode == "cache":
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
+            env["PYTHONPYCACHEPREFIX"] = str(Path(tmp) / "pycache")
         if services.server_address:
             env["JOBCTL_SERVER"] = services.server_address
             commands["jobctl run -- true"] = [jobctl, "run", "--", "true"]
         if services.ssh_argv:
             commands["ssh host true (new connection)"] = [*services.ssh_argv, "true"]
         if args.before:
-            main_of = "import sys; from jobclient.cli import main; sys.argv[0] = 'jobctl'; sys.exit(main())"
-            before = [sys.executable, "-c", f"import sys; sys.path.insert(0, {args.before!r}); {main_of}"]
+            # A script shaped like the console script pip writes (a file, not `-c`), on the old tree.
+            script = Path(tmp) / "jobctl-before"
+            script.write_text(
+                f"import re\nimport sys\nsys.path.insert(0, {args.before!r})\n"
+                "from jobclient.cli import main\nsys.argv[0] = 'jobctl'\nsys.exit(main())\n"
+            )
+            before = [sys.executable, str(script)]
             commands["(before) import jobclient.cli"] = [
                 sys.executable, "-c", f"import sys; sys.path.insert(0, {args.before!r}); import jobclient.cli"
             ]  # fmt: skip
@@ -116,6 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if services.server_address:
                 commands["(before) jobctl run -- true"] = [*before, "run", "--", "true"]
         times = measure(commands, args.runs, env)
+        phases = {}
+        if args.breakdown and services.server_address:
+            trees = {"after": None, **({"before": args.before} if args.before else {})}
+            phases = breakdown(trees, args.runs, env)
     base = statistics.median(times["python -c pass (baseline)"])
     print(f"{'command':<36} {'median':>8} {'p90':>8} {'ratio':>9}   (ms; ratio to python -c pass)")
     for name, values in times.items():
@@ -124,13 +162,127 @@ def main(argv: Sequence[str] | None = None) -> int:
         ours = statistics.median(times["jobctl run -- true"])
         ssh = statistics.median(times["ssh host true (new connection)"])
         print(f"jobctl run -- true / ssh host true (new connection) = {ours / ssh:.2f}x (target <= 0.5x)")
+    if phases:
+        print_breakdown(phases)
     if args.importtime:
         print("\ncostliest imports of `import jobclient.cli` (cumulative, us):")
         for us, name in importtime_top(env):
             print(f"  {us:8d}  {name}")
-    load = os.getloadavg()[0]
-    print(f"\n{args.runs} runs each, interleaved; load average {load:.2f}; Python {sys.version.split()[0]}")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    dont_write = os.environ.get("PYTHONDONTWRITEBYTECODE", "")
+    print(
+        f"\n{args.runs} runs each, interleaved; load average (1/5/15 min) {load}; "
+        f"Python {sys.version.split()[0]}; bytecode: {args.bytecode}"
+        f"{'' if args.bytecode == 'cache' else f' (PYTHONDONTWRITEBYTECODE={dont_write!r})'}"
+    )
     return 0
+
+
+#: `jobctl run -- true` in one process, with the time of each phase (wall clock, shared with the parent
+#: for the interpreter's start and exit). The imports are done first, in the order jobctl needs them,
+#: so that each group is timed; then main() runs with its steps wrapped.
+_PHASE_PROBE = r"""
+import os, sys, time
+_first = time.time()
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+_spent = {}
+def _add(label, since):
+    now = time.time()
+    _spent[label] = _spent.get(label, 0.0) + now - since
+    return now
+t = _first
+import jobclient.cli as cli
+t = _add("import jobclient.cli", t)
+import grpc
+t = _add("import grpc (its C core imports asyncio; grpc.aio)", t)
+from jobclient.proto.jobworker.v1 import jobworker_pb2, jobworker_pb2_grpc
+t = _add("import the generated code (protobuf runtime)", t)
+import jobclient.client, jobclient.credentials, jobclient.models, jobclient._render, jobclient._malloc
+t = _add("import the SDK (attrs, models, client, render)", t)
+def _wrap(owner, name, label):
+    original = getattr(owner, name)
+    def timed(*args, **kwargs):
+        since = time.time()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            _add(label, since)
+    setattr(owner, name, timed)
+_wrap(cli, "build_parser", "build the parser, parse")
+_wrap(cli, "_connect", "settings, read + check the key pair, channel")
+_wrap(jobclient.client.Client, "start", "StartJob (TCP + TLS handshake + the server's start)")
+_wrap(jobclient.client.Client, "wait", "StreamOutput + GetJob")
+_wrap(jobclient.client.Client, "status", "GetJob")
+_main = cli.main
+def main(*args):
+    since = time.time()
+    status = _main(*args)
+    _add("main()", since)
+    _spent["main returned"] = time.time()
+    sys.stderr.write("PHASES " + repr((_first, _spent)) + chr(10))
+    return status
+cli.main = main
+sys.argv = ["jobctl", "run", "--", "true"]
+entry = getattr(cli, "console_main", None) or cli.main
+sys.exit(entry())
+"""
+
+
+_START_LABEL = "StartJob (TCP + TLS handshake + the server's start)"
+
+
+def _phases_once(env: dict[str, str]) -> dict[str, float]:
+    import ast
+
+    spawned = time.time()
+    done = subprocess.run(
+        [sys.executable, "-c", _PHASE_PROBE],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        check=False,
+    )
+    ended = time.time()
+    line = next((x for x in done.stderr.decode().splitlines() if x.startswith("PHASES ")), None)
+    if done.returncode != 0 or line is None:
+        raise SystemExit(f"the phase probe failed ({done.returncode}): {done.stderr.decode()[-800:]}")
+    first, spent = ast.literal_eval(line.removeprefix("PHASES "))
+    wait = spent.pop("StreamOutput + GetJob")
+    steps = ["build the parser, parse", "settings, read + check the key pair, channel", _START_LABEL]
+    phases = {"interpreter start (to the first line)": first - spawned}
+    phases.update((k, v) for k, v in spent.items() if k.startswith("import"))
+    phases.update((k, spent[k]) for k in steps)
+    phases["StreamOutput (until the job has ended)"] = wait - spent["GetJob"]
+    phases["GetJob"] = spent["GetJob"]
+    phases["the rest of main() (signals, malloc tuning, close)"] = (
+        spent["main()"] - wait - sum(spent[k] for k in steps)
+    )
+    phases["interpreter exit (after main() returned)"] = ended - spent["main returned"]
+    phases["total (process wall time)"] = ended - spawned
+    return phases
+
+
+def breakdown(
+    trees: dict[str, str | None], runs: int, env: dict[str, str]
+) -> dict[str, list[dict[str, float]]]:
+    """Per tree (None: the installed jobclient), `runs` phase timings, round-robin after a warm-up."""
+    envs = {name: env if src is None else dict(env, PYTHONPATH=src) for name, src in trees.items()}
+    for tree_env in envs.values():
+        _phases_once(tree_env)
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
+    for _ in range(runs):
+        for name, tree_env in envs.items():
+            results[name].append(_phases_once(tree_env))
+    return results
+
+
+def print_breakdown(results: dict[str, list[dict[str, float]]]) -> None:
+    names = list(results)
+    print(f"\nwhere `jobctl run -- true` spends its time (median ms of {len(results[names[0]])} runs):")
+    print(f"{'phase':<56} " + " ".join(f"{n:>8}" for n in names))
+    for phase in results[names[0]][0]:
+        medians = [statistics.median(r[phase] for r in results[n]) * 1000 for n in names]
+        print(f"{phase:<56} " + " ".join(f"{m:8.1f}" for m in medians))
 
 
 class _Services:
@@ -150,15 +302,18 @@ class _Services:
         sys.path.insert(0, str(HERE))
         from run_all import Server
 
-        server = Server(self.workdir)
-        self._server = server
-        server.start()
-        self.server_address = server.address
+        if self.args.target:
+            self.server_address = self.args.target
+        else:
+            server = Server(self.workdir)
+            self._server = server
+            server.start()
+            self.server_address = server.address
         if self.args.ssh:
             from ssh_anchor import SshAnchor, ensure_installed
 
             ensure_installed(install=True)
-            anchor = SshAnchor(self.workdir / "ssh", _free_port())
+            anchor = SshAnchor(self.workdir / "ssh", self.args.ssh_port or _free_port())
             self._ssh = anchor
             anchor.start()
             # Multiplexing off: every run makes (and tears down) its own connection. ssh keeps the first

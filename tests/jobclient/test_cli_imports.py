@@ -130,7 +130,8 @@ def test_the_allow_list_check_catches_a_new_import(forbidden: str) -> None:
     assert forbidden in _unexpected(loaded, IMPORT_ALLOWED)
 
 
-def test_jobctl_start_loads_no_json_converter_metadata_or_toml() -> None:
+@pytest.mark.parametrize("command", ["start", "run"])
+def test_jobctl_start_and_run_load_no_json_converter_metadata_or_toml(command: str) -> None:
     server = FakeServer()
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("JOBCTL_", "GRPC_"))}
@@ -140,10 +141,15 @@ def test_jobctl_start_loads_no_json_converter_metadata_or_toml() -> None:
             JOBCTL_CERTS=str(CERTS),
             JOBCTL_CONFIG="/nonexistent/jobctl.toml",
         )
-        loaded, done = _loaded("from jobclient.cli import main\ncode = main(['start', '--', 'true'])", env)
+        loaded, done = _loaded(
+            f"from jobclient.cli import main\nassert main([{command!r}, '--', 'true']) == 0", env
+        )
     finally:
         server.stop()
+    assert done.returncode == 0, done.stderr
     assert len(server.servicer.calls("StartJob")) == 1, done.stderr  # it did start a job
+    if command == "run":  # and followed it to its end
+        assert len(server.servicer.calls("StreamOutput")) == 1, done.stderr
     assert sorted(loaded & START_FORBIDDEN) == []
     assert not any(m.startswith("jobclient._json") or m.startswith("cattrs") for m in loaded)
     # The generated code comes from the public module, once: five modules, as under the old private
