@@ -468,9 +468,17 @@ class Worker:
             output_bytes = os.stat(job.output_path).st_size
         except FileNotFoundError:
             output_bytes = 0
-        return records.job_status(
+        # The status is a pure function of these (and the spec): built again only when one changed,
+        # so that listings of running jobs get the same JobStatus object while nothing changed.
+        inputs = (run, usage, output_bytes, job.stop_requested)
+        built = job.running_status
+        if built is not None and built[0] == inputs:
+            return built[1]
+        status = records.job_status(
             job.spec, run, None, usage=usage, output_bytes=output_bytes, stop_requested=job.stop_requested
         )
+        job.running_status = (inputs, status)
+        return status
 
     def _job_ended(self, job: WatchedJob) -> None:
         """The watcher's on_end, on its clean-up thread: exactly once per job that ended watched."""
