@@ -286,6 +286,7 @@ def _record(row: tuple[Any, ...], decoded: _DecodedStatuses) -> JobRecord | None
             raise ValueError("the status names another job or owner")
         decoded.put(job_id, text, cwd, status)
     except Exception as exc:  # any decoding failure: JSON, cattrs, enum values
+        decoded.forget(job_id)
         log.warning("job database: the record of job %s is unreadable (%s); served as lost", job_id, exc)
         status = JobStatus(
             id=job_id,
