@@ -16,6 +16,8 @@ and the measures (one sample of each in turn, so both variants see the same load
 * `raw, 1 page of N`: one ListJobs of page_size N as bytes;
 * `parse N`: `ListJobsResponse.FromString` of those bytes (client);
 * `convert N`: `job_from_proto` of each parsed job (client);
+* `decode`: what `list()` does with the page's bytes: `jobclient._conversions.jobs_page` where it
+  exists (it keeps the jobs of earlier listings), else parse + `job_from_proto` of each (old code);
 * `server handler`: the ListJobs calls' `duration_ms` from the server's own log, of the raw rows.
 
 Every job is stopped and every server stopped on the way out.
@@ -55,7 +57,7 @@ def child(address: str, jobs_wanted: int) -> None:
     carl = Client(address, credentials=Credentials.for_user("carl"), timeout=120)
 
     def raw_of(client: Client):  # type: ignore[no-untyped-def]
-        return client._channel.unary_unary(  # noqa: SLF001 - a bench: the bytes as they came, unparsed
+        return client._channel.unary_unary(
             LIST_METHOD, request_serializer=pb.ListJobsRequest.SerializeToString, response_deserializer=None
         )
 
@@ -102,6 +104,18 @@ def child(address: str, jobs_wanted: int) -> None:
             response = last.get("response") or pb.ListJobsResponse.FromString(raw_carl(whole, timeout=120))
             messages = list(response.jobs)  # type: ignore[attr-defined]
             ms, jobs = timed(lambda: [conv.job_from_proto(m) for m in messages])  # noqa: B023
+            extra["jobs"] = len(jobs)
+        elif what == "decode":
+            # What list() does with a page's bytes: with this tree's conv.jobs_page (jobs kept from
+            # earlier listings), else (the old code) protobuf's parser and job_from_proto of each job.
+            data = last.get("bytes") or raw_carl(whole, timeout=120)
+            page = getattr(conv, "jobs_page", None)
+            if page is not None:
+                ms, (jobs, _) = timed(lambda: page(data))  # noqa: B023
+            else:
+                ms, jobs = timed(
+                    lambda: [conv.job_from_proto(m) for m in pb.ListJobsResponse.FromString(data).jobs]  # noqa: B023
+                )
             extra["jobs"] = len(jobs)
         else:
             print(json.dumps({"error": f"unknown measure {what!r}"}), flush=True)
@@ -236,7 +250,7 @@ class Variant:
                 proc.wait()
 
 
-MEASURES = ["sdk_n", "sdk_1", "raw_default", "raw_whole", "parse", "convert"]
+MEASURES = ["sdk_n", "sdk_1", "raw_default", "raw_whole", "parse", "convert", "decode"]
 LABELS = {
     "sdk_n": "sdk Client.list(), {n} jobs",
     "sdk_1": "sdk Client.list(), 1 job",
@@ -244,11 +258,14 @@ LABELS = {
     "raw_whole": "raw ListJobs, 1 page of {n}",
     "parse": "client: parse the page of {n}",
     "convert": "client: job_from_proto x {n}",
+    "decode": "client: the page's bytes to Jobs, as list()",
 }
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--jobs", type=int, default=500, help="bob's running jobs per server (default 500)")
     parser.add_argument("--samples", type=int, default=40, help="rounds of every measure (default 40)")
     parser.add_argument("--before", type=Path, metavar="TREE", help="also measure the old code in TREE")
@@ -267,7 +284,9 @@ def main() -> int:
         t = time.monotonic()
         for variant in variants:
             variant.start(args.jobs)
-        print(f"started {args.jobs} + 1 jobs on each of {len(variants)} servers in {time.monotonic() - t:.0f} s")
+        print(
+            f"started {args.jobs} + 1 jobs on each of {len(variants)} servers in {time.monotonic() - t:.0f} s"
+        )
         time.sleep(2)
         load_begin = load()
         for variant in variants:  # warm-up: connections, first usage reads
@@ -285,9 +304,13 @@ def main() -> int:
         with contextlib.suppress(OSError):
             subprocess.run(["rm", "-rf", str(workdir)], check=False)
     n = args.jobs
-    print(f"load average (1/5/15 min): {load_begin} at the start, {load_end} at the end; {args.samples} rounds")
+    print(
+        f"load average (1/5/15 min): {load_begin} at the start, {load_end} at the end; {args.samples} rounds"
+    )
     names = [v.name for v in variants]
-    print(f"{'measure':42s}" + "".join(f"{name + ' p50 / p95 ms':>24s}" for name in names) + "   after/before")
+    print(
+        f"{'measure':42s}" + "".join(f"{name + ' p50 / p95 ms':>24s}" for name in names) + "   after/before"
+    )
     medians: dict[tuple[str, str], float] = {}
     for what in MEASURES:
         cells = []
@@ -309,7 +332,10 @@ def main() -> int:
             durations = by_user.get(user, [])
             if durations:
                 p50, p95 = pct(durations)
-                print(f"{name}: server ListJobs handler ({label}, log duration_ms): {p50:.2f} / {p95:.2f} ms, {len(durations)} calls")
+                print(
+                    f"{name}: server ListJobs handler ({label}, log duration_ms): "
+                    f"{p50:.2f} / {p95:.2f} ms, {len(durations)} calls"
+                )
     return 0
 
 

@@ -58,6 +58,8 @@ from jobcore_bench import timed
 from ssh_anchor import SshAnchor, SshUnavailable, ensure_installed
 
 from jobclient import Client, Credentials, Isolation, Job, JobState, Limits
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 
 REPO = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
@@ -891,11 +893,18 @@ class Bench:
 
     # -- scale ----------------------------------------------------------------------------------------
 
-    def _rpc_latency(self, client: Client, job_id: str) -> tuple[tuple[float, float], tuple[float, float]]:
+    def _rpc_latency(
+        self, client: Client, job_id: str
+    ) -> tuple[tuple[float, float], tuple[float, float], tuple[float, float]]:
+        """GetJob, SDK `Client.list()` and the raw ListJobs RPC (one page of up to `idle_jobs` through
+        the generated stub: the server's share and the transport, no SDK conversion)."""
         k = self.s.rpc_samples
         get = pct(timed(lambda: client.status(job_id), k))
         lst = pct(timed(client.list, k))
-        return get, lst
+        stub = pb_grpc.JobWorkerStub(client._channel)  # the raw row: the SDK client's own channel
+        request = pb.ListJobsRequest(scope=pb.LIST_SCOPE_OWN, page_size=self.s.idle_jobs)
+        raw = pct(timed(lambda: stub.ListJobs(request, timeout=60), k))
+        return get, lst, raw
 
     def _pss_total(self, pids: list[int]) -> int:
         return sum(smaps_rollup(p).get("Pss", 0) for p in pids)
@@ -909,7 +918,7 @@ class Bench:
         with Client(srv.address, credentials=Credentials.for_user("bob"), timeout=60) as bob:
             first = bob.start(["sleep", "600"])
             started: list[Job] = [first]
-            get1, list1 = self._rpc_latency(bob, first.id)
+            get1, list1, raw1 = self._rpc_latency(bob, first.id)
             time.sleep(1)
             base_shims = srv.shim_pids()
             pss_before = self._pss_total(base_pids) + self._pss_total(list(base_shims.values()))
@@ -957,7 +966,7 @@ class Bench:
             per_job_kib = (pss_after - pss_before) / max(1, added)
             sample = next(iter(shims.values()))
             by_map = smaps_by_mapping(sample)
-            get500, list500 = self._rpc_latency(bob, first.id)
+            get500, list500, raw500 = self._rpc_latency(bob, first.id)
             self.r.load(f"scale, {n} jobs running")
             # stop them all (bounded), and check they ended
             t = time.perf_counter()
@@ -1027,6 +1036,20 @@ class Bench:
                 str(self.s.rpc_samples),
                 "",
                 f"{list500[0] / list1[0]:.2f}x of 1 job",
+            ),
+            Row(
+                "  raw ListJobs RPC (stub, 1 page, no SDK conversion), 1 job",
+                ms(raw1[0]),
+                ms(raw1[1]),
+                str(self.s.rpc_samples),
+            ),
+            Row(
+                f"  raw ListJobs RPC (stub, 1 page, no SDK conversion), {n} jobs",
+                ms(raw500[0]),
+                ms(raw500[1]),
+                str(self.s.rpc_samples),
+                "",
+                f"{raw500[0] / raw1[0]:.2f}x of 1 job; {raw500[0] / list500[0]:.2f}x of the SDK's",
             ),
             Row(
                 f"scale: start {n - 1} / stop {n} idle jobs (4 / 8 threads)",

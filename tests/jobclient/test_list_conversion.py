@@ -60,7 +60,9 @@ def _by_set_fields(message: pb.Job) -> Job:
         pb.JOB_STATE_FAILED_TO_START: JobState.FAILED_TO_START,
         pb.JOB_STATE_LOST: JobState.LOST,
     }
-    scalars = {k: v for k, v in present.items() if k not in ("argv", "namespaces", "usage", "limits", "state")}
+    scalars = {
+        k: v for k, v in present.items() if k not in ("argv", "namespaces", "usage", "limits", "state")
+    }
     return Job(
         **{**scalars, **times},
         argv=tuple(present.get("argv", ())),
@@ -120,3 +122,67 @@ def test_equal_limits_share_one_value_and_the_shared_values_are_bounded() -> Non
     for pids in itertools.islice(itertools.count(1), 3 * conv._LIMITS_KEPT):
         assert conv.job_from_proto(pb.Job(id="e", limits=pb.Limits(pids=pids))).limits == Limits(pids=pids)
         assert len(conv._LIMITS_BY_BYTES) <= conv._LIMITS_KEPT
+
+
+def _page(*jobs: pb.Job, token: str = "") -> pb.ListJobsResponse:
+    return pb.ListJobsResponse(jobs=list(jobs), next_page_token=token)
+
+
+BIG_JOB = pb.Job(
+    id="big", argv=["x" * 3000], state=pb.JOB_STATE_RUNNING, usage=pb.ResourceUsage(cpu_seconds=1)
+)
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        _page(),
+        _page(token="next"),
+        _page(pb.Job(id="a", state=pb.JOB_STATE_RUNNING, pid=1), BIG_JOB, token="t\u00e9"),
+        _page(*(pb.Job(id=str(i), output_bytes=i, started_at=i + 0.5) for i in range(300))),
+    ],
+)
+def test_a_page_decodes_as_protobuf_parses_it(response: pb.ListJobsResponse) -> None:
+    data = response.SerializeToString()
+    jobs, token = conv.jobs_page(data)
+    assert jobs == [conv.job_from_proto(job) for job in response.jobs]
+    assert token == response.next_page_token
+    # A token before the jobs, or a field this client does not know: protobuf's parser decides.
+    token_first = pb.ListJobsResponse(next_page_token="x").SerializeToString() + data
+    assert conv.jobs_page(token_first) == (jobs, response.next_page_token or "x")
+    assert conv.jobs_page(data + b"\x18\x05") == (jobs, token)  # an unknown field 3 (varint 5)
+
+
+def test_a_damaged_page_fails_as_protobuf_fails() -> None:
+    data = _page(BIG_JOB, token="t").SerializeToString()
+    for damaged in (data[:-1], data[:40], b"\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"):
+        with pytest.raises(Exception) as expected:
+            pb.ListJobsResponse.FromString(damaged)
+        with pytest.raises(type(expected.value)):
+            conv.jobs_page(damaged)
+
+
+def test_a_job_listed_again_unchanged_is_not_converted_again_and_a_changed_one_is(
+    client: Client, servicer: FakeJobWorker
+) -> None:
+    running = pb.Job(id="a", owner="alice", state=pb.JOB_STATE_RUNNING, pid=7, output_bytes=0)
+    servicer.list_result = [running]
+    (first,) = client.list()
+    (again,) = client.list()
+    assert again is first  # the same bytes: the Job converted before
+    servicer.list_result = [pb.Job(id="a", owner="alice", state=pb.JOB_STATE_RUNNING, pid=7, output_bytes=3)]
+    (wrote,) = client.list()
+    assert wrote.output_bytes == 3 and wrote.state is JobState.RUNNING
+    servicer.list_result = [
+        pb.Job(id="a", owner="alice", state=pb.JOB_STATE_KILLED, signal=15, stop_requested=True)
+    ]
+    (ended,) = client.list()
+    assert (ended.state, ended.signal, ended.stop_requested, ended.pid) == (JobState.KILLED, 15, True, None)
+
+
+def test_the_jobs_kept_are_bounded() -> None:
+    for i in range(conv._JOBS_KEPT + 100):
+        data = _page(pb.Job(id=str(i), state=pb.JOB_STATE_EXITED)).SerializeToString()
+        assert conv.jobs_page(data)[0][0].id == str(i)
+        assert len(conv._JOBS_BY_BYTES) <= conv._JOBS_KEPT
+        assert conv._jobs_kept_bytes <= conv._JOBS_KEPT_BYTES

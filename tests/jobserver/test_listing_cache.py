@@ -68,9 +68,12 @@ def test_each_entry_is_exactly_the_uncached_job_and_a_page_of_them_the_uncached_
     assert _uncached(STATUSES[3]).argv_truncated and _uncached(STATUSES[4]).argv_truncated
     page = listing.response(entries, "token")
     assert page == pb.ListJobsResponse(jobs=[_uncached(s) for s in STATUSES], next_page_token="token")
-    assert page.SerializeToString() == pb.ListJobsResponse(
-        jobs=[_uncached(s) for s in STATUSES], next_page_token="token"
-    ).SerializeToString()
+    assert (
+        page.SerializeToString()
+        == pb.ListJobsResponse(
+            jobs=[_uncached(s) for s in STATUSES], next_page_token="token"
+        ).SerializeToString()
+    )
     assert listing.response([], "") == pb.ListJobsResponse()
 
 
@@ -201,7 +204,9 @@ def _listed(client: object, **kwargs: object) -> dict[str, pb.Job]:
     return {job.id: job for job in client.list(**kwargs)}  # type: ignore[attr-defined]
 
 
-def test_a_listing_shows_each_change_of_a_running_job_and_only_the_callers_jobs(server: RunningServer) -> None:
+def test_a_listing_shows_each_change_of_a_running_job_and_only_the_callers_jobs(
+    server: RunningServer,
+) -> None:
     alice, bob, carl = server.client("alice"), server.client("bob"), server.client("carl")
     quiet = alice.start(["sleep", "600"]).id
     talker = alice.start(["sh", "-c", "sleep 0.5; echo hi; exec sleep 600"]).id
