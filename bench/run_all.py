@@ -19,7 +19,8 @@ connection (bench/ssh_anchor.py), then measures:
     aggregate throughput and every follower's SHA-256 (all must be identical);
   * scale: 500 concurrent `sleep 600` jobs: PSS per job (server + launcher + shims, from
     /proc/PID/smaps_rollup), where a shim's memory goes (/proc/PID/smaps), GetJob/ListJobs latency at
-    1 vs 500 jobs; then stops them all;
+    1 vs 500 jobs (SDK `Client.list()`, and the raw ListJobs RPC of one page without the SDK's
+    conversion); then stops them all;
   * concurrency: 20 clients starting 200 jobs at once: success rate and jobs per second;
   * then bench/jobcore_bench.py (library-level figures), unless --skip-jobcore.
 

@@ -14,6 +14,7 @@ import pytest
 from server_harness import RunningServer, wait_for
 
 from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobcore import jobdir
 from jobcore.spec import Limits
 from jobcore.status import JobState, JobStatus, ResourceUsage
 from jobserver import convert, listing, store
@@ -251,14 +252,29 @@ def test_the_worker_returns_the_same_running_status_until_something_changes(serv
     job_id = alice.start(["sh", "-c", "sleep 0.5; echo hi; exec sleep 600"]).id
     worker = server.server.worker
     assert worker is not None
-    first = worker.status(job_id, usage_max_age=3600)
-    assert worker.status(job_id, usage_max_age=3600) is first
-    assert wait_for(lambda: worker.status(job_id, usage_max_age=3600).output_bytes == 3, 30)
+    first = worker.status(job_id)  # usage and output size read now
+    assert first.output_bytes == 0
+    assert worker.status(job_id, usage_max_age=3600) is first  # nothing read again, nothing changed
+    assert wait_for(lambda: alice.get(job_id).output_bytes == 3, 30)  # GetJob reads afresh
+    # A listing's figures are the ones read with its usage (within usage_max_age)...
+    assert worker.status(job_id, usage_max_age=3600).output_bytes == 3  # GetJob's read refreshed them
     wrote = worker.status(job_id, usage_max_age=3600)
-    assert wrote is not first and wrote == attrs.evolve(first, output_bytes=3)
-    time.sleep(0.01)
-    fresh = worker.status(job_id)  # usage read again: equal figures keep the same status
-    assert fresh == wrote or fresh.usage != wrote.usage
+    assert wrote is not first and wrote == attrs.evolve(first, output_bytes=3, usage=wrote.usage)
+    assert worker.status(job_id, usage_max_age=3600) is wrote
     alice.stop(job_id, grace=0)
-    ended = worker.status(job_id)
+    ended = worker.status(job_id, usage_max_age=3600)  # an end is never hidden by what was kept
     assert ended.state is JobState.KILLED and ended.stop_requested
+
+
+def test_a_listing_reads_a_running_jobs_output_size_with_its_usage(server: RunningServer) -> None:
+    alice = server.client("alice")
+    job_id = alice.start(["sh", "-c", "sleep 0.5; echo hi; exec sleep 600"]).id
+    worker = server.server.worker
+    assert worker is not None
+    assert worker.status(job_id).output_bytes == 0
+    deadline = time.monotonic() + 30
+    output = server.state_dir / "jobs" / job_id / jobdir.OUTPUT
+    while output.stat().st_size < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert worker.status(job_id, usage_max_age=3600).output_bytes == 0  # as read with the usage
+    assert worker.status(job_id).output_bytes == 3  # read now

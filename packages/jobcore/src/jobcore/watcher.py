@@ -76,8 +76,10 @@ class WatchedJob:
         self.stop_lock = threading.Lock()
         #: Whether stop.json exists (only this Worker writes it: the state directory is locked).
         self.stop_requested = (directory / jobdir.STOP).exists()
-        #: The live usage last read, and when (time.monotonic()): listings reuse it for a moment.
+        #: The live usage and output size last read, and when (time.monotonic()): listings reuse them
+        #: for a moment.
         self.usage: ResourceUsage | None = None
+        self.output_size = 0
         self.usage_at = 0.0
         #: The running job's last status and what it was built from (records, usage, output size,
         #: stop request): the Worker returns the same status while they are equal (`Worker._status`).
