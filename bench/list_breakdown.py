@@ -10,6 +10,7 @@ PYTHONPATH as its server, so "before" is the old code at both ends. Then, round-
 and the measures (one sample of each in turn, so both variants see the same load):
 
 * `sdk list, N`: `Client.list()` of bob's N jobs (what bench/run_all.py's target row times);
+* `get`: `Client.status()` of one of bob's jobs (GetJob, which reads usage afresh);
 * `sdk list, 1`: the same for alice's 1 job;
 * `raw, default pages`: the ListJobs RPCs `list()` made before this work (pages of the server's
   default size until no next token), the responses kept as bytes (no parsing): server + transport;
@@ -77,6 +78,10 @@ def child(address: str, jobs_wanted: int) -> None:
         if what == "sdk_n":
             ms, jobs = timed(bob.list)
             extra["jobs"] = len(jobs)
+        elif what == "get":
+            job_id = last.get("job_id") or bob.list()[0].id
+            last["job_id"] = job_id
+            ms, _ = timed(lambda: bob.status(job_id))  # noqa: B023
         elif what == "sdk_1":
             ms, jobs = timed(alice.list)
             extra["jobs"] = len(jobs)
@@ -250,8 +255,9 @@ class Variant:
                 proc.wait()
 
 
-MEASURES = ["sdk_n", "sdk_1", "raw_default", "raw_whole", "parse", "convert", "decode"]
+MEASURES = ["get", "sdk_n", "sdk_1", "raw_default", "raw_whole", "parse", "convert", "decode"]
 LABELS = {
+    "get": "sdk Client.status() (GetJob), {n} running",
     "sdk_n": "sdk Client.list(), {n} jobs",
     "sdk_1": "sdk Client.list(), 1 job",
     "raw_default": "raw ListJobs, default pages, {n} jobs",
