@@ -17,8 +17,8 @@ and the measures (one sample of each in turn, so both variants see the same load
 * `raw, 1 page of N`: one ListJobs of page_size N as bytes;
 * `parse N`: `ListJobsResponse.FromString` of those bytes (client);
 * `convert N`: `job_from_proto` of each parsed job (client);
-* `decode`: what `list()` does with the page's bytes: `jobclient._conversions.jobs_page` where it
-  exists (it keeps the jobs of earlier listings), else parse + `job_from_proto` of each (old code);
+* `decode`: what `list()` does with the page's bytes: parse, then `jobclient._conversions.listed_job`
+  of each job where it exists (it keeps the jobs of earlier listings), else `job_from_proto` (old code);
 * `server handler`: the ListJobs calls' `duration_ms` from the server's own log, of the raw rows.
 
 Every job is stopped and every server stopped on the way out.
@@ -27,6 +27,7 @@ Every job is stopped and every server stopped on the way out.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -34,7 +35,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -111,16 +111,11 @@ def child(address: str, jobs_wanted: int) -> None:
             ms, jobs = timed(lambda: [conv.job_from_proto(m) for m in messages])  # noqa: B023
             extra["jobs"] = len(jobs)
         elif what == "decode":
-            # What list() does with a page's bytes: with this tree's conv.jobs_page (jobs kept from
-            # earlier listings), else (the old code) protobuf's parser and job_from_proto of each job.
+            # What list() does with a page: parse it, then conv.listed_job of each job where it exists
+            # (the jobs of earlier listings kept by their bytes), else job_from_proto (the old code).
             data = last.get("bytes") or raw_carl(whole, timeout=120)
-            page = getattr(conv, "jobs_page", None)
-            if page is not None:
-                ms, (jobs, _) = timed(lambda: page(data))  # noqa: B023
-            else:
-                ms, jobs = timed(
-                    lambda: [conv.job_from_proto(m) for m in pb.ListJobsResponse.FromString(data).jobs]  # noqa: B023
-                )
+            convert = getattr(conv, "listed_job", conv.job_from_proto)
+            ms, jobs = timed(lambda: [convert(m) for m in pb.ListJobsResponse.FromString(data).jobs])  # noqa: B023
             extra["jobs"] = len(jobs)
         else:
             print(json.dumps({"error": f"unknown measure {what!r}"}), flush=True)
@@ -190,27 +185,19 @@ class Variant:
         address = self.server.address
         with Client(address, credentials=Credentials.for_user("alice"), timeout=60) as alice:
             alice.start(["sleep", "600"])
-        errors: list[str] = []
-        remaining = iter(range(jobs))
-        lock = threading.Lock()
 
-        def starter() -> None:
-            with Client(address, credentials=Credentials.for_user("bob"), timeout=60) as bob:
-                while True:
-                    with lock:
-                        if next(remaining, None) is None:
-                            return
-                    try:
-                        bob.start(["sleep", "600"])
-                    except Exception as exc:
-                        with lock:
-                            errors.append(f"{type(exc).__name__}: {exc}")
+        def start_one(bob: Client) -> str:
+            try:
+                bob.start(["sleep", "600"])
+                return ""
+            except Exception as exc:
+                return f"{type(exc).__name__}: {exc}"
 
-        threads = [threading.Thread(target=starter, daemon=True) for _ in range(4)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(timeout=900)
+        with (
+            Client(address, credentials=Credentials.for_user("bob"), timeout=60) as bob,
+            concurrent.futures.ThreadPoolExecutor(4) as pool,
+        ):
+            errors = [e for e in pool.map(lambda _: start_one(bob), range(jobs)) if e]
         if errors:
             raise RuntimeError(f"{self.name}: {len(errors)} starts failed, first: {errors[0]}")
         self.proc = subprocess.Popen(

@@ -907,6 +907,21 @@ class Bench:
         raw = pct(timed(lambda: stub.ListJobs(request, timeout=60), k))
         return get, lst, raw
 
+    def _one_vs_many(
+        self,
+        label_one: str,
+        label_many: str,
+        one: tuple[float, float],
+        many: tuple[float, float],
+        more: str = "",
+    ) -> list[Row]:
+        """The rows of one RPC's latency with 1 job and with many (median, p95, the ratio)."""
+        k = str(self.s.rpc_samples)
+        return [
+            Row(label_one, ms(one[0]), ms(one[1]), k),
+            Row(label_many, ms(many[0]), ms(many[1]), k, "", f"{many[0] / one[0]:.2f}x of 1 job{more}"),
+        ]
+
     def _pss_total(self, pids: list[int]) -> int:
         return sum(smaps_rollup(p).get("Pss", 0) for p in pids)
 
@@ -1020,37 +1035,16 @@ class Bench:
                 "",
                 str(len(cmd_pids)),
             ),
-            Row("scale: GetJob, 1 job of the user", ms(get1[0]), ms(get1[1]), str(self.s.rpc_samples)),
-            Row(
-                f"scale: GetJob, {n} jobs running",
-                ms(get500[0]),
-                ms(get500[1]),
-                str(self.s.rpc_samples),
-                "",
-                f"{get500[0] / get1[0]:.2f}x of 1 job",
+            *self._one_vs_many(
+                "scale: GetJob, 1 job of the user", f"scale: GetJob, {n} jobs running", get1, get500
             ),
-            Row("scale: ListJobs, 1 job", ms(list1[0]), ms(list1[1]), str(self.s.rpc_samples)),
-            Row(
-                f"scale: ListJobs, {n} jobs",
-                ms(list500[0]),
-                ms(list500[1]),
-                str(self.s.rpc_samples),
-                "",
-                f"{list500[0] / list1[0]:.2f}x of 1 job",
-            ),
-            Row(
+            *self._one_vs_many("scale: ListJobs, 1 job", f"scale: ListJobs, {n} jobs", list1, list500),
+            *self._one_vs_many(
                 "  raw ListJobs RPC (stub, 1 page, no SDK conversion), 1 job",
-                ms(raw1[0]),
-                ms(raw1[1]),
-                str(self.s.rpc_samples),
-            ),
-            Row(
                 f"  raw ListJobs RPC (stub, 1 page, no SDK conversion), {n} jobs",
-                ms(raw500[0]),
-                ms(raw500[1]),
-                str(self.s.rpc_samples),
-                "",
-                f"{raw500[0] / raw1[0]:.2f}x of 1 job; {raw500[0] / list500[0]:.2f}x of the SDK's",
+                raw1,
+                raw500,
+                f"; {raw500[0] / list500[0]:.2f}x of the SDK's",
             ),
             Row(
                 f"scale: start {n - 1} / stop {n} idle jobs (4 / 8 threads)",

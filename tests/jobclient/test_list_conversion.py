@@ -124,42 +124,24 @@ def test_equal_limits_share_one_value_and_the_shared_values_are_bounded() -> Non
         assert len(conv._LIMITS_BY_BYTES) <= conv._LIMITS_KEPT
 
 
-def _page(*jobs: pb.Job, token: str = "") -> pb.ListJobsResponse:
-    return pb.ListJobsResponse(jobs=list(jobs), next_page_token=token)
-
-
-BIG_JOB = pb.Job(
-    id="big", argv=["x" * 3000], state=pb.JOB_STATE_RUNNING, usage=pb.ResourceUsage(cpu_seconds=1)
-)
-
-
 @pytest.mark.parametrize(
-    "response",
+    "message",
     [
-        _page(),
-        _page(token="next"),
-        _page(pb.Job(id="a", state=pb.JOB_STATE_RUNNING, pid=1), BIG_JOB, token="t\u00e9"),
-        _page(*(pb.Job(id=str(i), output_bytes=i, started_at=i + 0.5) for i in range(300))),
+        pb.Job(id="a", state=pb.JOB_STATE_RUNNING, pid=1),
+        pb.Job(
+            id="big", argv=["x" * 3000], state=pb.JOB_STATE_RUNNING, usage=pb.ResourceUsage(cpu_seconds=1)
+        ),
+        pb.Job(id="e", state=pb.JOB_STATE_EXITED, exit_code=0, ended_at=2.5, limits=pb.Limits(pids=3)),
     ],
 )
-def test_a_page_decodes_as_protobuf_parses_it(response: pb.ListJobsResponse) -> None:
-    data = response.SerializeToString()
-    jobs, token = conv.jobs_page(data)
-    assert jobs == [conv.job_from_proto(job) for job in response.jobs]
-    assert token == response.next_page_token
-    # A token before the jobs, or a field this client does not know: protobuf's parser decides.
-    token_first = pb.ListJobsResponse(next_page_token="x").SerializeToString() + data
-    assert conv.jobs_page(token_first) == (jobs, response.next_page_token or "x")
-    assert conv.jobs_page(data + b"\x18\x05") == (jobs, token)  # an unknown field 3 (varint 5)
-
-
-def test_a_damaged_page_fails_as_protobuf_fails() -> None:
-    data = _page(BIG_JOB, token="t").SerializeToString()
-    for damaged in (data[:-1], data[:40], b"\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"):
-        with pytest.raises(Exception) as expected:
-            pb.ListJobsResponse.FromString(damaged)
-        with pytest.raises(type(expected.value)):
-            conv.jobs_page(damaged)
+def test_a_listed_job_is_its_conversion_and_kept_by_its_bytes(message: pb.Job) -> None:
+    first = conv.listed_job(message)
+    assert first == conv.job_from_proto(message)
+    assert conv.listed_job(pb.Job.FromString(message.SerializeToString())) is first  # the same bytes
+    changed = pb.Job()
+    changed.CopyFrom(message)
+    changed.output_bytes += 1
+    assert conv.listed_job(changed) == conv.job_from_proto(changed) != first
 
 
 def test_a_job_listed_again_unchanged_is_not_converted_again_and_a_changed_one_is(
@@ -182,7 +164,6 @@ def test_a_job_listed_again_unchanged_is_not_converted_again_and_a_changed_one_i
 
 def test_the_jobs_kept_are_bounded() -> None:
     for i in range(conv._JOBS_KEPT + 100):
-        data = _page(pb.Job(id=str(i), state=pb.JOB_STATE_EXITED)).SerializeToString()
-        assert conv.jobs_page(data)[0][0].id == str(i)
+        assert conv.listed_job(pb.Job(id=str(i), state=pb.JOB_STATE_EXITED)).id == str(i)
         assert len(conv._JOBS_BY_BYTES) <= conv._JOBS_KEPT
         assert conv._jobs_kept_bytes <= conv._JOBS_KEPT_BYTES

@@ -179,7 +179,7 @@ def test_a_damaged_row_is_never_kept_and_a_changed_owner_column_is_not_served_fr
             assert records["a"].status.state is JobState.LOST
             assert records["b"].status.state is JobState.LOST and records["b"].owner == "bob"
             assert sum("unreadable" in r.getMessage() for r in caplog.records) == 2  # logged every time
-        assert "a" not in db._decoded._entries
+        assert "a" not in db._decoded
     finally:
         db.close()
 
@@ -188,13 +188,13 @@ def test_the_decoded_rows_kept_are_bounded() -> None:
     kept = store._DecodedStatuses(max_entries=4, max_chars=10_000)
     for i in range(50):
         status = _status(str(i))
-        kept.put(str(i), store.status_to_json(status), "/tmp", status)
-        assert len(kept) <= 4 and kept.chars <= 10_000
+        kept.put(str(i), (store.status_to_json(status), "/tmp", status))
+        assert len(kept) <= 4 and kept.size <= 10_000
     big = _status("big", argv=("x" * 20_000,))
-    kept.put("big", store.status_to_json(big), "/tmp", big)
-    assert kept.get("big", store.status_to_json(big), "/tmp") is None  # larger than the budget: not kept
-    assert kept.get("49", store.status_to_json(_status("49")), "/tmp") == _status("49")
-    assert kept.get("49", store.status_to_json(_status("49")), "/elsewhere") is None
+    kept.put("big", (store.status_to_json(big), "/tmp", big))
+    assert kept.decoded("big", store.status_to_json(big), "/tmp") is None  # larger than the budget: not kept
+    assert kept.decoded("49", store.status_to_json(_status("49")), "/tmp") == _status("49")
+    assert kept.decoded("49", store.status_to_json(_status("49")), "/elsewhere") is None
     assert store.DECODED_MAX_ENTRIES >= listing.MAX_PAGE_SIZE
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from jobclient.models import Isolation, Job, JobState, Limits, OutputChunk, ResourceUsage
 from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
@@ -150,7 +149,7 @@ def job_from_proto(message: pb.Job) -> Job:
     )
 
 
-#: Jobs of listings by their serialized message (`jobs_page`): a job is a pure function of its bytes
+#: Jobs of listings by their serialized message (`listed_job`): a job is a pure function of its bytes
 #: and immutable, so a job listed again unchanged (an ended job always, a running one until its
 #: state, usage or output size moves) is not converted again. Bounded in entries and bytes of keys;
 #: cleared when full.
@@ -159,27 +158,15 @@ _JOBS_KEPT = 4096
 _JOBS_KEPT_BYTES = 8 * 1024 * 1024
 _jobs_kept_bytes = 0
 _jobs_lock = threading.Lock()
-#: ListJobsResponse's fields as their tag bytes (both length-delimited): jobs = 1, next_page_token = 10.
-_JOBS_TAG = (pb.ListJobsResponse.JOBS_FIELD_NUMBER << 3) | 2
-_TOKEN_TAG = (pb.ListJobsResponse.NEXT_PAGE_TOKEN_FIELD_NUMBER << 3) | 2
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-
-
-def _listed_job(data: bytes) -> Job:
+def listed_job(message: pb.Job) -> Job:
+    """`job_from_proto` of a listed job, or the `Job` converted before from the same bytes."""
     global _jobs_kept_bytes
+    data = message.SerializeToString()
     job = _JOBS_BY_BYTES.get(data)
     if job is None:
-        job = job_from_proto(pb.Job.FromString(data))
+        job = job_from_proto(message)
         with _jobs_lock:
             if len(_JOBS_BY_BYTES) >= _JOBS_KEPT or _jobs_kept_bytes + len(data) > _JOBS_KEPT_BYTES:
                 _JOBS_BY_BYTES.clear()
@@ -187,41 +174,6 @@ def _listed_job(data: bytes) -> Job:
             _JOBS_BY_BYTES[data] = job
             _jobs_kept_bytes += len(data)
     return job
-
-
-def list_jobs_method(channel: Any) -> Any:
-    """ListJobs on `channel` (a grpc or grpc.aio channel), its responses decoded by `jobs_page`."""
-    return channel.unary_unary(
-        "/jobworker.v1.JobWorker/ListJobs",
-        request_serializer=pb.ListJobsRequest.SerializeToString,
-        response_deserializer=jobs_page,
-    )
-
-
-def jobs_page(data: bytes) -> tuple[list[Job], str]:
-    """A serialized ListJobsResponse as its jobs and its next page token (the ListJobs deserializer
-    of `list`/`iter_jobs`). Each job's bytes are converted once while they recur (`_JOBS_BY_BYTES`);
-    anything but the two fields a server sends, in any order, goes through protobuf's own parser."""
-    jobs: list[Job] = []
-    token = ""
-    pos, end = 0, len(data)
-    try:
-        while pos < end:
-            tag = data[pos]
-            length, start = _varint(data, pos + 1)
-            pos = start + length
-            if pos > end or tag not in (_JOBS_TAG, _TOKEN_TAG):
-                break
-            if tag == _JOBS_TAG:
-                jobs.append(_listed_job(data[start:pos]))
-            else:
-                token = data[start:pos].decode()
-        else:
-            return jobs, token
-    except (IndexError, UnicodeDecodeError):
-        pass
-    response = pb.ListJobsResponse.FromString(data)  # unknown fields, or damaged: its rules, its errors
-    return [job_from_proto(job) for job in response.jobs], response.next_page_token
 
 
 _STREAM_FILTER = {

@@ -403,16 +403,15 @@ class Client(_BaseClient):
         """Like `list`, one page at a time (`page_size` 0: the server's default)."""
         request = conv.list_request(all_users, user)
         request.page_size = page_size
-        list_jobs = conv.list_jobs_method(self._channel)
         for _ in range(_MAX_PAGES):
             try:
-                jobs, token = list_jobs(request, timeout=self.timeout)
+                response: pb.ListJobsResponse = self._stub.ListJobs(request, timeout=self.timeout)
             except grpc.RpcError as e:
                 raise self._error(e) from e
-            yield from jobs
-            if not token:
+            yield from (conv.listed_job(job) for job in response.jobs)
+            if not response.next_page_token:
                 return
-            request.page_token = token
+            request.page_token = response.next_page_token
         raise JobClientError(f"the server sent more than {_MAX_PAGES} pages of jobs")
 
     def output(
@@ -653,17 +652,16 @@ class AsyncClient(_BaseClient):
         """See `Client.iter_jobs`; iterate with `async for`."""
         request = conv.list_request(all_users, user)
         request.page_size = page_size
-        list_jobs = conv.list_jobs_method(self._channel)
         for _ in range(_MAX_PAGES):
             try:
-                jobs, token = await list_jobs(request, timeout=self.timeout)
+                response: pb.ListJobsResponse = await self._stub.ListJobs(request, timeout=self.timeout)
             except grpc.RpcError as e:
                 raise self._error(e) from e
-            for job in jobs:
-                yield job
-            if not token:
+            for job in response.jobs:
+                yield conv.listed_job(job)
+            if not response.next_page_token:
                 return
-            request.page_token = token
+            request.page_token = response.next_page_token
         raise JobClientError(f"the server sent more than {_MAX_PAGES} pages of jobs")
 
     def output(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 
 import attrs
 
@@ -21,6 +20,7 @@ from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
 from jobcore.status import JobStatus
 from jobserver import convert
 from jobserver.errors import InvalidArgument
+from jobserver.store import Kept
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -112,43 +112,25 @@ class ListedJobs:
     Thread-safe."""
 
     def __init__(self, max_entries: int = LISTED_MAX_ENTRIES, max_bytes: int = LISTED_MAX_BYTES) -> None:
-        self._max_entries = max_entries
-        self._max_bytes = max_bytes
-        self._entries: dict[str, ListedJob] = {}
-        self._bytes = 0
-        self._lock = threading.Lock()
+        self._kept: Kept[str, ListedJob] = Kept(max_entries, max_bytes, lambda entry: len(entry.framed))
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._kept)
 
     @property
     def bytes(self) -> int:
-        return self._bytes
+        return self._kept.size
 
     def entry(self, status: JobStatus) -> ListedJob:
-        found = self._entries.get(status.id)
+        found = self._kept.get(status.id)
         if found is not None and (found.status is status or found.status == status):
             return found
         job = convert.job_to_proto(status)
         shorten_argv(job)
         data = job.SerializeToString()
         built = ListedJob(status=status, framed=_JOBS_TAG + _varint(len(data)) + data, size=len(data))
-        self._keep(built)
+        self._kept.put(status.id, built)
         return built
-
-    def _keep(self, entry: ListedJob) -> None:
-        if len(entry.framed) > self._max_bytes:
-            return
-        with self._lock:
-            old = self._entries.pop(entry.status.id, None)
-            if old is not None:
-                self._bytes -= len(old.framed)
-            while self._entries and (
-                len(self._entries) >= self._max_entries or self._bytes + len(entry.framed) > self._max_bytes
-            ):
-                self._bytes -= len(self._entries.pop(next(iter(self._entries))).framed)
-            self._entries[entry.status.id] = entry
-            self._bytes += len(entry.framed)
 
 
 def response(entries: list[ListedJob], next_page_token: str) -> pb.ListJobsResponse:

@@ -19,8 +19,9 @@ import json
 import logging
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import attrs
 import cattrs
@@ -74,58 +75,77 @@ def status_from_json(text: str, cwd: str = "") -> JobStatus:
     return _converter.structure(data, JobStatus)
 
 
-#: Bounds of the decoded statuses a store keeps (`_DecodedStatuses`): entries, and characters of JSON.
-DECODED_MAX_ENTRIES = 10_000
-DECODED_MAX_CHARS = 16 * 1024 * 1024
+K = TypeVar("K")
+V = TypeVar("V")
 
 
-class _DecodedStatuses:
-    """The statuses decoded from rows, by job id, each with the row's text it came from: a row read
-    again unchanged (the same status text and cwd) is not decoded again. Decoding is a pure function
-    of the text and cwd, so a hit is the status decoding would give; any change of the row misses.
-    Bounded in entries and in characters of JSON kept (oldest entry out first); unreadable rows are
-    never kept (each read of one logs it, as before)."""
+class Kept(Generic[K, V]):
+    """A bounded map, oldest entry out first: at most `max_entries` entries whose `size` add up to at
+    most `max_size` (a value larger than that alone is not kept). Thread-safe."""
 
-    def __init__(self, max_entries: int = DECODED_MAX_ENTRIES, max_chars: int = DECODED_MAX_CHARS) -> None:
+    def __init__(self, max_entries: int, max_size: int, size: Callable[[V], int]) -> None:
         self._max_entries = max_entries
-        self._max_chars = max_chars
-        self._entries: dict[str, tuple[str, str, JobStatus]] = {}
-        self._chars = 0
+        self._max_size = max_size
+        self._size_of = size
+        self._entries: dict[K, V] = {}
+        self._size = 0
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    @property
-    def chars(self) -> int:
-        return self._chars
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
 
-    def get(self, job_id: str, text: str, cwd: str) -> JobStatus | None:
-        entry = self._entries.get(job_id)
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def get(self, key: K) -> V | None:
+        return self._entries.get(key)
+
+    def put(self, key: K, value: V) -> None:
+        size = self._size_of(value)
+        with self._lock:
+            self._drop(key)
+            if size > self._max_size:
+                return
+            while self._entries and (
+                len(self._entries) >= self._max_entries or self._size + size > self._max_size
+            ):
+                self._drop(next(iter(self._entries)))
+            self._entries[key] = value
+            self._size += size
+
+    def forget(self, key: K) -> None:
+        with self._lock:
+            self._drop(key)
+
+    def _drop(self, key: K) -> None:
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._size -= self._size_of(old)
+
+
+#: Bounds of the decoded rows a store keeps (`_DecodedStatuses`): entries, and characters of JSON.
+DECODED_MAX_ENTRIES = 10_000
+DECODED_MAX_CHARS = 16 * 1024 * 1024
+
+
+class _DecodedStatuses(Kept[str, tuple[str, str, JobStatus]]):
+    """The statuses decoded from rows, by job id, each with the row's text and cwd it came from: a row
+    read again unchanged is not decoded again. Decoding is a pure function of the text and cwd, so a
+    hit is the status decoding would give; any change of the row misses. Bounded in entries and in
+    characters of JSON kept; unreadable rows are never kept (each read of one logs it, as before)."""
+
+    def __init__(self, max_entries: int = DECODED_MAX_ENTRIES, max_chars: int = DECODED_MAX_CHARS) -> None:
+        super().__init__(max_entries, max_chars, lambda entry: len(entry[0]))
+
+    def decoded(self, job_id: str, text: str, cwd: str) -> JobStatus | None:
+        entry = self.get(job_id)
         if entry is not None and entry[0] == text and entry[1] == cwd:
             return entry[2]
         return None
-
-    def put(self, job_id: str, text: str, cwd: str, status: JobStatus) -> None:
-        if len(text) > self._max_chars:
-            return
-        with self._lock:
-            old = self._entries.pop(job_id, None)
-            if old is not None:
-                self._chars -= len(old[0])
-            while self._entries and (
-                len(self._entries) >= self._max_entries or self._chars + len(text) > self._max_chars
-            ):
-                oldest = next(iter(self._entries))
-                self._chars -= len(self._entries.pop(oldest)[0])
-            self._entries[job_id] = (text, cwd, status)
-            self._chars += len(text)
-
-    def forget(self, job_id: str) -> None:
-        with self._lock:
-            old = self._entries.pop(job_id, None)
-            if old is not None:
-                self._chars -= len(old[0])
 
 
 @attrs.frozen
@@ -278,13 +298,13 @@ def _record(row: tuple[Any, ...], decoded: _DecodedStatuses) -> JobRecord | None
     try:
         if not isinstance(text, str):
             raise TypeError(f"the status column holds {type(text).__name__}")
-        known = decoded.get(job_id, text, cwd)
+        known = decoded.decoded(job_id, text, cwd)
         if known is not None and known.owner == owner:
             return JobRecord(id=job_id, owner=owner, created_at=float(created_at), status=known)
         status = status_from_json(text, cwd)
         if status.id != job_id or status.owner != owner:
             raise ValueError("the status names another job or owner")
-        decoded.put(job_id, text, cwd, status)
+        decoded.put(job_id, (text, cwd, status))
     except Exception as exc:  # any decoding failure: JSON, cattrs, enum values
         decoded.forget(job_id)
         log.warning("job database: the record of job %s is unreadable (%s); served as lost", job_id, exc)
