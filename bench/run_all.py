@@ -19,7 +19,8 @@ connection (bench/ssh_anchor.py), then measures:
     aggregate throughput and every follower's SHA-256 (all must be identical);
   * scale: 500 concurrent `sleep 600` jobs: PSS per job (server + launcher + shims, from
     /proc/PID/smaps_rollup), where a shim's memory goes (/proc/PID/smaps), GetJob/ListJobs latency at
-    1 vs 500 jobs; then stops them all;
+    1 vs 500 jobs (SDK `Client.list()`, and the raw ListJobs RPC of one page without the SDK's
+    conversion); then stops them all;
   * concurrency: 20 clients starting 200 jobs at once: success rate and jobs per second;
   * then bench/jobcore_bench.py (library-level figures), unless --skip-jobcore.
 
@@ -58,6 +59,8 @@ from jobcore_bench import timed
 from ssh_anchor import SshAnchor, SshUnavailable, ensure_installed
 
 from jobclient import Client, Credentials, Isolation, Job, JobState, Limits
+from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
+from jobclient.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 
 REPO = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
@@ -891,11 +894,33 @@ class Bench:
 
     # -- scale ----------------------------------------------------------------------------------------
 
-    def _rpc_latency(self, client: Client, job_id: str) -> tuple[tuple[float, float], tuple[float, float]]:
+    def _rpc_latency(
+        self, client: Client, job_id: str
+    ) -> tuple[tuple[float, float], tuple[float, float], tuple[float, float]]:
+        """GetJob, SDK `Client.list()` and the raw ListJobs RPC (one page of up to `idle_jobs` through
+        the generated stub: the server's share and the transport, no SDK conversion)."""
         k = self.s.rpc_samples
         get = pct(timed(lambda: client.status(job_id), k))
         lst = pct(timed(client.list, k))
-        return get, lst
+        stub = pb_grpc.JobWorkerStub(client._channel)  # the raw row: the SDK client's own channel
+        request = pb.ListJobsRequest(scope=pb.LIST_SCOPE_OWN, page_size=self.s.idle_jobs)
+        raw = pct(timed(lambda: stub.ListJobs(request, timeout=60), k))
+        return get, lst, raw
+
+    def _one_vs_many(
+        self,
+        label_one: str,
+        label_many: str,
+        one: tuple[float, float],
+        many: tuple[float, float],
+        more: str = "",
+    ) -> list[Row]:
+        """The rows of one RPC's latency with 1 job and with many (median, p95, the ratio)."""
+        k = str(self.s.rpc_samples)
+        return [
+            Row(label_one, ms(one[0]), ms(one[1]), k),
+            Row(label_many, ms(many[0]), ms(many[1]), k, "", f"{many[0] / one[0]:.2f}x of 1 job{more}"),
+        ]
 
     def _pss_total(self, pids: list[int]) -> int:
         return sum(smaps_rollup(p).get("Pss", 0) for p in pids)
@@ -909,7 +934,7 @@ class Bench:
         with Client(srv.address, credentials=Credentials.for_user("bob"), timeout=60) as bob:
             first = bob.start(["sleep", "600"])
             started: list[Job] = [first]
-            get1, list1 = self._rpc_latency(bob, first.id)
+            get1, list1, raw1 = self._rpc_latency(bob, first.id)
             time.sleep(1)
             base_shims = srv.shim_pids()
             pss_before = self._pss_total(base_pids) + self._pss_total(list(base_shims.values()))
@@ -957,7 +982,7 @@ class Bench:
             per_job_kib = (pss_after - pss_before) / max(1, added)
             sample = next(iter(shims.values()))
             by_map = smaps_by_mapping(sample)
-            get500, list500 = self._rpc_latency(bob, first.id)
+            get500, list500, raw500 = self._rpc_latency(bob, first.id)
             self.r.load(f"scale, {n} jobs running")
             # stop them all (bounded), and check they ended
             t = time.perf_counter()
@@ -1010,23 +1035,16 @@ class Bench:
                 "",
                 str(len(cmd_pids)),
             ),
-            Row("scale: GetJob, 1 job of the user", ms(get1[0]), ms(get1[1]), str(self.s.rpc_samples)),
-            Row(
-                f"scale: GetJob, {n} jobs running",
-                ms(get500[0]),
-                ms(get500[1]),
-                str(self.s.rpc_samples),
-                "",
-                f"{get500[0] / get1[0]:.2f}x of 1 job",
+            *self._one_vs_many(
+                "scale: GetJob, 1 job of the user", f"scale: GetJob, {n} jobs running", get1, get500
             ),
-            Row("scale: ListJobs, 1 job", ms(list1[0]), ms(list1[1]), str(self.s.rpc_samples)),
-            Row(
-                f"scale: ListJobs, {n} jobs",
-                ms(list500[0]),
-                ms(list500[1]),
-                str(self.s.rpc_samples),
-                "",
-                f"{list500[0] / list1[0]:.2f}x of 1 job",
+            *self._one_vs_many("scale: ListJobs, 1 job", f"scale: ListJobs, {n} jobs", list1, list500),
+            *self._one_vs_many(
+                "  raw ListJobs RPC (stub, 1 page, no SDK conversion), 1 job",
+                f"  raw ListJobs RPC (stub, 1 page, no SDK conversion), {n} jobs",
+                raw1,
+                raw500,
+                f"; {raw500[0] / list500[0]:.2f}x of the SDK's",
             ),
             Row(
                 f"scale: start {n - 1} / stop {n} idle jobs (4 / 8 threads)",

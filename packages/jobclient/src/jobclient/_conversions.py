@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from jobclient.models import Isolation, Job, JobState, Limits, OutputChunk, ResourceUsage
 from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
@@ -93,48 +93,87 @@ def stop_request(job_id: str, grace: float | None) -> pb.StopJobRequest:
     return request
 
 
-def _time(message: pb.Job, field: str) -> datetime.datetime | None:
-    if not message.HasField(field):
-        return None
-    return datetime.datetime.fromtimestamp(getattr(message, field), tz=datetime.UTC)
+_UTC = datetime.UTC
+_from_timestamp = datetime.datetime.fromtimestamp
+#: Limits by their serialized message: the jobs of a listing mostly share a few (the server's
+#: defaults); a Limits is immutable, so equal bytes can share one. Bounded (cleared when full).
+_LIMITS_BY_BYTES: dict[bytes, Limits] = {}
+_LIMITS_KEPT = 256
 
 
-def _optional(message: Any, field: str) -> Any:
-    return getattr(message, field) if message.HasField(field) else None
+def _limits(message: pb.Limits) -> Limits:
+    key = message.SerializeToString()
+    found = _LIMITS_BY_BYTES.get(key)
+    if found is None:
+        found = limits_from_proto(message)
+        if len(_LIMITS_BY_BYTES) >= _LIMITS_KEPT:
+            _LIMITS_BY_BYTES.clear()
+        _LIMITS_BY_BYTES[key] = found
+    return found
 
 
 def job_from_proto(message: pb.Job) -> Job:
+    # Written out field by field (no helper call per field): a listing converts hundreds of jobs.
+    has = message.HasField
     usage = message.usage
+    has_usage = usage.HasField
     return Job(
         id=message.id,
         owner=message.owner,
         argv=tuple(message.argv),
         state=_STATE_FROM_PROTO.get(message.state, JobState.UNKNOWN),
-        pid=_optional(message, "pid"),
-        exit_code=_optional(message, "exit_code"),
-        signal=_optional(message, "signal"),
+        pid=message.pid if has("pid") else None,
+        exit_code=message.exit_code if has("exit_code") else None,
+        signal=message.signal if has("signal") else None,
         oom_killed=message.oom_killed,
-        started_at=_time(message, "started_at"),
-        ended_at=_time(message, "ended_at"),
+        started_at=_from_timestamp(message.started_at, tz=_UTC) if has("started_at") else None,
+        ended_at=_from_timestamp(message.ended_at, tz=_UTC) if has("ended_at") else None,
         reason=message.reason,
         stop_requested=message.stop_requested,
         usage=ResourceUsage(
-            cpu_seconds=_optional(usage, "cpu_seconds"),
-            memory_peak_bytes=_optional(usage, "memory_peak_bytes"),
-            io_read_bytes=_optional(usage, "io_read_bytes"),
-            io_write_bytes=_optional(usage, "io_write_bytes"),
+            cpu_seconds=usage.cpu_seconds if has_usage("cpu_seconds") else None,
+            memory_peak_bytes=usage.memory_peak_bytes if has_usage("memory_peak_bytes") else None,
+            io_read_bytes=usage.io_read_bytes if has_usage("io_read_bytes") else None,
+            io_write_bytes=usage.io_write_bytes if has_usage("io_write_bytes") else None,
         ),
-        limits=limits_from_proto(message.limits),
+        limits=_limits(message.limits),
         controller=message.controller,
         namespaces=tuple(message.namespaces),
         output_bytes=message.output_bytes,
         output_capped=message.output_capped,
         cwd=message.cwd,
         argv_truncated=message.argv_truncated,
-        uid=_optional(message, "uid"),
-        gid=_optional(message, "gid"),
+        uid=message.uid if has("uid") else None,
+        gid=message.gid if has("gid") else None,
         sandboxed=message.sandboxed,
     )
+
+
+#: Jobs of listings by their serialized message (`listed_job`): a job is a pure function of its bytes
+#: and immutable, so a job listed again unchanged (an ended job always, a running one until its
+#: state, usage or output size moves) is not converted again. Bounded in entries and bytes of keys;
+#: cleared when full.
+_JOBS_BY_BYTES: dict[bytes, Job] = {}
+_JOBS_KEPT = 4096
+_JOBS_KEPT_BYTES = 8 * 1024 * 1024
+_jobs_kept_bytes = 0
+_jobs_lock = threading.Lock()
+
+
+def listed_job(message: pb.Job) -> Job:
+    """`job_from_proto` of a listed job, or the `Job` converted before from the same bytes."""
+    global _jobs_kept_bytes
+    data = message.SerializeToString()
+    job = _JOBS_BY_BYTES.get(data)
+    if job is None:
+        job = job_from_proto(message)
+        with _jobs_lock:
+            if len(_JOBS_BY_BYTES) >= _JOBS_KEPT or _jobs_kept_bytes + len(data) > _JOBS_KEPT_BYTES:
+                _JOBS_BY_BYTES.clear()
+                _jobs_kept_bytes = 0
+            _JOBS_BY_BYTES[data] = job
+            _jobs_kept_bytes += len(data)
+    return job
 
 
 _STREAM_FILTER = {

@@ -86,6 +86,9 @@ def _sync_writer(out: OutputSink | None) -> Callable[[bytes], object]:
 
 #: A bound on ListJobs pages followed (a server that always sends a next token must not loop us forever).
 _MAX_PAGES = 100_000
+#: The page size `list()` asks for: the largest a server sends (ListJobsRequest.page_size), so that a
+#: listing of up to that many jobs is one call rather than one per default page of 100.
+_LIST_PAGE_SIZE = 1000
 
 
 def _discard(_chunk: bytes) -> None:
@@ -390,8 +393,9 @@ class Client(_BaseClient):
 
     def list(self, *, all_users: bool = False, user: str | None = None) -> builtins.list[Job]:
         """The caller's jobs, oldest first; an admin may ask for everyone's or one user's. Every page
-        the server returns is fetched; argv may be shortened (`Job.argv_truncated`)."""
-        return builtins.list(self.iter_jobs(all_users=all_users, user=user))
+        the server returns is fetched, each as large as the server allows; argv may be shortened
+        (`Job.argv_truncated`)."""
+        return builtins.list(self.iter_jobs(all_users=all_users, user=user, page_size=_LIST_PAGE_SIZE))
 
     def iter_jobs(
         self, *, all_users: bool = False, user: str | None = None, page_size: int = 0
@@ -404,7 +408,7 @@ class Client(_BaseClient):
                 response: pb.ListJobsResponse = self._stub.ListJobs(request, timeout=self.timeout)
             except grpc.RpcError as e:
                 raise self._error(e) from e
-            yield from (conv.job_from_proto(job) for job in response.jobs)
+            yield from (conv.listed_job(job) for job in response.jobs)
             if not response.next_page_token:
                 return
             request.page_token = response.next_page_token
@@ -639,7 +643,8 @@ class AsyncClient(_BaseClient):
 
     async def list(self, *, all_users: bool = False, user: str | None = None) -> builtins.list[Job]:
         """See `Client.list`."""
-        return [job async for job in self.iter_jobs(all_users=all_users, user=user)]
+        jobs = self.iter_jobs(all_users=all_users, user=user, page_size=_LIST_PAGE_SIZE)
+        return [job async for job in jobs]
 
     async def iter_jobs(
         self, *, all_users: bool = False, user: str | None = None, page_size: int = 0
@@ -653,7 +658,7 @@ class AsyncClient(_BaseClient):
             except grpc.RpcError as e:
                 raise self._error(e) from e
             for job in response.jobs:
-                yield conv.job_from_proto(job)
+                yield conv.listed_job(job)
             if not response.next_page_token:
                 return
             request.page_token = response.next_page_token

@@ -38,7 +38,7 @@ from jobcore import jobdir, linux, records
 from jobcore.controllers import Handle
 from jobcore.errors import CorruptStateFile
 from jobcore.records import ExitRecord, RunRecord, SpecRecord
-from jobcore.status import JobState, ResourceUsage
+from jobcore.status import JobState, JobStatus, ResourceUsage
 
 log = logging.getLogger("jobcore")
 
@@ -76,9 +76,14 @@ class WatchedJob:
         self.stop_lock = threading.Lock()
         #: Whether stop.json exists (only this Worker writes it: the state directory is locked).
         self.stop_requested = (directory / jobdir.STOP).exists()
-        #: The live usage last read, and when (time.monotonic()): listings reuse it for a moment.
+        #: The live usage and output size last read, and when (time.monotonic()): listings reuse them
+        #: for a moment.
         self.usage: ResourceUsage | None = None
+        self.output_size = 0
         self.usage_at = 0.0
+        #: The running job's last status and what it was built from (records, usage, output size,
+        #: stop request): the Worker returns the same status while they are equal (`Worker._status`).
+        self.running_status: tuple[tuple[object, ...], JobStatus] | None = None
         #: As strings: a listing stats these for every running job, and pathlib costs more than stat.
         self.dir_path = str(directory)
         self.output_path = str(directory / jobdir.OUTPUT)

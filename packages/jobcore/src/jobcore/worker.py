@@ -328,16 +328,19 @@ class Worker:
             self._jobs.lose(job, f"the job's shim did not report within {START_TIMEOUT:.0f} s of its start")
 
     def status(self, job_id: str, *, usage_max_age: float = 0.0) -> JobStatus:
-        """The job's current status. A running job's usage is read from its cgroup now, or (for a
-        listing) reused if read less than `usage_max_age` seconds ago. Raises InvalidJobId or
-        JobNotFound."""
+        """The job's current status. A running job's usage and output size are read now (from its
+        cgroup, and a stat of its output), or (for a listing) reused if read less than
+        `usage_max_age` seconds ago; so is the check that its directory is still there (the
+        watcher notices a removed directory by itself). Raises InvalidJobId or JobNotFound."""
         job = self._get(job_id)
-        self._jobs.check_vanished(job)
+        if usage_max_age <= 0.0 or time.monotonic() - job.usage_at > usage_max_age:
+            self._jobs.check_vanished(job)
         return self._status(job, usage_max_age)
 
     def list(self, owner: str | None = None, *, usage_max_age: float = LIST_USAGE_MAX_AGE) -> list[JobStatus]:
-        """Every job (or `owner`'s), oldest first. Running jobs' usage may be up to `usage_max_age`
-        seconds old (a listing of hundreds of running jobs then reads no cgroup twice in a second)."""
+        """Every job (or `owner`'s), oldest first. Running jobs' usage and output size may be up to
+        `usage_max_age` seconds old (a listing of hundreds of running jobs then reads no cgroup and
+        stats no output twice in a second)."""
         jobs = [j for j in self._jobs.jobs() if owner is None or j.spec.owner == owner]
         jobs.sort(key=lambda j: j.spec.created_at)
         return [self._status(j, usage_max_age) for j in jobs]
@@ -463,28 +466,36 @@ class Worker:
         return job
 
     def _status(self, job: WatchedJob, usage_max_age: float = 0.0) -> JobStatus:
-        """The status from the job's records, plus (while it runs) its live usage — read now, or
-        reused when read less than `usage_max_age` seconds ago — and its output's size."""
+        """The status from the job's records, plus (while it runs) its live usage and its output's
+        size — read now, or reused when read less than `usage_max_age` seconds ago."""
         with job.cond:
             run, ended = job.run, job.exit
         if ended is not None:
             return records.job_status(job.spec, run, ended, stop_requested=job.stop_requested)
         now = time.monotonic()
-        usage = job.usage
+        usage, output_bytes = job.usage, job.output_size
         if usage is None or now - job.usage_at > usage_max_age:
             try:
                 usage = job.handle().stats()
             except Exception as exc:  # a cgroup that just went away: report no usage rather than fail
                 log.debug("stats of job %s: %s", job.id, exc)
                 usage = ResourceUsage()
-            job.usage, job.usage_at = usage, now
-        try:
-            output_bytes = os.stat(job.output_path).st_size
-        except FileNotFoundError:
-            output_bytes = 0
-        return records.job_status(
+            try:
+                output_bytes = os.stat(job.output_path).st_size
+            except FileNotFoundError:
+                output_bytes = 0
+            job.usage, job.output_size, job.usage_at = usage, output_bytes, now
+        # The status is a pure function of these (and the spec): built again only when one changed,
+        # so that listings of running jobs get the same JobStatus object while nothing changed.
+        inputs = (run, usage, output_bytes, job.stop_requested)
+        built = job.running_status
+        if built is not None and built[0] == inputs:
+            return built[1]
+        status = records.job_status(
             job.spec, run, None, usage=usage, output_bytes=output_bytes, stop_requested=job.stop_requested
         )
+        job.running_status = (inputs, status)
+        return status
 
     def _job_ended(self, job: WatchedJob) -> None:
         """The watcher's on_end, on its clean-up thread: exactly once per job that ended watched."""

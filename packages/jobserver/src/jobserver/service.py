@@ -92,6 +92,7 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         self._config = config
         self._user_ids = user_ids
         self.streams = StreamRegistry(config.max_concurrent_streams)
+        self._listed = listing.ListedJobs()
 
     def StartJob(self, request: pb.StartJobRequest, context: grpc.ServicerContext) -> pb.StartJobResponse:
         identity = caller()
@@ -148,19 +149,19 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         """One bounded page of `owner`'s jobs (everyone's for None); see jobserver.listing."""
         limit = listing.page_size(request)
         found = self._jobs.page(owner, listing.decode_token(request.page_token), limit + 1)
-        response = pb.ListJobsResponse()
+        entries: list[listing.ListedJob] = []
         size = 0
         last: tuple[float, str] = (0.0, "")
+        token = ""
         for count, (view, position) in enumerate(found):
-            job = convert.job_to_proto(view.status)
-            listing.shorten_argv(job)
-            size += job.ByteSize() + 8
+            entry = self._listed.entry(view.status)
+            size += entry.size + 8
             if count == limit or (count and size > listing.MAX_PAGE_BYTES):
-                response.next_page_token = listing.encode_token(last)
+                token = listing.encode_token(last)
                 break
-            response.jobs.append(job)
+            entries.append(entry)
             last = position
-        return response
+        return listing.response(entries, token)
 
     def StreamOutput(
         self, request: pb.StreamOutputRequest, context: grpc.ServicerContext

@@ -19,8 +19,9 @@ import json
 import logging
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import attrs
 import cattrs
@@ -74,6 +75,79 @@ def status_from_json(text: str, cwd: str = "") -> JobStatus:
     return _converter.structure(data, JobStatus)
 
 
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class Kept(Generic[K, V]):
+    """A bounded map, oldest entry out first: at most `max_entries` entries whose `size` add up to at
+    most `max_size` (a value larger than that alone is not kept). Thread-safe."""
+
+    def __init__(self, max_entries: int, max_size: int, size: Callable[[V], int]) -> None:
+        self._max_entries = max_entries
+        self._max_size = max_size
+        self._size_of = size
+        self._entries: dict[K, V] = {}
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def get(self, key: K) -> V | None:
+        return self._entries.get(key)
+
+    def put(self, key: K, value: V) -> None:
+        size = self._size_of(value)
+        with self._lock:
+            self._drop(key)
+            if size > self._max_size:
+                return
+            while self._entries and (
+                len(self._entries) >= self._max_entries or self._size + size > self._max_size
+            ):
+                self._drop(next(iter(self._entries)))
+            self._entries[key] = value
+            self._size += size
+
+    def forget(self, key: K) -> None:
+        with self._lock:
+            self._drop(key)
+
+    def _drop(self, key: K) -> None:
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._size -= self._size_of(old)
+
+
+#: Bounds of the decoded rows a store keeps (`_DecodedStatuses`): entries, and characters of JSON.
+DECODED_MAX_ENTRIES = 10_000
+DECODED_MAX_CHARS = 16 * 1024 * 1024
+
+
+class _DecodedStatuses(Kept[str, tuple[str, str, JobStatus]]):
+    """The statuses decoded from rows, by job id, each with the row's text and cwd it came from: a row
+    read again unchanged is not decoded again. Decoding is a pure function of the text and cwd, so a
+    hit is the status decoding would give; any change of the row misses. Bounded in entries and in
+    characters of JSON kept; unreadable rows are never kept (each read of one logs it, as before)."""
+
+    def __init__(self, max_entries: int = DECODED_MAX_ENTRIES, max_chars: int = DECODED_MAX_CHARS) -> None:
+        super().__init__(max_entries, max_chars, lambda entry: len(entry[0]))
+
+    def decoded(self, job_id: str, text: str, cwd: str) -> JobStatus | None:
+        entry = self.get(job_id)
+        if entry is not None and entry[0] == text and entry[1] == cwd:
+            return entry[2]
+        return None
+
+
 @attrs.frozen
 class JobRecord:
     id: str
@@ -87,6 +161,7 @@ class JobStore:
 
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
+        self._decoded = _DecodedStatuses()
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
         except sqlite3.Error as exc:
@@ -138,7 +213,7 @@ class JobStore:
             row = self._db.execute(
                 "SELECT id, owner, created_at, cwd, status FROM jobs WHERE id = ?", (job_id,)
             ).fetchone()
-        return _record(row) if row else None
+        return _record(row, self._decoded) if row else None
 
     def list(self, owner: str | None = None) -> list[JobRecord]:
         """Records oldest first, of one owner or of everyone."""
@@ -149,7 +224,7 @@ class JobStore:
             params = (owner,)
         with self._lock:
             rows = self._db.execute(query + " ORDER BY created_at, id", params).fetchall()
-        return [record for row in rows if (record := _record(row)) is not None]
+        return [record for row in rows if (record := _record(row, self._decoded)) is not None]
 
     def page(
         self, owner: str | None, after: tuple[float, str] | None, limit: int
@@ -169,11 +244,12 @@ class JobStore:
             query += " WHERE " + " AND ".join(clauses)
         with self._lock:
             rows = self._db.execute(query + " ORDER BY created_at, id LIMIT ?", (*params, limit)).fetchall()
-        return [record for row in rows if (record := _record(row)) is not None]
+        return [record for row in rows if (record := _record(row, self._decoded)) is not None]
 
     def delete(self, job_id: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        self._decoded.forget(job_id)
 
     def prunable(self, older_than: float | None, keep_per_owner: int | None) -> builtins.list[str]:
         """Ids of ended jobs that ended before `older_than` (a time) or are past the `keep_per_owner`
@@ -206,10 +282,11 @@ class JobStore:
             return {row[0] for row in self._db.execute("SELECT id FROM jobs") if isinstance(row[0], str)}
 
 
-def _record(row: tuple[Any, ...]) -> JobRecord | None:
-    """A row as a record. A damaged row (its status not a JobStatus in JSON, a column of the wrong
-    type) must not make every listing fail: it is logged, and served as a LOST job when its id and
-    owner can still be read, or skipped when not."""
+def _record(row: tuple[Any, ...], decoded: _DecodedStatuses) -> JobRecord | None:
+    """A row as a record (its status decoded, or as decoded before from the same text: `decoded`). A
+    damaged row (its status not a JobStatus in JSON, a column of the wrong type) must not make every
+    listing fail: it is logged, and served as a LOST job when its id and owner can still be read, or
+    skipped when not."""
     job_id, owner, created_at, cwd, text = row
     if not isinstance(job_id, str) or not isinstance(owner, str) or not owner:
         log.warning("job database: skipping a row with an unreadable id or owner (id %r)", job_id)
@@ -221,10 +298,15 @@ def _record(row: tuple[Any, ...]) -> JobRecord | None:
     try:
         if not isinstance(text, str):
             raise TypeError(f"the status column holds {type(text).__name__}")
+        known = decoded.decoded(job_id, text, cwd)
+        if known is not None and known.owner == owner:
+            return JobRecord(id=job_id, owner=owner, created_at=float(created_at), status=known)
         status = status_from_json(text, cwd)
         if status.id != job_id or status.owner != owner:
             raise ValueError("the status names another job or owner")
+        decoded.put(job_id, (text, cwd, status))
     except Exception as exc:  # any decoding failure: JSON, cattrs, enum values
+        decoded.forget(job_id)
         log.warning("job database: the record of job %s is unreadable (%s); served as lost", job_id, exc)
         status = JobStatus(
             id=job_id,
