@@ -25,7 +25,10 @@ from jobcore_testing import (
     wait_until,
 )
 
-from jobcore import JobSpec, JobState, Limits, StateError, Worker, WorkerError, jobdir
+from jobcore import JobSpec, JobState, Limits, StateError, Worker, WorkerError, jobdir, records
+from jobcore.launcher import LAUNCHER_NAME
+from jobcore.records import ShimRecord
+from jobcore.shim import SHIM_NAME
 
 pytestmark = requires_root
 
@@ -512,3 +515,12 @@ def test_a_start_cut_short_before_its_job_existed_leaves_no_cgroup_behind(state_
         pass
     assert not cgroup_dirs({job_id})
     assert not (state_dir / f".{job_id}.new").exists()
+
+
+def test_the_launcher_and_a_jobs_shim_are_named_for_ps_and_top(worker: Worker) -> None:
+    status = worker.start(JobSpec(["sleep", "30"], owner="alice"))
+    shim = records.read(Path(worker.state_dir) / status.id / jobdir.SHIM, ShimRecord)
+    assert shim is not None
+    assert Path(f"/proc/{worker.launcher_pid}/comm").read_text().strip() == LAUNCHER_NAME
+    assert Path(f"/proc/{shim.pid}/comm").read_text().strip() == SHIM_NAME
+    worker.stop(status.id, grace=0)

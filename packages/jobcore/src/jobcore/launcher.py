@@ -9,9 +9,7 @@ pipe attached (SCM_RIGHTS). The launcher answers nothing: the shim reports on th
 exits when the socket closes.
 
 For a job with a PID namespace the launcher unshares CLONE_NEWPID before it forks, so that the shim is
-PID 1 of the job's namespace — the job's init — and no separate init process is needed. Such a shim
-is forked ahead of its job (a *spare*, `_Spare`): the fork is then not part of the job's start. A spare
-exits when the launcher does, having touched nothing.
+PID 1 of the job's namespace — the job's init — and no separate init process is needed.
 """
 
 from __future__ import annotations
@@ -56,104 +54,38 @@ class _PidNamespaces:
         return None
 
 
-class _Spare:
-    """One shim forked ahead of its job, PID 1 of a new PID namespace, waiting for a job to run
-    (`shim.run_spare`): a job that gets a PID namespace — the default — is handed to it, so that the
-    fork and the shim's detaching are not part of that job's start. A new spare is forked once the
-    job is handed over, while that job starts."""
-
-    def __init__(self, launcher_sock: socket.socket, namespaces: _PidNamespaces) -> None:
-        self._launcher_sock = launcher_sock
-        self._namespaces = namespaces
-        self._conn: socket.socket | None = None
-
-    def fork(self) -> None:
-        """Fork a new spare (none if the host refuses a PID namespace: jobs then fork on demand)."""
-        if self._conn is not None or self._namespaces.prepare(new=True) is not None:
-            return
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            pid = os.fork()
-        except OSError:
-            ours.close()
-            theirs.close()
-            return
-        if pid == 0:
-            self._launcher_sock.close()
-            ours.close()
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            shim.run_spare(theirs)
-        theirs.close()
-        self._conn = ours
-
-    def forget(self) -> None:
-        """In a shim forked on demand: close our end of the spare's socket, which must close when the
-        launcher exits (the spare's cue to exit), not when that shim's job ends."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    def hand_over(self, directory: bytes, report_fd: int) -> bool:
-        """Give the job to the spare; False if there is none or it died (the caller forks a shim)."""
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return False
-        fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [report_fd]))]
-        try:
-            conn.sendmsg([directory], fds)
-            return True
-        except OSError:
-            return False  # killed while it waited: its end of the socket is closed
-        finally:
-            conn.close()
-
-
 def _serve(sock: socket.socket) -> None:
+    fd_size = array.array("i").itemsize
     namespaces = _PidNamespaces()
-    spare = _Spare(sock, namespaces)
-    spare.fork()
     while True:
-        received = shim.receive_message(sock)
-        if received is None:
+        try:
+            data, ancdata, _flags, _addr = sock.recvmsg(4096, socket.CMSG_SPACE(fd_size))
+        except InterruptedError:
+            continue
+        if not data:
             return
-        data, report_fd = received
-        new_pid_namespace = data[:1] == b"P"
-        if not (new_pid_namespace and spare.hand_over(data[1:], report_fd)):
-            directory = Path(os.fsdecode(data[1:]))
-            _fork_shim(
-                sock,
-                namespaces,
-                spare,
-                directory=directory,
-                report_fd=report_fd,
-                new_pid_namespace=new_pid_namespace,
-            )
+        fds = array.array("i")
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(payload[: len(payload) - len(payload) % fd_size])
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            continue
+        report_fd = fds[0]
+        directory = Path(os.fsdecode(data[1:]))
+        error = namespaces.prepare(new=data[:1] == b"P")
+        try:
+            job: shim.Prepared | None = shim.prepare(directory)
+        except Exception:
+            job = None  # the shim reads it again and records what is wrong
+        pid = os.fork()
+        if pid == 0:
+            sock.close()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            shim.run_shim(directory, report_fd, error, job)
+        del job
         os.close(report_fd)
-        spare.fork()
-
-
-def _fork_shim(
-    sock: socket.socket,
-    namespaces: _PidNamespaces,
-    spare: _Spare,
-    *,
-    directory: Path,
-    report_fd: int,
-    new_pid_namespace: bool,
-) -> None:
-    """Fork a shim for the job in `directory`, prepared here first (its pages are then shared)."""
-    error = namespaces.prepare(new=new_pid_namespace)
-    try:
-        job: shim.Prepared | None = shim.prepare(directory)
-    except Exception:
-        job = None  # the shim reads it again and records what is wrong
-    pid = os.fork()
-    if pid == 0:
-        sock.close()
-        spare.forget()
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        shim.run_shim(directory, report_fd, error, job)
-    del job
 
 
 def main() -> None:

@@ -17,7 +17,6 @@ JSON line: started or failed), and signals: SIGTERM with a stop.json present = "
 
 from __future__ import annotations
 
-import array
 import errno
 import json
 import os
@@ -396,62 +395,7 @@ def run_shim(
     launcher could not; the shim tries, and records why it fails). Never returns."""
     code = 0
     try:
-        code = _run(directory, report_fd, _detach(), launch_error, job)
-    except BaseException as exc:  # the shim must never die silently: leave a trace in the job dir
-        code = 1
-        note(directory, f"the shim failed: {type(exc).__name__}: {exc}")
-    os._exit(code)
-
-
-def run_spare(conn: socket.socket) -> NoReturn:
-    """Entry point of a shim the launcher forked *before* its job arrived (a spare): it detaches,
-    then waits on `conn` for its job — one message, the job directory's path with the report pipe's
-    write end attached — and runs it as `run_shim` would. It exits at once, having touched nothing, if
-    `conn` closes first (the launcher exited or was killed). Never returns."""
-    directory: Path | None = None
-    code = 0
-    try:
         wake_r = _detach()
-        received = receive_message(conn)
-        conn.close()
-        if received is not None:
-            directory = Path(os.fsdecode(received[0]))
-            code = _run(directory, received[1], wake_r, None, None)
-    except BaseException as exc:
-        code = 1
-        if directory is not None:
-            note(directory, f"the shim failed: {type(exc).__name__}: {exc}")
-    os._exit(code)
-
-
-def receive_message(conn: socket.socket) -> tuple[bytes, int] | None:
-    """One message from `conn` (SOCK_SEQPACKET) with the one fd attached to it: (its bytes, the fd).
-    None when `conn` closed; a message without exactly one fd is dropped (its fds closed) and the next
-    awaited. (The launcher's messages from the Worker, and its hand-over of a job to a spare shim.)"""
-    fd_size = array.array("i").itemsize
-    while True:
-        try:
-            data, ancdata, _flags, _addr = conn.recvmsg(4096, socket.CMSG_SPACE(fd_size))
-        except InterruptedError:
-            continue
-        if not data:
-            return None
-        fds = array.array("i")
-        for level, kind, payload in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds.frombytes(payload[: len(payload) - len(payload) % fd_size])
-        if len(fds) == 1:
-            return data, fds[0]
-        for fd in fds:
-            os.close(fd)
-
-
-def _run(
-    directory: Path, report_fd: int, wake_r: int, launch_error: StartError | None, job: Prepared | None
-) -> int:
-    """The shim's life once detached (`wake_r`: its signal wake-up fd); its exit code."""
-    code = 0
-    try:
         shim = Shim(directory, report_fd, wake_r, job)
         shim.record_self()
         try:
@@ -472,4 +416,4 @@ def _run(
     except BaseException as exc:  # the shim must never die silently: leave a trace in the job dir
         code = 1
         note(directory, f"the shim failed: {type(exc).__name__}: {exc}")
-    return code
+    os._exit(code)
