@@ -12,7 +12,7 @@ import importlib
 import re
 from collections.abc import Mapping
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, cast
 
 from jobcore.controllers.base import Capabilities, Handle, ResourceController
 from jobcore.errors import ControllerError, UnknownController
@@ -126,7 +126,7 @@ def handle_from_state(state: Mapping[str, Any], *, controller_class: str | None 
         if not isinstance(handle, Handle):
             raise ControllerError(f"the state of backend {state.get('backend')!r} did not rebuild a Handle")
         _HANDLE_TYPES.add(type(handle))
-    return handle
+    return cast(Handle, handle)
 
 
 #: Classes whose instances passed `isinstance(handle, Handle)` in `handle_from_state`.
