@@ -20,7 +20,6 @@ from grpc_reflection.v1alpha import reflection
 
 import jobserver
 from jobclient._malloc import keep_freed_buffers
-from jobclient.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from jobcore.errors import JobError
 from jobserver.certinfo import OID_EC_PUBLIC_KEY, parse_pem
 from jobserver.config import ServerConfig
@@ -35,7 +34,7 @@ from jobserver.limits_per_user import CallShares
 from jobserver.metrics import ServerMetrics
 from jobserver.operations import Operations, job_state_counts
 from jobserver.retention import RetentionPolicy, RetentionSweeper
-from jobserver.service import SERVICE_NAME, JobWorkerService
+from jobserver.service import SERVICE_NAME, JobWorkerService, add_to_server
 from jobserver.store import JobStore
 from jobserver.worker_api import WorkerAPI, WorkerFactory
 
@@ -236,7 +235,7 @@ class JobServer:
             # must not make gRPC refuse everyone else's calls meanwhile.
             maximum_concurrent_rpcs=workers + config.max_queued_calls,
         )
-        pb_grpc.add_JobWorkerServicer_to_server(self._service, server)
+        add_to_server(self._service, server)
         server.add_generic_rpc_handlers([self._health.handler()])
         reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME), server)
         try:
