@@ -14,7 +14,8 @@ import pytest
 from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
 from jobclient.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from jobserver.metrics import ServerMetrics
-from jobserver.service import EncodedOutput, add_to_server, serialize_output
+from jobserver.server import add_to_server
+from jobserver.service import EncodedOutput, serialize_output
 
 
 @pytest.mark.parametrize("size", [1, 127, 128, 16_383, 16_384, 1 << 20, (1 << 20) + 1])
@@ -47,7 +48,9 @@ class _Recorder:
     def add_generic_rpc_handlers(self, handlers: Any) -> None:
         self.generic.extend(handlers)
 
-    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
         self.registered[service] = handlers
 
 

@@ -77,32 +77,6 @@ def serialize_output(response: EncodedOutput | pb.StreamOutputResponse) -> bytes
     return response.SerializeToString()
 
 
-class _Handlers:
-    """Stands in for a grpc.Server to collect what `add_JobWorkerServicer_to_server` registers."""
-
-    def __init__(self) -> None:
-        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
-
-    def add_generic_rpc_handlers(self, _handlers: object) -> None:
-        pass  # the same handlers as below, which `add_to_server` registers both ways
-
-    def add_registered_method_handlers(self, _service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        self.handlers = dict(handlers)
-
-
-def add_to_server(service: JobWorkerService, server: grpc.Server) -> None:
-    """Register `service` as the generated `add_JobWorkerServicer_to_server` does, with StreamOutput's
-    responses serialized by `serialize_output`."""
-    collected = _Handlers()
-    pb_grpc.add_JobWorkerServicer_to_server(service, collected)  # type: ignore[arg-type]
-    handlers = collected.handlers
-    handlers["StreamOutput"] = handlers["StreamOutput"]._replace(  # type: ignore[attr-defined]
-        response_serializer=serialize_output
-    )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)
-
-
 class _Reader(Protocol):
     def close(self) -> None: ...
 
@@ -225,7 +199,7 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
             last = position
         return response
 
-    def StreamOutput(
+    def StreamOutput(  # type: ignore[override]  # encoded responses: see jobserver.server.add_to_server
         self, request: pb.StreamOutputRequest, context: grpc.ServicerContext
     ) -> Iterator[EncodedOutput | pb.StreamOutputResponse]:
         job_id = convert.parse_job_id(request.job_id)
