@@ -40,34 +40,47 @@ def follow(client: Client, job_id: str, hashed: bool) -> tuple[int, str]:
     return got, h.hexdigest() if h is not None else ""
 
 
+def follow_all(clients: list[Client], job_id: str) -> tuple[list[tuple[int, str] | str], float]:
+    """Each client follows `job_id` on a thread of its own, all released at once: per follower (bytes,
+    SHA-256) or the error it met, and the seconds from the release to the last follower's end."""
+    results: list[tuple[int, str] | str] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(len(clients) + 1)
+
+    def run(client: Client) -> None:
+        try:
+            barrier.wait(timeout=60)
+            result: tuple[int, str] | str = follow(client, job_id, hashed=True)
+        except Exception as exc:
+            result = f"{type(exc).__name__}: {exc}"
+        with lock:
+            results.append(result)
+
+    threads = [threading.Thread(target=run, args=(c,), daemon=True) for c in clients]
+    for thread in threads:
+        thread.start()
+    barrier.wait(timeout=60)
+    t = time.perf_counter()
+    for thread in threads:
+        thread.join(timeout=700)
+    return results, time.perf_counter() - t
+
+
 def fan_out(address: str, nbytes: int, n: int) -> int:
     clients = [Client(address, credentials=Credentials.for_user("alice"), timeout=60) for _ in range(n)]
     try:
         job = clients[0].start(["head", "-c", str(nbytes), "/dev/urandom"])
         for c in clients:
             c.status(job.id)  # connected before the clock starts
-        results: list[tuple[int, str]] = []
-        barrier = threading.Barrier(n + 1)
-
-        def run(c: Client) -> None:
-            barrier.wait(timeout=60)
-            results.append(follow(c, job.id, hashed=True))
-
-        threads = [threading.Thread(target=run, args=(c,), daemon=True) for c in clients]
-        for t in threads:
-            t.start()
-        barrier.wait(timeout=60)
-        t = time.perf_counter()
-        for thread in threads:
-            thread.join(timeout=700)
-        elapsed = time.perf_counter() - t
+        results, elapsed = follow_all(clients, job.id)
         end = clients[0].status(job.id)
     finally:
         for c in clients:
             c.close()
     distinct = set(results)
-    got = results[0][0] if len(distinct) == 1 and len(results) == n else -1
-    rate = sum(r[0] for r in results) / elapsed
+    ok = len(distinct) == 1 and len(results) == n and isinstance(results[0], tuple)
+    got = results[0][0] if ok and isinstance(results[0], tuple) else -1
+    rate = sum(r[0] for r in results if isinstance(r, tuple)) / elapsed
     print(json.dumps({"rate": rate, "bytes": got, "exit_code": end.exit_code, "digests": len(distinct)}))
     return 0 if got == nbytes else 1
 
