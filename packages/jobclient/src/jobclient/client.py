@@ -185,12 +185,6 @@ class _BaseClient:
 
 
 _STREAM_OUTPUT = "/jobworker.v1.JobWorker/StreamOutput"
-#: The blocking Client's output streams (its only server-streaming calls) are read on the thread that
-#: iterates them: each message is taken from the call's own completion queue there, instead of by the
-#: channel's spin thread, which then wakes the reader (grpc.experimental.ChannelOptions). One Python
-#: thread hand-off less per message; with 50 followers in one process, 15-20% less client CPU per GiB
-#: (docs/benchmarks.md, "1 GiB through the stack"). `close()` from another thread still cancels.
-_SINGLE_THREADED_STREAMS = ("SingleThreadedUnaryStream", 1)
 
 
 class RawOutput:
@@ -329,7 +323,7 @@ class Client(_BaseClient):
     ) -> None:
         super().__init__(target, credentials, timeout, reconnect, tls_server_name)
         self._channel = grpc.secure_channel(
-            target, credentials.channel_credentials(), [*self._channel_options(), _SINGLE_THREADED_STREAMS]
+            target, credentials.channel_credentials(), self._channel_options()
         )
         self._stub = pb_grpc.JobWorkerStub(self._channel)
         self._raw_output = self._channel.unary_stream(
