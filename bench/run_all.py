@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -57,6 +56,7 @@ from typing import Any
 from jobcore_bench import percentiles as pct
 from jobcore_bench import timed
 from ssh_anchor import SshAnchor, SshUnavailable, ensure_installed
+from stream_client import follow_all
 
 from jobclient import Client, Credentials, Isolation, Job, JobState, Limits
 from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
@@ -817,53 +817,22 @@ class Bench:
             Client(self.server.address, credentials=Credentials.for_user("alice"), timeout=60)
             for _ in range(n)
         ]
-        results: list[tuple[int, str, float] | str] = []
-        lock = threading.Lock()
         try:
             job = self.alice.start(["head", "-c", str(nbytes), "/dev/urandom"])
             for c in clients:  # connect every client before the clock starts
                 c.status(job.id)
-            barrier = threading.Barrier(n + 1)
-
-            def follow(client: Client) -> None:
-                h = hashlib.sha256()
-                got = 0
-                try:
-                    barrier.wait(timeout=60)
-                    with client.output(job.id) as stream:
-                        timer = threading.Timer(600, stream.close)
-                        timer.start()
-                        try:
-                            for chunk in stream:
-                                got += len(chunk)
-                                h.update(chunk)
-                        finally:
-                            timer.cancel()
-                    with lock:
-                        results.append((got, h.hexdigest(), time.perf_counter()))
-                except Exception as exc:
-                    with lock:
-                        results.append(f"{type(exc).__name__}: {exc}")
-
-            threads = [threading.Thread(target=follow, args=(c,), daemon=True) for c in clients]
-            for t in threads:
-                t.start()
-            barrier.wait(timeout=60)
-            t0 = time.perf_counter()
-            for t in threads:
-                t.join(timeout=700)
+            results, elapsed = follow_all(clients, job.id)
         finally:
             for c in clients:
                 c.close()
         ok = [r for r in results if isinstance(r, tuple)]
         errors = [r for r in results if isinstance(r, str)]
-        digests = {(got, digest) for got, digest, _ in ok}
+        digests = set(ok)
         for e in errors[:5]:
             self.r.fail(f"fan-out follower: {e}")
         if len(ok) != n or len(digests) != 1 or next(iter(digests))[0] != nbytes:
             self.r.fail(f"fan-out: {len(ok)}/{n} followers finished; distinct (bytes, sha256): {digests}")
-        elapsed = max(end for _, _, end in ok) - t0 if ok else float("nan")
-        total = sum(got for got, _, _ in ok)
+        total = sum(got for got, _ in ok)
         digest = next(iter(digests))[1] if len(digests) == 1 else "MISMATCH"
         self.r.rows.append(
             Row(

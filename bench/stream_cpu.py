@@ -10,7 +10,10 @@ throwaway sshd (bench/ssh_anchor.py), then, round-robin, streams `head -c N /dev
   * the SDK with `keep_freed_buffers()` (as jobctl and jobserver do),
   * `jobctl run -- head ... > /dev/null`,
   * `ssh host head ... > /dev/null` (multiplexed),
-  * with `--before DIR`: the SDK and jobctl of another tree against a jobserver of that tree,
+  * with `--followers N`: N SDK followers of one `head -c M /dev/urandom` in one process
+    (bench/stream_client.py --followers; `--fanout-mib M`), all digests checked; per GiB delivered,
+  * with `--before DIR`: the SDK and jobctl (and the followers) of another tree against a jobserver of
+    that tree,
 
 and prints the wall rate and the CPU seconds and minor page faults per GiB: of the client process (its
 rusage from wait4), of the server process (/proc/PID/stat), and for ssh of sshd with its reaped session
@@ -64,8 +67,11 @@ def main() -> int:
         help="also a second jobserver, and the SDK and jobctl, from the packages/ of another tree "
         "(e.g. `git archive main packages | tar -x -C DIR`), first on PYTHONPATH",
     )
+    parser.add_argument("--followers", type=int, default=0, help="also N followers of one job (fan-out)")
+    parser.add_argument("--fanout-mib", type=int, default=100, help="MiB each follower receives")
     args = parser.parse_args()
     nbytes = args.mib << 20
+    fan_bytes = args.fanout_mib << 20
     workdir = Path(tempfile.mkdtemp(prefix="rjw-stream-cpu-"))
     server = Server(workdir)
     old_server: Server | None = None
@@ -103,23 +109,32 @@ def main() -> int:
         client = [sys.executable, str(HERE / "stream_client.py"), server.address, str(nbytes)]
         jobctl = [str(BIN / "jobctl"), "--server", server.address, "--user", "alice", "run", "--"]
         head = ["head", "-c", str(nbytes), "/dev/zero"]
+        fan = [sys.executable, str(HERE / "stream_client.py"), server.address, str(fan_bytes)]
+        fan += ["--followers", str(args.followers)]
+        fan_name = f"fan-out, {args.followers} followers"
         ways: dict[str, tuple[list[str], Server | None, dict[str, str]]] = {
             "SDK, default malloc": (client, server, {}),
             "SDK + keep_freed_buffers()": ([*client, "--keep-freed-buffers"], server, {}),
             "jobctl run > /dev/null": ([*jobctl, *head], server, {}),
             "ssh (multiplexed) > /dev/null": ([*ssh.argv, *head], None, {}),
         }
+        if args.followers:
+            ways[fan_name] = (fan, server, {})
         if old_server is not None:
             old_client = [sys.executable, str(HERE / "stream_client.py"), old_server.address, str(nbytes)]
             old_jobctl = [str(BIN / "jobctl"), "--server", old_server.address, "--user", "alice", "run", "--"]
             ways["before: SDK"] = (old_client, old_server, old_env)
             ways["before: jobctl run > /dev/null"] = ([*old_jobctl, *head], old_server, old_env)
+            if args.followers:
+                old_fan = [*fan[:2], old_server.address, *fan[3:]]
+                ways[f"before: {fan_name}"] = (old_fan, old_server, old_env)
         print(f"load average before: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
         print(f"{args.mib} MiB per stream, {args.reps} rounds; per GiB: CPU seconds (minor faults)")
         print(f"{'path':32} {'MB/s':>6} {'client':>16} {'server side':>18}")
-        g = nbytes / GIB
         for _ in range(args.reps):
             for name, (argv, target, env) in ways.items():
+                moved = args.followers * fan_bytes if fan_name in name else nbytes
+                g = moved / GIB
                 # ssh: sshd and its descendants alive throughout (with multiplexing the session's
                 # channel work stays in one long-lived sshd process), and the multiplexing master
                 side = [*_tree(ssh.pid), *mux] if target is None else [target.pid]
@@ -131,7 +146,7 @@ def main() -> int:
                 s_flt = sum(a[1] - b[1] for a, b in pairs)
                 note = "" if rc == 0 else f"  (exit {rc})"
                 print(
-                    f"{name:32} {nbytes / wall / 1e6:6.0f} {cpu / g:7.2f} s ({faults / g / 1000:4.0f}k) "
+                    f"{name:32} {moved / wall / 1e6:6.0f} {cpu / g:7.2f} s ({faults / g / 1000:4.0f}k) "
                     f"{s_cpu / g:7.2f} s ({s_flt / g / 1000:5.0f}k){note}",
                     flush=True,
                 )

@@ -100,10 +100,15 @@ class ServerMetrics:
         self._open_streams.dec()
 
     def streamed(self, response: Any) -> None:
-        """Count the output bytes of one streamed response (responses without `data` count nothing)."""
-        data = getattr(response, "data", None)
-        if isinstance(data, bytes):
-            self._streamed.inc(len(data))
+        """Count the output bytes of one streamed response: its `output_bytes` when it says (an
+        encoded response, jobserver.service.EncodedOutput: its data is not read back, which would copy
+        it), else the length of its `data` (responses without `data` count nothing)."""
+        size = getattr(response, "output_bytes", None)
+        if size is None:
+            data = getattr(response, "data", None)
+            size = len(data) if isinstance(data, bytes) else 0
+        if size:
+            self._streamed.inc(size)
 
     def job_started(self, status: JobStatus) -> None:
         outcome = "failed_to_start" if status.state is JobState.FAILED_TO_START else "running"

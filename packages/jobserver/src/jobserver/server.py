@@ -35,7 +35,7 @@ from jobserver.limits_per_user import CallShares
 from jobserver.metrics import ServerMetrics
 from jobserver.operations import Operations, job_state_counts
 from jobserver.retention import RetentionPolicy, RetentionSweeper
-from jobserver.service import SERVICE_NAME, JobWorkerService
+from jobserver.service import SERVICE_NAME, JobWorkerService, serialize_output
 from jobserver.store import JobStore
 from jobserver.worker_api import WorkerAPI, WorkerFactory
 
@@ -112,6 +112,32 @@ def retention_policy(config: ServerConfig) -> RetentionPolicy:
         max_ended_jobs_per_user=config.retention_max_ended_jobs_per_user,
         interval_seconds=config.retention_interval_seconds,
     )
+
+
+class _Handlers:
+    """Stands in for a grpc.Server to collect what `add_JobWorkerServicer_to_server` registers."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, _handlers: object) -> None:
+        pass  # the same handlers as below, which `add_to_server` registers both ways
+
+    def add_registered_method_handlers(
+        self, _service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.handlers = dict(handlers)
+
+
+def add_to_server(service: JobWorkerService, server: grpc.Server) -> None:
+    """Register `service` as the generated `add_JobWorkerServicer_to_server` does, with StreamOutput's
+    responses serialized by `serialize_output`."""
+    collected = _Handlers()
+    pb_grpc.add_JobWorkerServicer_to_server(service, collected)
+    handlers = collected.handlers
+    handlers["StreamOutput"] = handlers["StreamOutput"]._replace(response_serializer=serialize_output)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 class JobServer:
@@ -236,7 +262,7 @@ class JobServer:
             # must not make gRPC refuse everyone else's calls meanwhile.
             maximum_concurrent_rpcs=workers + config.max_queued_calls,
         )
-        pb_grpc.add_JobWorkerServicer_to_server(self._service, server)
+        add_to_server(self._service, server)
         server.add_generic_rpc_handlers([self._health.handler()])
         reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME), server)
         try:
