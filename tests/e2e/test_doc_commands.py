@@ -61,6 +61,10 @@ ELSEWHERE: dict[str, str] = {
     ".venv/bin/python bench/cli_startup.py --runs 20 --server": (
         "a measurement that starts sshd and needs the replaced source unpacked; its no-server form runs here"
     ),
+    ".venv/bin/python bench/start_ab.py --before": (
+        "a measurement (minutes) against another jobcore unpacked by hand (git archive), not a test"
+    ),
+    ".venv/bin/python bench/cgroup_join.py": "a measurement (about half a minute, root, cgroup v1), not a test",
     ".venv/bin/python tests/vm/run_vm.py": (
         "boots a qemu VM (minutes, not in the host suite): `make test-vm`; the harness itself: "
         "tests/vm/test_run_vm.py"
