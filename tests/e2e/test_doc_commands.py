@@ -64,7 +64,7 @@ ELSEWHERE: dict[str, str] = {
     ".venv/bin/python bench/start_ab.py --before": (
         "a measurement (minutes) against another jobcore unpacked by hand (git archive), not a test"
     ),
-    ".venv/bin/python bench/cgroup_join.py": "a measurement (about half a minute, root, cgroup v1), not a test",
+    ".venv/bin/python bench/cgroup_join.py": "a measurement (half a minute, root, cgroup v1), not a test",
     ".venv/bin/python tests/vm/run_vm.py": (
         "boots a qemu VM (minutes, not in the host suite): `make test-vm`; the harness itself: "
         "tests/vm/test_run_vm.py"
