@@ -56,7 +56,7 @@ from typing import Any
 from jobcore_bench import percentiles as pct
 from jobcore_bench import timed
 from ssh_anchor import SshAnchor, SshUnavailable, ensure_installed
-from stream_client import follow_all
+from stream_client import follow_all, time_together
 
 from jobclient import Client, Credentials, Isolation, Job, JobState, Limits
 from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
@@ -1097,13 +1097,7 @@ class Bench:
                 threading.Thread(target=burst, args=(c, m), daemon=True)
                 for c, m in zip(clients, per_client, strict=True)
             ]
-            for th in threads:
-                th.start()
-            barrier.wait(timeout=60)
-            t0 = time.perf_counter()
-            for th in threads:
-                th.join(timeout=600)
-            elapsed = time.perf_counter() - t0
+            elapsed = time_together(threads, barrier, timeout=600)
             bad_exit = 0
             admin = Client(self.server.address, credentials=Credentials.for_user("carl"), timeout=60)
             for job_id in ids:

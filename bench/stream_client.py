@@ -57,13 +57,19 @@ def follow_all(clients: list[Client], job_id: str) -> tuple[list[tuple[int, str]
             results.append(result)
 
     threads = [threading.Thread(target=run, args=(c,), daemon=True) for c in clients]
+    return results, time_together(threads, barrier, timeout=700)
+
+
+def time_together(threads: list[threading.Thread], barrier: threading.Barrier, timeout: float) -> float:
+    """Start `threads` (each waits on `barrier` first), release them together, wait for them all
+    (each up to `timeout` seconds); the seconds from the release to the last one's end."""
     for thread in threads:
         thread.start()
     barrier.wait(timeout=60)
     t = time.perf_counter()
     for thread in threads:
-        thread.join(timeout=700)
-    return results, time.perf_counter() - t
+        thread.join(timeout=timeout)
+    return time.perf_counter() - t
 
 
 def fan_out(address: str, nbytes: int, n: int) -> int:
