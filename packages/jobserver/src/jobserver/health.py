@@ -19,6 +19,7 @@ import threading
 import grpc
 
 from jobserver.errors import MalformedMessageError, NotFound
+from jobserver.wire import varint
 
 SERVICE_NAME = "grpc.health.v1.Health"
 
@@ -93,15 +94,7 @@ def encode_check_request(service: str) -> bytes:
     raw = service.encode("utf-8")
     if not raw:
         return b""
-    length = len(raw)
-    varint = bytearray()
-    while True:
-        byte = length & 0x7F
-        length >>= 7
-        varint.append(byte | (0x80 if length else 0))
-        if not length:
-            break
-    return b"\x0a" + bytes(varint) + raw
+    return b"\x0a" + varint(len(raw)) + raw
 
 
 class HealthService:

@@ -21,6 +21,7 @@ from jobcore.status import JobStatus
 from jobserver import convert
 from jobserver.errors import InvalidArgument
 from jobserver.store import Kept
+from jobserver.wire import varint
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -83,15 +84,6 @@ def shorten_argv(job: pb.Job) -> None:
         job.argv_truncated = True
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 @attrs.frozen
 class ListedJob:
     #: The status it was built from: the entry is served only for a status equal to it.
@@ -128,7 +120,7 @@ class ListedJobs:
         job = convert.job_to_proto(status)
         shorten_argv(job)
         data = job.SerializeToString()
-        built = ListedJob(status=status, framed=_JOBS_TAG + _varint(len(data)) + data, size=len(data))
+        built = ListedJob(status=status, framed=_JOBS_TAG + varint(len(data)) + data, size=len(data))
         self._kept.put(status.id, built)
         return built
 

@@ -32,21 +32,13 @@ from jobserver.identities import UserIds
 from jobserver.identity import user_name
 from jobserver.interceptor import caller, current_call
 from jobserver.jobs import Jobs, JobView
+from jobserver.wire import varint
 
 SERVICE_NAME = "jobworker.v1.JobWorker"
 #: The most output one StreamOutputResponse carries. gRPC's synchronous server has one message in flight
 #: per stream and each costs a hand-off to its C core, so large messages are what makes a stream fast
 #: (docs/benchmarks.md); 1 MiB stays well under the 4 MiB that gRPC clients accept by default.
 STREAM_CHUNK_BYTES = 1 << 20
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 class EncodedOutput:
@@ -63,9 +55,9 @@ class EncodedOutput:
 
     def __init__(self, data: bytes, offset: int) -> None:
         self.output_bytes = len(data)
-        parts = [b"\x0a" + _varint(len(data)), data] if data else []
+        parts = [b"\x0a" + varint(len(data)), data] if data else []
         if offset:
-            parts.append(b"\x10" + _varint(offset))
+            parts.append(b"\x10" + varint(offset))
         self.wire = b"".join(parts)
 
 
