@@ -119,9 +119,9 @@ def test_equal_limits_share_one_value_and_the_shared_values_are_bounded() -> Non
     assert first.limits is second.limits  # converted once (a Limits is immutable)
     assert other.limits == Limits(cpu=1.0, memory=512 << 20, pids=255) != first.limits
     assert conv.job_from_proto(pb.Job(id="d")).limits == Limits()
-    for pids in itertools.islice(itertools.count(1), 3 * conv._LIMITS_KEPT):
+    for pids in itertools.islice(itertools.count(1), 3 * conv._LIMITS_BY_BYTES.max_entries):
         assert conv.job_from_proto(pb.Job(id="e", limits=pb.Limits(pids=pids))).limits == Limits(pids=pids)
-        assert len(conv._LIMITS_BY_BYTES) <= conv._LIMITS_KEPT
+        assert len(conv._LIMITS_BY_BYTES) <= conv._LIMITS_BY_BYTES.max_entries
 
 
 @pytest.mark.parametrize(
@@ -163,7 +163,7 @@ def test_a_job_listed_again_unchanged_is_not_converted_again_and_a_changed_one_i
 
 
 def test_the_jobs_kept_are_bounded() -> None:
-    for i in range(conv._JOBS_KEPT + 100):
+    for i in range(conv._JOBS_BY_BYTES.max_entries + 100):
         assert conv.listed_job(pb.Job(id=str(i), state=pb.JOB_STATE_EXITED)).id == str(i)
-        assert len(conv._JOBS_BY_BYTES) <= conv._JOBS_KEPT
-        assert conv._jobs_kept_bytes <= conv._JOBS_KEPT_BYTES
+        assert len(conv._JOBS_BY_BYTES) <= conv._JOBS_BY_BYTES.max_entries
+        assert conv._JOBS_BY_BYTES.kept_bytes <= conv._JOBS_BY_BYTES.max_bytes

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Generic, TypeVar
 
 from jobclient.models import Isolation, Job, JobState, Limits, OutputChunk, ResourceUsage
 from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
@@ -95,21 +96,46 @@ def stop_request(job_id: str, grace: float | None) -> pb.StopJobRequest:
 
 _UTC = datetime.UTC
 _from_timestamp = datetime.datetime.fromtimestamp
+
+T = TypeVar("T")
+
+
+class _ByBytes(Generic[T]):
+    """Immutable values converted from serialized messages, by those bytes: a value is a pure function
+    of its message's bytes, so equal bytes can share one. Bounded in entries and in bytes of keys:
+    cleared when either would be passed. Thread-safe."""
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.kept_bytes = 0
+        self._values: dict[bytes, T] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def get(self, key: bytes, convert: Callable[[], T]) -> T:
+        """The value kept for `key`, else `convert()`'s, kept."""
+        value = self._values.get(key)
+        if value is None:
+            value = convert()
+            with self._lock:
+                if len(self._values) >= self.max_entries or self.kept_bytes + len(key) > self.max_bytes:
+                    self._values.clear()
+                    self.kept_bytes = 0
+                self._values[key] = value
+                self.kept_bytes += len(key)
+        return value
+
+
 #: Limits by their serialized message: the jobs of a listing mostly share a few (the server's
-#: defaults); a Limits is immutable, so equal bytes can share one. Bounded (cleared when full).
-_LIMITS_BY_BYTES: dict[bytes, Limits] = {}
-_LIMITS_KEPT = 256
+#: defaults).
+_LIMITS_BY_BYTES: _ByBytes[Limits] = _ByBytes(max_entries=256, max_bytes=256 * 1024)
 
 
 def _limits(message: pb.Limits) -> Limits:
-    key = message.SerializeToString()
-    found = _LIMITS_BY_BYTES.get(key)
-    if found is None:
-        found = limits_from_proto(message)
-        if len(_LIMITS_BY_BYTES) >= _LIMITS_KEPT:
-            _LIMITS_BY_BYTES.clear()
-        _LIMITS_BY_BYTES[key] = found
-    return found
+    return _LIMITS_BY_BYTES.get(message.SerializeToString(), lambda: limits_from_proto(message))
 
 
 def job_from_proto(message: pb.Job) -> Job:
@@ -149,31 +175,14 @@ def job_from_proto(message: pb.Job) -> Job:
     )
 
 
-#: Jobs of listings by their serialized message (`listed_job`): a job is a pure function of its bytes
-#: and immutable, so a job listed again unchanged (an ended job always, a running one until its
-#: state, usage or output size moves) is not converted again. Bounded in entries and bytes of keys;
-#: cleared when full.
-_JOBS_BY_BYTES: dict[bytes, Job] = {}
-_JOBS_KEPT = 4096
-_JOBS_KEPT_BYTES = 8 * 1024 * 1024
-_jobs_kept_bytes = 0
-_jobs_lock = threading.Lock()
+#: Jobs of listings by their serialized message (`listed_job`): a job listed again unchanged (an
+#: ended job always, a running one until its state, usage or output size moves) is not converted again.
+_JOBS_BY_BYTES: _ByBytes[Job] = _ByBytes(max_entries=4096, max_bytes=8 * 1024 * 1024)
 
 
 def listed_job(message: pb.Job) -> Job:
     """`job_from_proto` of a listed job, or the `Job` converted before from the same bytes."""
-    global _jobs_kept_bytes
-    data = message.SerializeToString()
-    job = _JOBS_BY_BYTES.get(data)
-    if job is None:
-        job = job_from_proto(message)
-        with _jobs_lock:
-            if len(_JOBS_BY_BYTES) >= _JOBS_KEPT or _jobs_kept_bytes + len(data) > _JOBS_KEPT_BYTES:
-                _JOBS_BY_BYTES.clear()
-                _jobs_kept_bytes = 0
-            _JOBS_BY_BYTES[data] = job
-            _jobs_kept_bytes += len(data)
-    return job
+    return _JOBS_BY_BYTES.get(message.SerializeToString(), lambda: job_from_proto(message))
 
 
 _STREAM_FILTER = {
