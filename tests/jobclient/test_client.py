@@ -126,6 +126,13 @@ def test_list_asks_for_the_right_scope(
     assert [(j.id, j.state) for j in jobs] == [("a", JobState.RUNNING), ("b", JobState.LOST)]
 
 
+def test_list_asks_for_live_usage_only_when_told(client: Client, servicer: FakeJobWorker) -> None:
+    client.list()
+    client.list(include_usage=True)
+    list(client.iter_jobs(all_users=True, include_usage=True))
+    assert [request.include_usage for request in servicer.calls("ListJobs")] == [False, True, True]
+
+
 def test_list_refuses_all_users_with_a_user(client: Client) -> None:
     with pytest.raises(ValueError, match="not both"):
         client.list(all_users=True, user="bob")

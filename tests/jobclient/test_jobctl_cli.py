@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ from fake_jobworker import CERTS, FakeJobWorker, FakeServer, Plan
 from jobctl_runner import Jobctl
 from support import wait_for
 
+from jobclient import Job, JobState
 from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
 
 NASTY = b"line\n\x00\x00NUL\x00\xff\xfe\xc3(not utf-8\x80\r\n\x1b[0m"
@@ -405,11 +407,20 @@ def test_list_prints_a_table(jobctl: Jobctl, servicer: FakeJobWorker) -> None:
     assert lines[1].index("alice") == lines[2].index("alice")  # aligned columns
 
 
+def test_list_asks_for_live_usage_only_for_json(jobctl: Jobctl, servicer: FakeJobWorker) -> None:
+    add_job(servicer, "j1", state=pb.JOB_STATE_RUNNING, pid=7)
+    jobctl("list")
+    jobctl("--json", "list")
+    assert [request.include_usage for request in servicer.calls("ListJobs")] == [False, True]
+
+
 def test_list_status_column_reads_like_docker(jobctl: Jobctl, servicer: FakeJobWorker) -> None:
     now = time.time()
     add_job(servicer, "j1", state=pb.JOB_STATE_RUNNING, pid=7, started_at=now - 330)
     add_job(servicer, "j2", exit_code=3, started_at=now - 8000, ended_at=now - 4000)
-    add_job(servicer, "j3", state=pb.JOB_STATE_KILLED, signal=15, started_at=now - 60, ended_at=now - 20)
+    # Ended 10.5 minutes ago: still "10 minutes" however long jobctl takes to start on a loaded
+    # machine (the seconds are `human_status` with a fixed now, in the test below).
+    add_job(servicer, "j3", state=pb.JOB_STATE_KILLED, signal=15, started_at=now - 670, ended_at=now - 630)
     add_job(servicer, "j4", state=pb.JOB_STATE_FAILED_TO_START)
     result = jobctl("list", "--format", "id,status,duration,exit")
     assert result.returncode == 0, result.stderr
@@ -419,9 +430,36 @@ def test_list_status_column_reads_like_docker(jobctl: Jobctl, servicer: FakeJobW
     assert statuses["j1"].startswith("Up 5 minutes")
     assert statuses["j2"].startswith("Exited (3) about an hour ago")
     assert statuses["j2"].split()[-2:] == ["1h06m40s", "3"]
-    assert statuses["j3"].startswith("Killed (SIGTERM) 20 seconds ago")
-    assert statuses["j3"].split()[-1] == "143"
+    assert statuses["j3"].startswith("Killed (SIGTERM) 10 minutes ago")
+    assert statuses["j3"].split()[-2:] == ["40.0s", "143"]
     assert statuses["j4"].startswith("Failed to start")
+
+
+def test_the_status_column_counts_seconds_then_minutes_then_hours() -> None:
+    from jobclient import _render as render
+
+    now = datetime.datetime(2026, 12, 2, 12, 0, 0, tzinfo=datetime.UTC)
+
+    def killed(ago: float) -> str:
+        ended = now - datetime.timedelta(seconds=ago)
+        started = ended - datetime.timedelta(seconds=5)
+        job = Job(
+            id="j",
+            owner="alice",
+            argv=("x",),
+            state=JobState.KILLED,
+            signal=15,
+            started_at=started,
+            ended_at=ended,
+        )
+        return render.human_status(job, now)
+
+    assert killed(0.5) == "Killed (SIGTERM) less than a second ago"
+    assert killed(1) == "Killed (SIGTERM) 1 second ago"
+    assert killed(20) == "Killed (SIGTERM) 20 seconds ago"
+    assert killed(90) == "Killed (SIGTERM) about a minute ago"
+    assert killed(630) == "Killed (SIGTERM) 10 minutes ago"
+    assert killed(3 * 3600) == "Killed (SIGTERM) 3 hours ago"
 
 
 def test_list_quiet_and_state_filter(jobctl: Jobctl, servicer: FakeJobWorker) -> None:

@@ -68,14 +68,13 @@ def test_each_entry_is_exactly_the_uncached_job_and_a_page_of_them_the_uncached_
         assert entry.size == expected.ByteSize()
     assert _uncached(STATUSES[3]).argv_truncated and _uncached(STATUSES[4]).argv_truncated
     page = listing.response(entries, "token")
-    assert page == pb.ListJobsResponse(jobs=[_uncached(s) for s in STATUSES], next_page_token="token")
-    assert (
-        page.SerializeToString()
-        == pb.ListJobsResponse(
-            jobs=[_uncached(s) for s in STATUSES], next_page_token="token"
-        ).SerializeToString()
-    )
-    assert listing.response([], "") == pb.ListJobsResponse()
+    expected_page = pb.ListJobsResponse(jobs=[_uncached(s) for s in STATUSES], next_page_token="token")
+    assert page.count == len(STATUSES)
+    # What goes on the wire is byte for byte what protobuf writes for the uncached response.
+    assert listing.serialize_page(page) == page.wire == expected_page.SerializeToString()
+    assert pb.ListJobsResponse.FromString(page.wire) == expected_page
+    assert listing.response([], "").wire == b""
+    assert listing.serialize_page(expected_page) == expected_page.SerializeToString()
 
 
 @pytest.mark.parametrize(

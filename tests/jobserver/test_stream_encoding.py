@@ -13,6 +13,7 @@ import pytest
 
 from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
 from jobclient.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
+from jobserver import listing
 from jobserver.metrics import ServerMetrics
 from jobserver.server import add_to_server
 from jobserver.service import EncodedOutput, serialize_output
@@ -59,7 +60,7 @@ class _Details:
         self.method = method
 
 
-def test_only_stream_output_is_serialized_by_hand_and_every_method_is_registered_both_ways() -> None:
+def test_only_stream_output_and_list_jobs_are_serialized_by_hand_and_all_are_registered_both_ways() -> None:
     generated, ours = _Recorder(), _Recorder()
     servicer = pb_grpc.JobWorkerServicer()
     pb_grpc.add_JobWorkerServicer_to_server(servicer, generated)  # type: ignore[arg-type]
@@ -68,7 +69,8 @@ def test_only_stream_output_is_serialized_by_hand_and_every_method_is_registered
     want, got = generated.registered[name], ours.registered[name]
     assert set(got) == set(want) and "StreamOutput" in got
     for method, handler in got.items():
-        expected = serialize_output if method == "StreamOutput" else want[method].response_serializer
+        by_hand = {"StreamOutput": serialize_output, "ListJobs": listing.serialize_page}
+        expected = by_hand.get(method, want[method].response_serializer)
         assert handler.response_serializer == expected, method
         assert handler.request_deserializer == want[method].request_deserializer, method
         assert handler.response_streaming == want[method].response_streaming, method

@@ -75,14 +75,17 @@ def start_request(
     )
 
 
-def list_request(all_users: bool, user: str | None) -> pb.ListJobsRequest:
+def list_request(all_users: bool, user: str | None, include_usage: bool = False) -> pb.ListJobsRequest:
     if all_users and user is not None:
         raise ValueError("pass either all_users=True or user=..., not both")
     if all_users:
-        return pb.ListJobsRequest(scope=pb.LIST_SCOPE_ALL)
-    if user is not None:
-        return pb.ListJobsRequest(scope=pb.LIST_SCOPE_USER, user=user)
-    return pb.ListJobsRequest(scope=pb.LIST_SCOPE_OWN)
+        request = pb.ListJobsRequest(scope=pb.LIST_SCOPE_ALL)
+    elif user is not None:
+        request = pb.ListJobsRequest(scope=pb.LIST_SCOPE_USER, user=user)
+    else:
+        request = pb.ListJobsRequest(scope=pb.LIST_SCOPE_OWN)
+    request.include_usage = include_usage
+    return request
 
 
 def stop_request(job_id: str, grace: float | None) -> pb.StopJobRequest:

@@ -190,7 +190,8 @@ Lists jobs oldest first. Users see their own jobs; an admin may ask for everyone
 or one user's (--user NAME). STATUS reads like docker's: "Up 5 minutes",
 "Exited (0) 2 hours ago". --format picks columns, comma-separated, from:
   id, owner, state, status, started, ended, duration, command, pid, exit
-(default: id,owner,state,started,status,command).
+(default: id,owner,state,started,status,command). --json prints every field, running jobs'
+live usage included (up to 1 s old; `jobctl status ID` reads it afresh).
 
 examples:
   jobctl --user alice list
@@ -1066,7 +1067,8 @@ def cmd_wait(client: Client, args: argparse.Namespace) -> int:
 def cmd_list(client: Client, args: argparse.Namespace) -> int:
     from jobclient import _render as render
 
-    jobs = client.list(all_users=args.all, user=args.list_user)
+    # JSON carries every field, running jobs' live usage included; the table shows none of it.
+    jobs = client.list(all_users=args.all, user=args.list_user, include_usage=args.json)
     states = {state for group in args.state for state in group}
     if states:
         jobs = [job for job in jobs if job.state.value in states]

@@ -391,17 +391,28 @@ class Client(_BaseClient):
             raise self._error(e, job_id) from e
         return conv.job_from_proto(response.job)
 
-    def list(self, *, all_users: bool = False, user: str | None = None) -> builtins.list[Job]:
+    def list(
+        self, *, all_users: bool = False, user: str | None = None, include_usage: bool = False
+    ) -> builtins.list[Job]:
         """The caller's jobs, oldest first; an admin may ask for everyone's or one user's. Every page
         the server returns is fetched, each as large as the server allows; argv may be shortened
-        (`Job.argv_truncated`)."""
-        return builtins.list(self.iter_jobs(all_users=all_users, user=user, page_size=_LIST_PAGE_SIZE))
+        (`Job.argv_truncated`). A running job's `usage` is not measured (all None) unless
+        `include_usage` (then up to 1 s old; `status()` reads it afresh); an ended job's is final."""
+        jobs = self.iter_jobs(
+            all_users=all_users, user=user, page_size=_LIST_PAGE_SIZE, include_usage=include_usage
+        )
+        return builtins.list(jobs)
 
     def iter_jobs(
-        self, *, all_users: bool = False, user: str | None = None, page_size: int = 0
+        self,
+        *,
+        all_users: bool = False,
+        user: str | None = None,
+        page_size: int = 0,
+        include_usage: bool = False,
     ) -> Iterator[Job]:
         """Like `list`, one page at a time (`page_size` 0: the server's default)."""
-        request = conv.list_request(all_users, user)
+        request = conv.list_request(all_users, user, include_usage)
         request.page_size = page_size
         for _ in range(_MAX_PAGES):
             try:
@@ -641,16 +652,25 @@ class AsyncClient(_BaseClient):
             raise self._error(e, job_id) from e
         return conv.job_from_proto(response.job)
 
-    async def list(self, *, all_users: bool = False, user: str | None = None) -> builtins.list[Job]:
+    async def list(
+        self, *, all_users: bool = False, user: str | None = None, include_usage: bool = False
+    ) -> builtins.list[Job]:
         """See `Client.list`."""
-        jobs = self.iter_jobs(all_users=all_users, user=user, page_size=_LIST_PAGE_SIZE)
+        jobs = self.iter_jobs(
+            all_users=all_users, user=user, page_size=_LIST_PAGE_SIZE, include_usage=include_usage
+        )
         return [job async for job in jobs]
 
     async def iter_jobs(
-        self, *, all_users: bool = False, user: str | None = None, page_size: int = 0
+        self,
+        *,
+        all_users: bool = False,
+        user: str | None = None,
+        page_size: int = 0,
+        include_usage: bool = False,
     ) -> AsyncIterator[Job]:
         """See `Client.iter_jobs`; iterate with `async for`."""
-        request = conv.list_request(all_users, user)
+        request = conv.list_request(all_users, user, include_usage)
         request.page_size = page_size
         for _ in range(_MAX_PAGES):
             try:

@@ -30,7 +30,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -76,14 +76,17 @@ class WatchedJob:
         self.stop_lock = threading.Lock()
         #: Whether stop.json exists (only this Worker writes it: the state directory is locked).
         self.stop_requested = (directory / jobdir.STOP).exists()
-        #: The live usage and output size last read, and when (time.monotonic()): listings reuse them
-        #: for a moment.
+        #: The live usage and the output size last read, and when (time.monotonic()): listings reuse
+        #: them for a moment.
         self.usage: ResourceUsage | None = None
-        self.output_size = 0
         self.usage_at = 0.0
+        self.output_size = 0
+        self.output_at = 0.0
         #: The running job's last status and what it was built from (records, usage, output size,
-        #: stop request): the Worker returns the same status while they are equal (`Worker._status`).
+        #: stop request): the Worker returns the same status while they are equal (`Worker._status`);
+        #: and the same without its live usage (what a listing shows).
         self.running_status: tuple[tuple[object, ...], JobStatus] | None = None
+        self.listed_status: tuple[tuple[object, ...], JobStatus] | None = None
         #: As strings: a listing stats these for every running job, and pathlib costs more than stat.
         self.dir_path = str(directory)
         self.output_path = str(directory / jobdir.OUTPUT)
@@ -108,6 +111,11 @@ class Watcher:
     def __init__(self, state_dir: Path, on_end: Callable[[WatchedJob], None]) -> None:
         self.lock = threading.Lock()
         self.closed = False
+        #: Moves (under the lock) whenever any job's status apart from its live usage may have changed:
+        #: a job added or dropped, its run or its end recorded, a stop requested, its output seen to
+        #: grow. Something built from the table's statuses while it stays the same is still current,
+        #: except for output sizes, which are only re-read when asked for (`Worker.changes`).
+        self.changes = 0
         self._on_end = on_end
         self._jobs: dict[str, WatchedJob] = {}
         self._by_wd: dict[int, WatchedJob] = {}
@@ -183,14 +191,26 @@ class Watcher:
     def add(self, job: WatchedJob) -> None:
         with self.lock:
             self._jobs[job.id] = job
+            self.changes += 1
 
     def get(self, job_id: str) -> WatchedJob | None:
         with self.lock:
             return self._jobs.get(job_id)
 
+    def get_many(self, job_ids: Iterable[str]) -> list[WatchedJob | None]:
+        with self.lock:
+            get = self._jobs.get
+            return [get(job_id) for job_id in job_ids]
+
     def discard(self, job_id: str) -> None:
         with self.lock:
-            self._jobs.pop(job_id, None)
+            if self._jobs.pop(job_id, None) is not None:
+                self.changes += 1
+
+    def note_change(self) -> None:
+        """A job's status changed in a way the table does not see (a stop requested, output grown)."""
+        with self.lock:
+            self.changes += 1
 
     def jobs(self) -> list[WatchedJob]:
         with self.lock:
@@ -254,6 +274,7 @@ class Watcher:
                     pass
             self._unwatch(job)
             job.generation += 1
+            self.changes += 1
             job.cond.notify_all()
         if cleanup is not None:
             self._queue(cleanup, job, "clean-up")
@@ -294,6 +315,7 @@ class Watcher:
         with self.lock:
             if job.run is None and run is not None:
                 job.run = run
+                self.changes += 1
             job.generation += 1
             job.cond.notify_all()
         if recorded is not None:

@@ -19,7 +19,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -314,10 +314,12 @@ class Worker:
         if report.get("ok"):
             with job.cond:
                 job.run = records.structure(report["run"], RunRecord, "the shim's report")
+            self._jobs.note_change()
         elif report:
             # It failed to start: ended before anyone could watch it (no on_job_ended for it).
             with job.cond:
                 job.exit = records.structure(report["exit"], ExitRecord, "the shim's report")
+            self._jobs.note_change()
             return
         if shim is not None:
             self._jobs.watch(job, shim.pid, shim.start_ticks)  # ends it, if it ended meanwhile
@@ -327,15 +329,32 @@ class Worker:
             # No report, no run.json: the shim died before it could say, or hangs.
             self._jobs.lose(job, f"the job's shim did not report within {START_TIMEOUT:.0f} s of its start")
 
-    def status(self, job_id: str, *, usage_max_age: float = 0.0) -> JobStatus:
+    def status(self, job_id: str, *, usage_max_age: float = 0.0, with_usage: bool = True) -> JobStatus:
         """The job's current status. A running job's usage and output size are read now (from its
         cgroup, and a stat of its output), or (for a listing) reused if read less than
-        `usage_max_age` seconds ago; so is the check that its directory is still there (the
-        watcher notices a removed directory by itself). Raises InvalidJobId or JobNotFound."""
-        job = self._get(job_id)
-        if usage_max_age <= 0.0 or time.monotonic() - job.usage_at > usage_max_age:
-            self._jobs.check_vanished(job)
-        return self._status(job, usage_max_age)
+        `usage_max_age` seconds ago; a missing output makes it check that the job's directory is
+        still there (the watcher notices a removed directory by itself too). Without `with_usage`,
+        a running job's status carries no usage (an empty ResourceUsage: not measured) and its
+        cgroup is not read; an ended job's is its final usage either way. Raises InvalidJobId or
+        JobNotFound."""
+        return self._status(self._get(job_id), usage_max_age, with_usage)
+
+    def statuses(
+        self, job_ids: Iterable[str], *, usage_max_age: float = 0.0, with_usage: bool = True
+    ) -> list[JobStatus | None]:
+        """`status()` of each of `job_ids` in one call (None for an id it does not know): what a
+        listing asks for hundreds of jobs at once."""
+        found = self._jobs.get_many(job_ids)
+        return [None if job is None else self._status(job, usage_max_age, with_usage) for job in found]
+
+    @property
+    def changes(self) -> int:
+        """A number that moves whenever any job's status, apart from a running job's live usage and
+        output size, may have changed: a job started, removed, ended, asked to stop, or its run
+        recorded (and when a status read sees a job's output grown). What was built from statuses
+        while it stayed the same is current but for usage and output sizes, which are re-read only
+        when a status asks for them."""
+        return self._jobs.changes
 
     def list(self, owner: str | None = None, *, usage_max_age: float = LIST_USAGE_MAX_AGE) -> list[JobStatus]:
         """Every job (or `owner`'s), oldest first. Running jobs' usage and output size may be up to
@@ -389,6 +408,7 @@ class Worker:
             try:
                 records.write(job.dir / jobdir.STOP, request)
                 job.stop_requested = True
+                self._jobs.note_change()
             except FileNotFoundError:
                 if job.dir.is_dir():
                     raise
@@ -465,37 +485,56 @@ class Worker:
             raise JobNotFound(job_id)
         return job
 
-    def _status(self, job: WatchedJob, usage_max_age: float = 0.0) -> JobStatus:
-        """The status from the job's records, plus (while it runs) its live usage and its output's
-        size — read now, or reused when read less than `usage_max_age` seconds ago."""
+    def _status(self, job: WatchedJob, usage_max_age: float = 0.0, with_usage: bool = True) -> JobStatus:
+        """The status from the job's records, plus (while it runs) its output's size and (with
+        `with_usage`) its live usage — each read now, or reused when read less than `usage_max_age`
+        seconds ago."""
         with job.cond:
             run, ended = job.run, job.exit
         if ended is not None:
             return records.job_status(job.spec, run, ended, stop_requested=job.stop_requested)
         now = time.monotonic()
-        usage, output_bytes = job.usage, job.output_size
+        output_bytes = job.output_size
+        if usage_max_age <= 0.0 or now - job.output_at > usage_max_age:
+            try:
+                output_bytes = os.stat(job.output_path).st_size
+            except FileNotFoundError:
+                # Not made yet, or the job's directory is gone (the watcher notices that by itself
+                # too): a running job whose directory vanished is killed and LOST.
+                if self._jobs.check_vanished(job):
+                    return self._status(job)
+                output_bytes = 0
+            if output_bytes != job.output_size:
+                job.output_size = output_bytes
+                self._jobs.note_change()
+            job.output_at = now
+        # The status is a pure function of these (and the spec): built again only when one changed,
+        # so that listings of running jobs get the same JobStatus object while nothing changed.
+        if not with_usage:
+            inputs: tuple[object, ...] = (run, output_bytes, job.stop_requested)
+            built = job.listed_status
+            if built is None or built[0] != inputs:
+                status = records.job_status(
+                    job.spec, run, None, output_bytes=output_bytes, stop_requested=job.stop_requested
+                )
+                built = job.listed_status = (inputs, status)
+            return built[1]
+        usage = job.usage
         if usage is None or now - job.usage_at > usage_max_age:
             try:
                 usage = job.handle().stats()
             except Exception as exc:  # a cgroup that just went away: report no usage rather than fail
                 log.debug("stats of job %s: %s", job.id, exc)
                 usage = ResourceUsage()
-            try:
-                output_bytes = os.stat(job.output_path).st_size
-            except FileNotFoundError:
-                output_bytes = 0
-            job.usage, job.output_size, job.usage_at = usage, output_bytes, now
-        # The status is a pure function of these (and the spec): built again only when one changed,
-        # so that listings of running jobs get the same JobStatus object while nothing changed.
+            job.usage, job.usage_at = usage, now
         inputs = (run, usage, output_bytes, job.stop_requested)
         built = job.running_status
-        if built is not None and built[0] == inputs:
-            return built[1]
-        status = records.job_status(
-            job.spec, run, None, usage=usage, output_bytes=output_bytes, stop_requested=job.stop_requested
-        )
-        job.running_status = (inputs, status)
-        return status
+        if built is None or built[0] != inputs:
+            status = records.job_status(
+                job.spec, run, None, usage=usage, output_bytes=output_bytes, stop_requested=job.stop_requested
+            )
+            built = job.running_status = (inputs, status)
+        return built[1]
 
     def _job_ended(self, job: WatchedJob) -> None:
         """The watcher's on_end, on its clean-up thread: exactly once per job that ended watched."""

@@ -63,6 +63,11 @@ VANISHED_REASON = (
     "the job's directory vanished from the state directory; its output is gone and its processes were killed"
 )
 
+#: How old a listed running job's usage and output size may be when a listing is built; the page
+#: built may then be served again for as long (`listing.Pages`): together never older than
+#: jobcore's LIST_USAGE_MAX_AGE.
+LISTED_FIGURES_MAX_AGE = LIST_USAGE_MAX_AGE / 2
+
 #: Errors opening an indexed reader that mean "too many open now", not "broken".
 _OUT_OF_HANDLES = (errno.EMFILE, errno.ENFILE, errno.ENOSPC, errno.ENOMEM)
 
@@ -254,23 +259,41 @@ class Jobs:
         return self._views(self._store.list(owner))
 
     def page(
-        self, owner: str | None, after: tuple[float, str] | None, limit: int
+        self, owner: str | None, after: tuple[float, str] | None, limit: int, *, with_usage: bool = True
     ) -> builtins.list[tuple[JobView, tuple[float, str]]]:
-        """Up to `limit` jobs after position `after`, each with its own position (for page tokens)."""
+        """Up to `limit` jobs after position `after`, each with its own position (for page tokens);
+        running ones without their live usage unless `with_usage`."""
         records: builtins.list[JobRecord] = self._store.page(owner, after, limit)
-        return [(view, (r.created_at, r.id)) for view, r in zip(self._views(records), records, strict=True)]
+        views = self._views(records, with_usage)
+        return [(view, (r.created_at, r.id)) for view, r in zip(views, records, strict=True)]
 
-    def _views(self, records: builtins.list[JobRecord]) -> builtins.list[JobView]:
+    def listing_version(self) -> tuple[object, ...]:
+        """Moves whenever what a listing shows may have changed, apart from running jobs' usage and
+        output sizes (which a listing shows up to LIST_USAGE_MAX_AGE old): the index's rows (written
+        here or by anyone else) and the Worker's jobs. Read it before building from them."""
+        return (self._store.version(), self._worker.changes)
+
+    def _views(self, records: builtins.list[JobRecord], with_usage: bool = True) -> builtins.list[JobView]:
+        running = [record.id for record in records if not record.status.state.ended]
+        # A listing reads no job's cgroup twice in a second (GetJob reads it afresh).
+        live = dict(
+            zip(
+                running,
+                self._worker.statuses(running, usage_max_age=LISTED_FIGURES_MAX_AGE, with_usage=with_usage),
+                strict=True,
+            )
+        )
         views = []
         for record in records:
-            status, live = record.status, True
-            if not status.state.ended:
-                try:
-                    # A listing reads no job's cgroup twice in a second (GetJob reads it afresh).
-                    status = self._worker.status(record.id, usage_max_age=LIST_USAGE_MAX_AGE)
-                except JobNotFound:
-                    live = False
-            views.append(JobView(status=status, live=live))
+            if record.status.state.ended:
+                views.append(JobView(status=record.status, live=True))
+            else:
+                status = live[record.id]
+                views.append(
+                    JobView(status=record.status, live=False)
+                    if status is None
+                    else JobView(status=status, live=True)
+                )
         return views
 
     def check_output(self, view: JobView, offset: int) -> None:

@@ -125,8 +125,75 @@ class ListedJobs:
         return built
 
 
-def response(entries: list[ListedJob], next_page_token: str) -> pb.ListJobsResponse:
-    """A ListJobsResponse of these entries (parsed from their bytes in one call) and the token."""
-    page = pb.ListJobsResponse.FromString(b"".join(entry.framed for entry in entries))
-    page.next_page_token = next_page_token
-    return page
+@attrs.frozen
+class EncodedPage:
+    """A ListJobsResponse already in its wire form: the entries' bytes as kept, and the token.
+    `serialize_page` hands it to gRPC as it is (no parse of the entries, no serialization again)."""
+
+    wire: bytes
+    #: How many jobs it holds (for the logs and tests).
+    count: int
+
+
+#: The tag byte of ListJobsResponse.next_page_token (length-delimited).
+_TOKEN_TAG = bytes([(pb.ListJobsResponse.NEXT_PAGE_TOKEN_FIELD_NUMBER << 3) | 2])
+
+
+def response(entries: list[ListedJob], next_page_token: str) -> EncodedPage:
+    """A ListJobsResponse of these entries and the token, in wire form (protobuf's parsers accept
+    fields in any order; the entries come first, as protobuf itself writes them)."""
+    wire = b"".join(entry.framed for entry in entries)
+    if next_page_token:
+        token = next_page_token.encode()
+        wire += _TOKEN_TAG + varint(len(token)) + token
+    return EncodedPage(wire=wire, count=len(entries))
+
+
+def serialize_page(response: EncodedPage | pb.ListJobsResponse) -> bytes:
+    """ListJobs' response serializer: an `EncodedPage` is its wire form already."""
+    if isinstance(response, EncodedPage):
+        return response.wire
+    return response.SerializeToString()
+
+
+#: Bounds of `Pages`: pages kept, and their bytes.
+PAGES_MAX_ENTRIES = 256
+PAGES_MAX_BYTES = 32 * 1024 * 1024
+
+PageKey = tuple[str | None, Position | None, int, bool]
+
+
+@attrs.frozen
+class _KeptPage:
+    version: tuple[object, ...]
+    built_at: float
+    page: EncodedPage
+
+
+class Pages:
+    """Whole ListJobs pages as built, by (owner, position, size, with usage), each with the listing
+    version it was built at (`Jobs.listing_version`, read before building) and when. A page is
+    served again only while that version has not moved and for at most `max_age` seconds, which is
+    how old a listing's usage and output sizes may be anyway: any job started, ended, stopped,
+    removed or pruned, any row written by anyone, any run recorded moves the version, so a page
+    never shows a job's state, existence or stop request older than building it again would, and
+    its figures are never older than `max_age`. Who may see a page is decided before it is looked
+    up (the owner is in the key). Bounded in pages and bytes (oldest out first). Thread-safe."""
+
+    def __init__(
+        self, max_age: float, max_entries: int = PAGES_MAX_ENTRIES, max_bytes: int = PAGES_MAX_BYTES
+    ) -> None:
+        self.max_age = max_age
+        self._kept: Kept[PageKey, _KeptPage] = Kept(max_entries, max_bytes, lambda kept: len(kept.page.wire))
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def get(self, key: PageKey, version: tuple[object, ...], now: float) -> EncodedPage | None:
+        kept = self._kept.get(key)
+        if kept is None or kept.version != version or not 0 <= now - kept.built_at <= self.max_age:
+            return None
+        return kept.page
+
+    def put(self, key: PageKey, version: tuple[object, ...], built_at: float, page: EncodedPage) -> None:
+        self._kept.put(key, _KeptPage(version=version, built_at=built_at, page=page))

@@ -22,6 +22,7 @@ import jobserver
 from jobclient._malloc import keep_freed_buffers
 from jobclient.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from jobcore.errors import JobError
+from jobserver import listing
 from jobserver.certinfo import OID_EC_PUBLIC_KEY, parse_pem
 from jobserver.config import ServerConfig
 from jobserver.direct_issuer import DirectIssuers
@@ -130,12 +131,14 @@ class _Handlers:
 
 
 def add_to_server(service: JobWorkerService, server: grpc.Server) -> None:
-    """Register `service` as the generated `add_JobWorkerServicer_to_server` does, with StreamOutput's
-    responses serialized by `serialize_output`."""
+    """Register `service` as the generated `add_JobWorkerServicer_to_server` does, with the
+    responses of StreamOutput and ListJobs serialized by `serialize_output` and
+    `listing.serialize_page` (both hand their wire forms over as they are)."""
     collected = _Handlers()
     pb_grpc.add_JobWorkerServicer_to_server(service, collected)
     handlers = collected.handlers
     handlers["StreamOutput"] = handlers["StreamOutput"]._replace(response_serializer=serialize_output)
+    handlers["ListJobs"] = handlers["ListJobs"]._replace(response_serializer=listing.serialize_page)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
 

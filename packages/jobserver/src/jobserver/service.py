@@ -9,6 +9,7 @@ raised domain errors (`jobserver.errors`) and jobcore errors into statuses. Requ
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -31,7 +32,7 @@ from jobserver.errors import (
 from jobserver.identities import UserIds
 from jobserver.identity import user_name
 from jobserver.interceptor import caller, current_call
-from jobserver.jobs import Jobs, JobView
+from jobserver.jobs import LISTED_FIGURES_MAX_AGE, Jobs, JobView
 from jobserver.wire import varint
 
 SERVICE_NAME = "jobworker.v1.JobWorker"
@@ -122,6 +123,7 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         self._user_ids = user_ids
         self.streams = StreamRegistry(config.max_concurrent_streams)
         self._listed = listing.ListedJobs()
+        self._pages = listing.Pages(max_age=LISTED_FIGURES_MAX_AGE)
 
     def StartJob(self, request: pb.StartJobRequest, context: grpc.ServicerContext) -> pb.StartJobResponse:
         identity = caller()
@@ -154,7 +156,9 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
         view = self._jobs.delete(self._jobs.find(job_id, caller()))
         return pb.DeleteJobResponse(job=convert.job_to_proto(view.status))
 
-    def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.ListJobsResponse:
+    def ListJobs(  # type: ignore[override]  # an encoded page: see jobserver.server.add_to_server
+        self, request: pb.ListJobsRequest, context: grpc.ServicerContext
+    ) -> listing.EncodedPage:
         identity = caller()
         scope = convert.list_scope(request)
         owner: str | None
@@ -174,10 +178,19 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
                 raise PermissionDenied("listing another user's jobs needs the admin role")
         return self._list_page(request, owner)
 
-    def _list_page(self, request: pb.ListJobsRequest, owner: str | None) -> pb.ListJobsResponse:
-        """One bounded page of `owner`'s jobs (everyone's for None); see jobserver.listing."""
+    def _list_page(self, request: pb.ListJobsRequest, owner: str | None) -> listing.EncodedPage:
+        """One bounded page of `owner`'s jobs (everyone's for None); see jobserver.listing. The same
+        page asked again while nothing it shows has changed (`Jobs.listing_version`) and within
+        LISTED_FIGURES_MAX_AGE is served as built (`listing.Pages`)."""
         limit = listing.page_size(request)
-        found = self._jobs.page(owner, listing.decode_token(request.page_token), limit + 1)
+        after = listing.decode_token(request.page_token)
+        key = (owner, after, limit, request.include_usage)
+        version = self._jobs.listing_version()  # before anything is read: a change meanwhile moves it
+        now = time.monotonic()
+        kept = self._pages.get(key, version, now)
+        if kept is not None:
+            return kept
+        found = self._jobs.page(owner, after, limit + 1, with_usage=request.include_usage)
         entries: list[listing.ListedJob] = []
         size = 0
         last: tuple[float, str] = (0.0, "")
@@ -190,7 +203,9 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
                 break
             entries.append(entry)
             last = position
-        return listing.response(entries, token)
+        page = listing.response(entries, token)
+        self._pages.put(key, version, now, page)
+        return page
 
     def StreamOutput(  # type: ignore[override]  # encoded responses: see jobserver.server.add_to_server
         self, request: pb.StreamOutputRequest, context: grpc.ServicerContext

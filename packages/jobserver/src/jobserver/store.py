@@ -127,6 +127,10 @@ class Kept(Generic[K, V]):
             self._size -= self._size_of(old)
 
 
+#: Bounds of the pages of records a store keeps (`JobStore.page`): pages, and records in them all.
+PAGES_MAX_ENTRIES = 64
+PAGES_MAX_RECORDS = 20_000
+
 #: Bounds of the decoded rows a store keeps (`_DecodedStatuses`): entries, and characters of JSON.
 DECODED_MAX_ENTRIES = 10_000
 DECODED_MAX_CHARS = 16 * 1024 * 1024
@@ -140,6 +144,11 @@ class _DecodedStatuses(Kept[str, tuple[str, str, JobStatus]]):
 
     def __init__(self, max_entries: int = DECODED_MAX_ENTRIES, max_chars: int = DECODED_MAX_CHARS) -> None:
         super().__init__(max_entries, max_chars, lambda entry: len(entry[0]))
+
+    def status_of(self, job_id: str) -> JobStatus | None:
+        """The status kept for `job_id`, if any (whatever row it was decoded from)."""
+        entry = self.get(job_id)
+        return None if entry is None else entry[2]
 
     def decoded(self, job_id: str, text: str, cwd: str) -> JobStatus | None:
         entry = self.get(job_id)
@@ -162,6 +171,11 @@ class JobStore:
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
         self._decoded = _DecodedStatuses()
+        #: Pages of records as last read, by (owner, after, limit), with the version read with them.
+        self._pages: Kept[
+            tuple[str | None, tuple[float, str] | None, int], tuple[tuple[int, int], list[JobRecord]]
+        ]
+        self._pages = Kept(PAGES_MAX_ENTRIES, PAGES_MAX_RECORDS, lambda kept: len(kept[1]))
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
         except sqlite3.Error as exc:
@@ -230,7 +244,14 @@ class JobStore:
         self, owner: str | None, after: tuple[float, str] | None, limit: int
     ) -> builtins.list[JobRecord]:
         """Up to `limit` records oldest first, of one owner or of everyone, after position `after`
-        (created_at, id) when given."""
+        (created_at, id) when given. The same page asked again while no row changed (`version`:
+        written here or by any other connection) is the records read before, without a query."""
+        key = (owner, after, limit)
+        with self._lock:
+            version = self._version()
+            kept = self._pages.get(key)
+            if kept is not None and kept[0] == version:
+                return list(kept[1])
         query = "SELECT id, owner, created_at, cwd, status FROM jobs"
         clauses: list[str] = []
         params: list[Any] = []
@@ -244,7 +265,21 @@ class JobStore:
             query += " WHERE " + " AND ".join(clauses)
         with self._lock:
             rows = self._db.execute(query + " ORDER BY created_at, id LIMIT ?", (*params, limit)).fetchall()
-        return [record for row in rows if (record := _record(row, self._decoded)) is not None]
+            if self._version() != version:
+                version = (-1, -1)  # written meanwhile: serve this read, keep nothing from it
+        records = [record for row in rows if (record := _record(row, self._decoded)) is not None]
+        if version[0] >= 0 and all(r.status is self._decoded.status_of(r.id) for r in records):
+            self._pages.put(key, (version, records))
+        return list(records)
+
+    def version(self) -> tuple[int, int]:
+        """Moves whenever any row may have changed: the rows this store wrote (its connection's
+        `total_changes`) and what any other connection committed (`PRAGMA data_version`)."""
+        with self._lock:
+            return self._version()
+
+    def _version(self) -> tuple[int, int]:
+        return self._db.total_changes, int(self._db.execute("PRAGMA data_version").fetchone()[0])
 
     def delete(self, job_id: str) -> None:
         with self._lock:

@@ -8,7 +8,7 @@ worker implementation) only has to provide these members.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -53,9 +53,22 @@ class WorkerAPI(Protocol):
 
     def start(self, spec: JobSpec) -> JobStatus: ...
 
-    def status(self, job_id: str, *, usage_max_age: float = 0.0) -> JobStatus:
-        """Raises jobcore's JobNotFound for a job it does not know. A running job's usage may be up
-        to `usage_max_age` seconds old (listings)."""
+    def status(self, job_id: str, *, usage_max_age: float = 0.0, with_usage: bool = True) -> JobStatus:
+        """Raises jobcore's JobNotFound for a job it does not know. A running job's usage and output
+        size may be up to `usage_max_age` seconds old (listings); without `with_usage` it carries no
+        usage and none is read."""
+        ...
+
+    def statuses(
+        self, job_ids: Iterable[str], *, usage_max_age: float = 0.0, with_usage: bool = True
+    ) -> list[JobStatus | None]:
+        """`status()` of each (None for a job it does not know), in one call."""
+        ...
+
+    @property
+    def changes(self) -> int:
+        """Moves whenever any job's status, apart from live usage and output sizes, may have changed
+        (a listing built while it stays the same is current)."""
         ...
 
     def list(self, owner: str | None = None) -> list[JobStatus]: ...
