@@ -167,3 +167,40 @@ def test_the_jobs_kept_are_bounded() -> None:
         assert conv.listed_job(pb.Job(id=str(i), state=pb.JOB_STATE_EXITED)).id == str(i)
         assert len(conv._JOBS_BY_BYTES) <= conv._JOBS_BY_BYTES.max_entries
         assert conv._JOBS_BY_BYTES.kept_bytes <= conv._JOBS_BY_BYTES.max_bytes
+
+
+def test_a_page_received_again_byte_for_byte_is_not_parsed_again(
+    client: Client, servicer: FakeJobWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    servicer.list_result = [
+        pb.Job(id="a", owner="alice", state=pb.JOB_STATE_RUNNING, pid=7),
+        pb.Job(id="b", owner="alice", state=pb.JOB_STATE_EXITED, exit_code=0),
+    ]
+    first = client.list()
+    parsed: list[bytes] = []
+    real = pb.ListJobsResponse.FromString
+
+    def counting(data: bytes) -> pb.ListJobsResponse:
+        parsed.append(data)
+        return real(data)
+
+    monkeypatch.setattr(pb.ListJobsResponse, "FromString", counting)
+    again = client.list()
+    assert again == first and all(a is b for a, b in zip(again, first, strict=True))
+    assert parsed == []  # the same bytes: the page converted before
+    servicer.list_result = [pb.Job(id="a", owner="alice", state=pb.JOB_STATE_KILLED, signal=9)]
+    (changed,) = client.list()
+    assert len(parsed) == 1 and (changed.id, changed.state, changed.signal) == ("a", JobState.KILLED, 9)
+
+
+def test_the_pages_kept_are_bounded_and_a_page_over_the_bound_is_not_kept() -> None:
+    kept = conv._PAGES_BY_BYTES
+    for i in range(kept.max_entries + 10):
+        data = pb.ListJobsResponse(jobs=[pb.Job(id=str(i))], next_page_token=f"t{i}").SerializeToString()
+        jobs, token = conv.listed_page(data)
+        assert [j.id for j in jobs] == [str(i)] and token == f"t{i}"
+        assert len(kept) <= kept.max_entries and kept.kept_bytes <= kept.max_bytes
+    huge = pb.ListJobsResponse(jobs=[pb.Job(id="h", argv=["x" * (kept.max_bytes + 1)])]).SerializeToString()
+    before = kept.kept_bytes
+    (job,), _ = conv.listed_page(huge)
+    assert job.id == "h" and kept.kept_bytes == before and huge not in kept._values

@@ -119,10 +119,12 @@ class _ByBytes(Generic[T]):
         return len(self._values)
 
     def get(self, key: bytes, convert: Callable[[], T]) -> T:
-        """The value kept for `key`, else `convert()`'s, kept."""
+        """The value kept for `key`, else `convert()`'s, kept (unless `key` alone is over the bytes)."""
         value = self._values.get(key)
         if value is None:
             value = convert()
+            if len(key) > self.max_bytes:
+                return value
             with self._lock:
                 if len(self._values) >= self.max_entries or self.kept_bytes + len(key) > self.max_bytes:
                     self._values.clear()
@@ -186,6 +188,22 @@ _JOBS_BY_BYTES: _ByBytes[Job] = _ByBytes(max_entries=4096, max_bytes=8 * 1024 * 
 def listed_job(message: pb.Job) -> Job:
     """`job_from_proto` of a listed job, or the `Job` converted before from the same bytes."""
     return _JOBS_BY_BYTES.get(message.SerializeToString(), lambda: job_from_proto(message))
+
+
+#: Whole ListJobs responses by their bytes: a server sends a page in which nothing changed byte for
+#: byte as before (jobserver.listing.Pages), so polling an unchanged listing converts nothing.
+_PAGES_BY_BYTES: _ByBytes[tuple[tuple[Job, ...], str]] = _ByBytes(max_entries=32, max_bytes=16 * 1024 * 1024)
+
+
+def listed_page(data: bytes) -> tuple[tuple[Job, ...], str]:
+    """A serialized ListJobsResponse as its jobs (each `listed_job`) and its next page token; the
+    same bytes again give the same (immutable) result without parsing."""
+
+    def convert() -> tuple[tuple[Job, ...], str]:
+        response = pb.ListJobsResponse.FromString(data)
+        return tuple(listed_job(job) for job in response.jobs), response.next_page_token
+
+    return _PAGES_BY_BYTES.get(data, convert)
 
 
 _STREAM_FILTER = {

@@ -188,6 +188,9 @@ class _BaseClient:
 
 
 _STREAM_OUTPUT = "/jobworker.v1.JobWorker/StreamOutput"
+#: ListJobs with its response left as bytes: `conv.listed_page` converts it, or reuses the page
+#: converted from the same bytes (a server sends an unchanged page byte for byte as before).
+_LIST_JOBS = "/jobworker.v1.JobWorker/ListJobs"
 
 
 class RawOutput:
@@ -334,6 +337,9 @@ class Client(_BaseClient):
             request_serializer=pb.StreamOutputRequest.SerializeToString,
             response_deserializer=decode_output,
         )
+        self._raw_list = self._channel.unary_unary(
+            _LIST_JOBS, request_serializer=pb.ListJobsRequest.SerializeToString, response_deserializer=None
+        )
 
     def start(
         self,
@@ -416,13 +422,14 @@ class Client(_BaseClient):
         request.page_size = page_size
         for _ in range(_MAX_PAGES):
             try:
-                response: pb.ListJobsResponse = self._stub.ListJobs(request, timeout=self.timeout)
+                data: bytes = self._raw_list(request, timeout=self.timeout)
             except grpc.RpcError as e:
                 raise self._error(e) from e
-            yield from (conv.listed_job(job) for job in response.jobs)
-            if not response.next_page_token:
+            jobs, token = conv.listed_page(data)
+            yield from jobs
+            if not token:
                 return
-            request.page_token = response.next_page_token
+            request.page_token = token
         raise JobClientError(f"the server sent more than {_MAX_PAGES} pages of jobs")
 
     def output(
@@ -600,6 +607,9 @@ class AsyncClient(_BaseClient):
             request_serializer=pb.StreamOutputRequest.SerializeToString,
             response_deserializer=decode_output,
         )
+        self._raw_list = self._channel.unary_unary(
+            _LIST_JOBS, request_serializer=pb.ListJobsRequest.SerializeToString, response_deserializer=None
+        )
 
     async def start(
         self,
@@ -674,14 +684,15 @@ class AsyncClient(_BaseClient):
         request.page_size = page_size
         for _ in range(_MAX_PAGES):
             try:
-                response: pb.ListJobsResponse = await self._stub.ListJobs(request, timeout=self.timeout)
+                data: bytes = await self._raw_list(request, timeout=self.timeout)
             except grpc.RpcError as e:
                 raise self._error(e) from e
-            for job in response.jobs:
-                yield conv.listed_job(job)
-            if not response.next_page_token:
+            jobs, token = conv.listed_page(data)
+            for job in jobs:
+                yield job
+            if not token:
                 return
-            request.page_token = response.next_page_token
+            request.page_token = token
         raise JobClientError(f"the server sent more than {_MAX_PAGES} pages of jobs")
 
     def output(
