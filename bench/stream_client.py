@@ -80,6 +80,8 @@ def fan_out(address: str, nbytes: int, n: int) -> int:
             c.status(job.id)  # connected before the clock starts
         results, elapsed = follow_all(clients, job.id)
         end = clients[0].status(job.id)
+        if end.ended:
+            clients[0].delete(job.id)  # its output counts against alice's quota (10 GiB by default)
     finally:
         for c in clients:
             c.close()
@@ -113,6 +115,8 @@ def main() -> int:
         got, _ = follow(client, job.id, hashed=False)
         elapsed = time.perf_counter() - t
         end = client.status(job.id)
+        if end.ended:
+            client.delete(job.id)  # repeated 1 GiB streams would reach alice's output quota
     print(json.dumps({"rate": got / elapsed, "bytes": got, "exit_code": end.exit_code}))
     return 0
 

@@ -42,6 +42,17 @@ from jobserver.worker_api import WorkerAPI, WorkerFactory
 
 #: The OS-level name of the threads that serve calls (visible in `top -H`, /proc/<pid>/task/*/comm).
 RPC_THREAD_NAME = "jobserver-rpc"
+#: What a client may send the server before any handler reads it: HTTP/2's initial stream window.
+#: gRPC's default is 64 KiB, but BDP probing (on by default) raises it on a busy connection to at least
+#: 4 MiB, and a request waiting in the queue (up to `max_queued_calls` of them) is then buffered whole:
+#: measured, 100 queued ~900 KB StartJob requests held 95 MiB of the server's memory, 8 MiB with
+#: probing off (docs/benchmarks.md, "HTTP/2 flow control"). The server only receives small requests;
+#: what it sends is paced by the client's window, which these do not touch.
+INITIAL_WINDOW_BYTES = 64 * 1024
+TRANSPORT_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.http2.bdp_probe", 0),
+    ("grpc.http2.lookahead_bytes", INITIAL_WINDOW_BYTES),
+]
 
 
 def _name_os_thread() -> None:
@@ -260,6 +271,7 @@ class JobServer:
             options=[
                 ("grpc.max_receive_message_length", config.max_receive_message_bytes),
                 ("grpc.so_reuseport", 0),
+                *TRANSPORT_OPTIONS,
             ],
             # Past the pool, a bounded queue: a burst of calls refused at once by the per-user shares
             # must not make gRPC refuse everyone else's calls meanwhile.
