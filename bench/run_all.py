@@ -889,7 +889,7 @@ class Bench:
                 time.sleep(SPACED_LIST_GAP)
                 t = time.perf_counter()
                 fn()
-                took.append(time.perf_counter() - t)
+                took.append((time.perf_counter() - t) * 1000)
 
             took: list[float] = []
             for _ in range(self.s.spaced_list_samples):
