@@ -45,11 +45,15 @@ from run_all import BENCH_LIMITS, BIN, CERTS, CONFIG, GIB, REPO, Server, stop_al
 from jobclient import Client, Credentials, Isolation
 
 
-def py_spy(pid: int, seconds: int, out: Path, native: bool = False) -> subprocess.Popen[bytes]:
+def py_spy(
+    pid: int, seconds: int, out: Path, native: bool = False, gil: bool = False
+) -> subprocess.Popen[bytes]:
     argv = [str(BIN / "py-spy"), "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "200"]
     argv += ["--format", "raw", "--output", str(out)]
     # --native (C frames too) needs py-spy to pause the process for each sample.
     argv.append("--native" if native else "--nonblocking")
+    if gil:
+        argv.append("--gil")  # only the thread holding the GIL: Python's CPU, not threads blocked in C
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -320,6 +324,7 @@ def main() -> int:
         "--same-user", action="store_true", help="start: as bob, the owner of the idle jobs (default alice)"
     )
     parser.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")
+    parser.add_argument("--gil", action="store_true", help="py-spy --gil (the thread holding the GIL only)")
     args = parser.parse_args()
     if args.what == "ab":
         if not args.before:
@@ -341,7 +346,7 @@ def main() -> int:
         profiles = []
         for name, pid in targets.items():
             path = outdir / f"{name}-{args.what}-{args.idle_jobs}.txt"
-            profiles.append((path, py_spy(pid, args.seconds, path, args.native)))
+            profiles.append((path, py_spy(pid, args.seconds, path, args.native, args.gil)))
         time.sleep(1)  # py-spy attached
         deadline = time.monotonic() + args.seconds - 2
         count = 0
