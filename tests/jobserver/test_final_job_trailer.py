@@ -6,16 +6,20 @@ larger than gRPC's default metadata bound allows."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
-from server_harness import CERTS, RunningServer, rpc_error
+from server_harness import CERTS, RunningServer, rpc_error, test_config
 
 from jobclient import Client as SdkClient
 from jobclient import Credentials, Isolation
 from jobclient.client import FINAL_JOB_KEY as CLIENT_KEY
 from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
-from jobserver.service import FINAL_JOB_KEY, FINAL_JOB_MAX_BYTES
+from jobserver.errors import job_not_found
+from jobserver.identity import Identity, Role
+from jobserver.interceptor import CallInfo, _current
+from jobserver.service import FINAL_JOB_KEY, FINAL_JOB_MAX_BYTES, JobWorkerService
 
 GETJOB = "/jobworker.v1.JobWorker/GetJob"
 
@@ -80,3 +84,29 @@ def test_the_sdks_run_makes_no_getjob_call(make_server: Callable[..., RunningSer
         long_argv = ["sh", "-c", "exit 5", *(["y" * 100] * (FINAL_JOB_MAX_BYTES // 100 + 1))]
         assert sdk.run(long_argv, out=out.append).exit_code == 5
         assert _getjob_calls(server) == 1
+
+
+class _GoneJobs:
+    """Jobs whose every job was deleted a moment ago."""
+
+    def find(self, job_id: str, identity: Identity) -> Any:
+        raise job_not_found(job_id)
+
+
+class _Context:
+    def __init__(self) -> None:
+        self.trailer: Any = None
+
+    def set_trailing_metadata(self, metadata: Any) -> None:
+        self.trailer = metadata
+
+
+def test_a_job_deleted_as_its_stream_ends_leaves_the_stream_ok_without_a_trailer(tmp_path: Path) -> None:
+    service = JobWorkerService(_GoneJobs(), test_config(tmp_path), user_ids=None)  # type: ignore[arg-type]
+    context = _Context()
+    token = _current.set(CallInfo(method="/x/StreamOutput", identity=Identity("alice", Role.USER)))
+    try:
+        service._send_final_status("00000000-0000-0000-0000-000000000000", context)  # type: ignore[arg-type]
+    finally:
+        _current.reset(token)
+    assert context.trailer is None

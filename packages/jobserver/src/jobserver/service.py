@@ -24,6 +24,7 @@ from jobserver.errors import (
     DataLoss,
     IdentityError,
     InvalidArgument,
+    NotFound,
     PermissionDenied,
     QuotaExceeded,
     Unavailable,
@@ -239,8 +240,12 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
     def _send_final_status(self, job_id: str, context: grpc.ServicerContext) -> None:
         """A follow stream that reached the end of its job's output: the job's final status in the
         trailing metadata (FINAL_JOB_KEY), which is what GetJob would answer now. Nothing when the
-        job has not ended (the stream ended for another reason) or the status is too large."""
-        status = self._jobs.find(job_id, caller()).status
+        job has not ended (the stream ended for another reason), is gone meanwhile (deleted: the
+        stream still ends OK, and the client's GetJob says so), or the status is too large."""
+        try:
+            status = self._jobs.find(job_id, caller()).status
+        except NotFound:
+            return
         if not status.state.ended:
             return
         final = convert.job_to_proto(status).SerializeToString()
