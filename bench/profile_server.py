@@ -13,7 +13,8 @@
 drives them in turns (the order alternating each round) so that the machine's load hits both alike.
 `start`: sequential `Client.start(['/bin/true'])` (all namespaces, limits); `run`: sequential
 `Client.run(['true'])` (all namespaces, the server's default limits, the sandbox); `burst`: 20 client
-threads x a few starts at once (the rate). Each server runs in a cpuacct cgroup of its own (created
+threads x a few starts at once (the rate). `--history N` first gives the user N ended jobs, as a
+long-lived server has (the retention policy keeps up to 1000 per user). Each server runs in a cpuacct cgroup of its own (created
 under this process's, removed at the end), which its launcher, shims and jobs inherit, and each client
 in another: the CPU per job of the server process alone (/proc/PID/stat), of the server's whole tree and
 of the client are printed beside the wall times, with medians over rounds and the ratio new/old.
@@ -270,7 +271,9 @@ def ab(args: argparse.Namespace) -> int:
             (root / name).mkdir()
             sides.append(AbSide(name, packages, root / name, threads))
             sides[-1].start()
-        for side in sides:  # warm-up turn, not counted
+        for side in sides:  # a history of ended jobs (what a long-lived server has), then a warm-up
+            if args.history:
+                side.turn("start", args.history)
             side.turn(args.mode, 2)
         per_job = args.per_round * threads
         figures: dict[str, dict[str, list[float]]] = {s.name: collections.defaultdict(list) for s in sides}
@@ -317,6 +320,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=10, help="ab: turns per side")
     parser.add_argument("--per-round", type=int, default=10, help="ab: operations per turn (per client)")
     parser.add_argument("--workdir", default=None, help="ab: where the state directories go")
+    parser.add_argument("--history", type=int, default=0, help="ab: ended jobs of the user first")
     parser.add_argument("--keep", action="store_true", help="ab: keep the servers' state and logs")
     parser.add_argument("--idle-jobs", type=int, default=0)
     parser.add_argument("--seconds", type=int, default=20)
