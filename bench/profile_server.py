@@ -14,10 +14,11 @@ drives them in turns (the order alternating each round) so that the machine's lo
 `start`: sequential `Client.start(['/bin/true'])` (all namespaces, limits); `run`: sequential
 `Client.run(['true'])` (all namespaces, the server's default limits, the sandbox); `burst`: 20 client
 threads x a few starts at once (the rate). `--history N` first gives the user N ended jobs, as a
-long-lived server has (the retention policy keeps up to 1000 per user). Each server runs in a cpuacct cgroup of its own (created
-under this process's, removed at the end), which its launcher, shims and jobs inherit, and each client
-in another: the CPU per job of the server process alone (/proc/PID/stat), of the server's whole tree and
-of the client are printed beside the wall times, with medians over rounds and the ratio new/old.
+long-lived server has (the retention policy keeps up to 1000 per user). Each server runs in a cpuacct
+cgroup of its own (created under this process's, removed at the end), which its launcher, shims and
+jobs inherit, and each client in another: the CPU per job of the server process alone
+(/proc/PID/stat), of the server's whole tree and of the client are printed beside the wall times, with
+medians over rounds and the ratio new/old.
 
 Starts a jobserver exactly as bench/run_all.py does, runs `py-spy record --format raw` on the server (and,
 for `stream`, on this process too), and prints each profile's top frames by inclusive and by own
