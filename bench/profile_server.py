@@ -142,9 +142,13 @@ def _own_cpuacct() -> Path:
 
 
 def _proc_cpu(pid: int) -> float:
-    """utime + stime of process `pid` (all its threads), seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds of process `pid`'s threads alive now (schedstat: nanoseconds, where /proc/PID/stat
+    counts 10 ms ticks). The server's threads are its pools' and the Worker's, which live as long as it."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
 
 
 def _in_cgroup(cgroup: Path, argv: list[str]) -> list[str]:
