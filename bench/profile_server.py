@@ -159,8 +159,11 @@ def _in_cgroup(cgroup: Path, argv: list[str]) -> list[str]:
 class AbSide:
     """A jobserver and a client process, both importing the packages under `packages`."""
 
-    def __init__(self, name: str, packages: Path, workdir: Path, threads: int) -> None:
+    def __init__(
+        self, name: str, packages: Path, workdir: Path, threads: int, server_args: tuple[str, ...] = ()
+    ) -> None:
         self.name = name
+        self.server_args = server_args
         self.workdir = workdir
         self.threads = threads
         base = _own_cpuacct()
@@ -181,7 +184,7 @@ class AbSide:
         argv = [sys.executable, "-m", "jobserver.cli", "--config", str(CONFIG), "--listen", "127.0.0.1:0"]
         argv += ["--port-file", str(port_file), "--cert", str(CERTS / "server.crt")]
         argv += ["--key", str(CERTS / "server.key"), "--ca", str(CERTS / "ca.crt")]
-        argv += ["--state-dir", str(self.workdir / "state"), "--log-format", "json"]
+        argv += ["--state-dir", str(self.workdir / "state"), "--log-format", "json", *self.server_args]
         with log_path.open("wb") as log:
             self.server = subprocess.Popen(
                 _in_cgroup(self.server_cg, argv),
@@ -272,9 +275,12 @@ def ab(args: argparse.Namespace) -> int:
     root = Path(tempfile.mkdtemp(prefix="ab-", dir=args.workdir))
     sides: list[AbSide] = []
     try:
-        for name, packages in (("new", REPO / "packages"), ("old", Path(args.before))):
+        for name, packages, extra in (
+            ("new", REPO / "packages", ()),
+            ("old", Path(args.before), tuple(args.before_args.split())),
+        ):
             (root / name).mkdir()
-            sides.append(AbSide(name, packages, root / name, threads))
+            sides.append(AbSide(name, packages, root / name, threads, extra))
             sides[-1].start()
         for side in sides:  # a history of ended jobs (what a long-lived server has), then a warm-up
             if args.history:
@@ -326,6 +332,7 @@ def main() -> int:
     parser.add_argument("--per-round", type=int, default=10, help="ab: operations per turn (per client)")
     parser.add_argument("--workdir", default=None, help="ab: where the state directories go")
     parser.add_argument("--history", type=int, default=0, help="ab: ended jobs of the user first")
+    parser.add_argument("--before-args", default="", help="ab: more jobserver flags for the old side")
     parser.add_argument("--keep", action="store_true", help="ab: keep the servers' state and logs")
     parser.add_argument("--idle-jobs", type=int, default=0)
     parser.add_argument("--seconds", type=int, default=20)
