@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 import grpc
 
+from jobclient.client import FINAL_JOB_KEY
 from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
 from jobclient.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 
@@ -71,6 +72,9 @@ class FakeJobWorker(pb_grpc.JobWorkerServicer):
         self.requests: list[tuple[str, str, Any]] = []
         """(method, caller CN, request) of every call."""
         self.list_result: list[pb.Job] | None = None
+        self.final_trailer: Callable[[pb.Job], bytes] | None = None
+        """Set: a follow stream ends with these bytes (given the ended job) as its trailing metadata
+        jobclient.client.FINAL_JOB_KEY, as jobserver sends; unset: no trailer (an older server)."""
 
     # --- scripting helpers -------------------------------------------------------------------------
     def add_job(self, job: pb.Job, output: bytes = b"") -> None:
@@ -200,8 +204,12 @@ class FakeJobWorker(pb_grpc.JobWorkerServicer):
             self._finish(fake, stopped=False)
         with self.lock:
             rest = bytes(fake.output[offset:])
+            job = pb.Job()
+            job.CopyFrom(fake.job)
         if rest:
             yield pb.StreamOutputResponse(data=rest, offset=offset)
+        if self.final_trailer is not None:
+            context.set_trailing_metadata(((FINAL_JOB_KEY, self.final_trailer(job)),))
 
 
 class FakeServer:

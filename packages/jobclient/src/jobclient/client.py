@@ -191,6 +191,22 @@ _STREAM_OUTPUT = "/jobworker.v1.JobWorker/StreamOutput"
 #: ListJobs with its response left as bytes: `conv.listed_page` converts it, or reuses the page
 #: converted from the same bytes (a server sends an unchanged page byte for byte as before).
 _LIST_JOBS = "/jobworker.v1.JobWorker/ListJobs"
+#: The trailing metadata of a follow stream that ended with its job: the job's final status, a
+#: serialized `Job` (jobserver.service.FINAL_JOB_KEY). `wait` asks GetJob when it is not there (an
+#: older server, a status too large for metadata, a stream that ended before the job did).
+FINAL_JOB_KEY = "jobworker-final-job-bin"
+
+
+def _final_job(metadata: Any, job_id: str) -> Job | None:
+    """The ended job that a stream's trailing `metadata` carries (FINAL_JOB_KEY), if any."""
+    for key, value in metadata or ():
+        if key == FINAL_JOB_KEY and isinstance(value, bytes):
+            try:
+                job = conv.job_from_proto(pb.Job.FromString(value))
+            except Exception:  # a damaged trailer: ask GetJob instead
+                return None
+            return job if job.ended and job.id == job_id else None
+    return None
 
 
 class RawOutput:
@@ -274,6 +290,13 @@ class _StreamCall:
                 self.offset = response.offset + len(data)
                 self._data = data
                 return response
+
+    def final_job(self) -> Job | None:
+        """Once the stream has ended with its job: the job's final status, when the server sent it."""
+        try:
+            return _final_job(self._call.trailing_metadata(), self.job_id)
+        except Exception:  # no metadata to read (a test double, a call that never started)
+            return None
 
     def close(self) -> None:
         """Stop streaming; safe to call more than once and from another thread."""
@@ -481,7 +504,9 @@ class Client(_BaseClient):
                             retry.reset()
                     finally:
                         offset = stream.offset
-                job = self.status(job_id)
+                    # The server says how the job ended at the stream's end: no GetJob call then.
+                    final = stream.final_job()
+                job = final if final is not None else self.status(job_id)
             except Unavailable as exc:
                 # The server is restarting (or the network hiccuped): follow again from where we
                 # are, for up to RECONNECT_SECONDS without progress.
@@ -551,6 +576,13 @@ class _AsyncStreamCall:
                 self.offset = response.offset + len(data)
                 self._data = data
                 return response
+
+    async def final_job(self) -> Job | None:
+        """See `OutputStream.final_job`."""
+        try:
+            return _final_job(await self._call.trailing_metadata(), self.job_id)
+        except Exception:
+            return None
 
     async def aclose(self) -> None:
         """Stop streaming; safe to call more than once."""
@@ -740,7 +772,8 @@ class AsyncClient(_BaseClient):
                             retry.reset()
                     finally:
                         offset = stream.offset
-                job = await self.status(job_id)
+                    final = await stream.final_job()
+                job = final if final is not None else await self.status(job_id)
             except Unavailable as exc:
                 await asyncio.sleep(retry.next_delay(job_id, exc))
                 continue

@@ -50,7 +50,7 @@ from jobserver.errors import (
     Unauthenticated,
     Unavailable,
 )
-from jobserver.identity import Identity, identity_from_auth_context
+from jobserver.identity import CertificateIdentities, Identity, identity_from_auth_context
 from jobserver.limits_per_user import CallShares
 from jobserver.metrics import ServerMetrics
 
@@ -182,6 +182,8 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         self._shares = shares
         #: Our CA(s): client certificates must be signed by one directly (None: not checked).
         self._issuers = issuers
+        #: Each client certificate's identity, worked out on its first call.
+        self._certificates = CertificateIdentities(issuers)
         self._errors = structlog.get_logger("jobserver")
 
     def intercept_service(
@@ -213,7 +215,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         )
 
     def _authenticate(self, call: CallInfo, request: Any, context: grpc.ServicerContext) -> None:
-        call.identity = identity_from_auth_context(context.auth_context(), self._issuers)
+        call.identity = identity_from_auth_context(context.auth_context(), self._issuers, self._certificates)
         if isinstance(request, MalformedRequest):  # only after authentication: no probing without a cert
             raise InvalidArgument(
                 f"the request is not a valid {call.method.rsplit('/', 1)[-1]} message: {request.error}"

@@ -25,6 +25,7 @@ from jobserver.errors import (
     DataLoss,
     IdentityError,
     InvalidArgument,
+    NotFound,
     PermissionDenied,
     QuotaExceeded,
     Unavailable,
@@ -40,6 +41,12 @@ SERVICE_NAME = "jobworker.v1.JobWorker"
 #: per stream and each costs a hand-off to its C core, so large messages are what makes a stream fast
 #: (docs/benchmarks.md); 1 MiB stays well under the 4 MiB that gRPC clients accept by default.
 STREAM_CHUNK_BYTES = 1 << 20
+#: The trailing metadata in which a follow stream that ended with its job carries the job's final
+#: status (a serialized `Job`), so that the SDK's run/wait need no GetJob after it (the same key as
+#: jobclient.client.FINAL_JOB_KEY). Left out when larger than FINAL_JOB_MAX_BYTES (a long argv):
+#: gRPC clients refuse metadata past 8 KiB by default; the client then asks GetJob, as without it.
+FINAL_JOB_KEY = "jobworker-final-job-bin"
+FINAL_JOB_MAX_BYTES = 2048
 
 
 class EncodedOutput:
@@ -239,9 +246,26 @@ class JobWorkerService(pb_grpc.JobWorkerServicer):
                     f"the stored output of job {job_id} ends at byte {offset}, short of the {stored} "
                     "bytes it had: the output file was truncated or replaced"
                 )
+            if request.follow and context.is_active():
+                self._send_final_status(job_id, context)
         finally:
             self.streams.remove(reader)
             reader.close()
+
+    def _send_final_status(self, job_id: str, context: grpc.ServicerContext) -> None:
+        """A follow stream that reached the end of its job's output: the job's final status in the
+        trailing metadata (FINAL_JOB_KEY), which is what GetJob would answer now. Nothing when the
+        job has not ended (the stream ended for another reason), is gone meanwhile (deleted: the
+        stream still ends OK, and the client's GetJob says so), or the status is too large."""
+        try:
+            status = self._jobs.find(job_id, caller()).status
+        except NotFound:
+            return
+        if not status.state.ended:
+            return
+        final = convert.job_to_proto(status).SerializeToString()
+        if len(final) <= FINAL_JOB_MAX_BYTES:
+            context.set_trailing_metadata(((FINAL_JOB_KEY, final),))
 
     def _stream_by_index(
         self, view: JobView, request: pb.StreamOutputRequest, context: grpc.ServicerContext

@@ -51,6 +51,38 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, created_at);
 """
 
+#: The output bytes a row's status says are stored (0 for a row whose status is not JSON).
+_ROW_OUTPUT = (
+    "CASE WHEN json_valid({row}.status) THEN COALESCE(json_extract({row}.status, '$.output_bytes'), 0) "
+    "ELSE 0 END"
+)
+
+#: Each owner's sum of `_ROW_OUTPUT` over their ended rows, for the output quota checked at every
+#: start (`output_bytes`): kept by triggers on every write of this connection (the server's only one)
+#: rather than summed over the owner's rows at each start, which grew with their history (1000 ended
+#: jobs, the retention default, cost ~3 ms of SQLite per start). TEMP: it lives with the connection,
+#: nothing is added to the file, and it is summed afresh from the rows each time the store opens.
+_OWNER_OUTPUT = f"""
+CREATE TEMP TABLE owner_output (owner TEXT PRIMARY KEY, ended_bytes NOT NULL);
+INSERT INTO temp.owner_output (owner, ended_bytes)
+    SELECT owner, SUM({_ROW_OUTPUT.format(row="jobs")}) FROM main.jobs WHERE ended GROUP BY owner;
+CREATE TEMP TRIGGER owner_output_insert AFTER INSERT ON main.jobs WHEN new.ended BEGIN
+    INSERT INTO owner_output (owner, ended_bytes) VALUES (new.owner, {_ROW_OUTPUT.format(row="new")})
+        ON CONFLICT (owner) DO UPDATE SET ended_bytes = ended_bytes + excluded.ended_bytes;
+END;
+CREATE TEMP TRIGGER owner_output_delete AFTER DELETE ON main.jobs WHEN old.ended BEGIN
+    UPDATE owner_output SET ended_bytes = ended_bytes - {_ROW_OUTPUT.format(row="old")}
+        WHERE owner = old.owner;
+END;
+CREATE TEMP TRIGGER owner_output_update AFTER UPDATE ON main.jobs WHEN old.ended OR new.ended BEGIN
+    UPDATE owner_output SET ended_bytes = ended_bytes - {_ROW_OUTPUT.format(row="old")}
+        WHERE old.ended AND owner = old.owner;
+    INSERT INTO owner_output (owner, ended_bytes)
+        SELECT new.owner, {_ROW_OUTPUT.format(row="new")} WHERE new.ended
+        ON CONFLICT (owner) DO UPDATE SET ended_bytes = ended_bytes + excluded.ended_bytes;
+END;
+"""
+
 
 def _structure_stored_limits(data: Any, _type: Any) -> Limits:
     # Stored limits were validated when they were applied. The host may have shrunk since (fewer CPUs,
@@ -191,6 +223,8 @@ class JobStore:
                 raise StoreError(
                     f"job database {path} has schema version {rows[0][0]}; this server knows {SCHEMA_VERSION}"
                 )
+            # One transaction: no write of another connection between the sum and the triggers.
+            self._db.executescript(f"BEGIN IMMEDIATE; {_OWNER_OUTPUT} COMMIT;")
         except sqlite3.Error as exc:
             self._db.close()
             raise StoreError(f"cannot use job database {path}: {exc}") from None
@@ -305,12 +339,13 @@ class JobStore:
             return [row[0] for row in self._db.execute(query, (cutoff, keep))]
 
     def output_bytes(self, owner: str) -> int:
-        """Bytes of output the records of `owner`'s ended jobs say are stored."""
-        query = """SELECT COALESCE(SUM(CASE WHEN json_valid(status)
-                       THEN COALESCE(json_extract(status, '$.output_bytes'), 0) ELSE 0 END), 0)
-                   FROM jobs WHERE owner = ? AND ended"""
+        """Bytes of output the records of `owner`'s ended jobs say are stored: one row's read, however
+        many jobs `owner` has (`_OWNER_OUTPUT`)."""
         with self._lock:
-            return int(self._db.execute(query, (owner,)).fetchone()[0])
+            row = self._db.execute(
+                "SELECT ended_bytes FROM temp.owner_output WHERE owner = ?", (owner,)
+            ).fetchone()
+        return int(row[0]) if row else 0
 
     def ids(self) -> set[str]:
         with self._lock:
