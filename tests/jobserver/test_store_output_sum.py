@@ -147,3 +147,19 @@ def test_the_quota_reads_cost_the_same_at_1000_ended_jobs_as_at_10(store: JobSto
     many = _steps(store, "alice")
     assert store.output_bytes("alice") == 1000
     assert many <= few + 2, (few, many)
+
+
+def test_rows_written_by_another_connection_are_counted_again(store: JobStore, tmp_path: Path) -> None:
+    ended = _status("alice", 1000, JobState.EXITED)
+    store.put(ended)
+    store.put(_status("alice", 50, JobState.EXITED))
+    assert store.output_bytes("alice") == 1050
+    # An operator's sqlite3 (or a restore) fires no trigger of the store's connection.
+    with closing(sqlite3.connect(tmp_path / "db")) as other, other:
+        other.execute("UPDATE jobs SET status = 'garbage' WHERE id = ?", (ended.id,))
+    assert store.output_bytes("alice") == _summed(tmp_path / "db", "alice") == 50
+    with closing(sqlite3.connect(tmp_path / "db")) as other, other:
+        other.execute("DELETE FROM jobs WHERE owner = 'alice'")
+    assert store.output_bytes("alice") == 0
+    store.put(_status("alice", 7, JobState.EXITED))  # and the triggers still count from there
+    assert store.output_bytes("alice") == _summed(tmp_path / "db", "alice") == 7

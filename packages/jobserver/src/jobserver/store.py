@@ -57,6 +57,11 @@ _ROW_OUTPUT = (
     "ELSE 0 END"
 )
 
+#: Each owner's sum counted afresh from the rows.
+_RECOUNT_OWNER_OUTPUT = f"""DELETE FROM temp.owner_output;
+INSERT INTO temp.owner_output (owner, ended_bytes)
+    SELECT owner, SUM({_ROW_OUTPUT.format(row="jobs")}) FROM main.jobs WHERE ended GROUP BY owner;"""
+
 #: Each owner's sum of `_ROW_OUTPUT` over their ended rows, for the output quota checked at every
 #: start (`output_bytes`): kept by triggers on every write of this connection (the server's only one)
 #: rather than summed over the owner's rows at each start, which grew with their history (1000 ended
@@ -64,8 +69,7 @@ _ROW_OUTPUT = (
 #: nothing is added to the file, and it is summed afresh from the rows each time the store opens.
 _OWNER_OUTPUT = f"""
 CREATE TEMP TABLE owner_output (owner TEXT PRIMARY KEY, ended_bytes NOT NULL);
-INSERT INTO temp.owner_output (owner, ended_bytes)
-    SELECT owner, SUM({_ROW_OUTPUT.format(row="jobs")}) FROM main.jobs WHERE ended GROUP BY owner;
+{_RECOUNT_OWNER_OUTPUT}
 CREATE TEMP TRIGGER owner_output_insert AFTER INSERT ON main.jobs WHEN new.ended BEGIN
     INSERT INTO owner_output (owner, ended_bytes) VALUES (new.owner, {_ROW_OUTPUT.format(row="new")})
         ON CONFLICT (owner) DO UPDATE SET ended_bytes = ended_bytes + excluded.ended_bytes;
@@ -225,6 +229,8 @@ class JobStore:
                 )
             # One transaction: no write of another connection between the sum and the triggers.
             self._db.executescript(f"BEGIN IMMEDIATE; {_OWNER_OUTPUT} COMMIT;")
+            #: The other connections' commits the sums above have seen (`output_bytes`).
+            self._summed_version = self._data_version()
         except sqlite3.Error as exc:
             self._db.close()
             raise StoreError(f"cannot use job database {path}: {exc}") from None
@@ -313,7 +319,10 @@ class JobStore:
             return self._version()
 
     def _version(self) -> tuple[int, int]:
-        return self._db.total_changes, int(self._db.execute("PRAGMA data_version").fetchone()[0])
+        return self._db.total_changes, self._data_version()
+
+    def _data_version(self) -> int:
+        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
 
     def delete(self, job_id: str) -> None:
         with self._lock:
@@ -342,6 +351,12 @@ class JobStore:
         """Bytes of output the records of `owner`'s ended jobs say are stored: one row's read, however
         many jobs `owner` has (`_OWNER_OUTPUT`)."""
         with self._lock:
+            seen = self._data_version()
+            if seen != self._summed_version:
+                # Another connection wrote rows (an operator's sqlite3, a restore): its writes fire no
+                # trigger of ours, so count again, once.
+                self._db.executescript(f"BEGIN IMMEDIATE; {_RECOUNT_OWNER_OUTPUT} COMMIT;")
+                self._summed_version = self._data_version()
             row = self._db.execute(
                 "SELECT ended_bytes FROM temp.owner_output WHERE owner = ?", (owner,)
             ).fetchone()
