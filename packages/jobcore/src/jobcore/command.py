@@ -130,7 +130,7 @@ def spawn_command(spec: SpecRecord, handle: Handle, out_w: int, err_w: int) -> C
         os.close(error_w)
         raise
     try:
-        pid = os.fork()
+        pid = linux.fork()
     except OSError as exc:
         for fd in (error_r, error_w, devnull):
             os.close(fd)

@@ -79,7 +79,7 @@ def _serve(sock: socket.socket) -> None:
             job: shim.Prepared | None = shim.prepare(directory)
         except Exception:
             job = None  # the shim reads it again and records what is wrong
-        pid = os.fork()
+        pid = linux.fork()
         if pid == 0:
             sock.close()
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)

@@ -10,9 +10,14 @@ import ctypes.util
 import os
 import socket
 import struct
+import sys
 from collections.abc import Iterator
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+#: The same C library, called with the GIL held (as os.fork() calls fork(2)); see `fork`.
+_libc_gil = ctypes.PyDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc_gil.fork.restype = ctypes.c_int
+_libc_gil.fork.argtypes = ()
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -288,6 +293,39 @@ def process_start_ticks(pid: int) -> int | None:
     # The command name (field 2) may contain spaces and parentheses: split after its last ')'.
     fields = data[data.rindex(b")") + 2 :].split()
     return int(fields[19])
+
+
+#: Where `fork` may skip CPython's after-fork processing: the versions whose PyOS_AfterFork_Child was
+#: read for it (3.11, 3.12), with the GIL. Elsewhere it is os.fork().
+_RAW_FORK = sys.implementation.name == "cpython" and (3, 11) <= sys.version_info[:2] <= (3, 12)
+
+
+def fork() -> int:
+    """fork(2) for a single-threaded process that will run little Python in the child: os.fork()
+    without CPython's after-fork processing, when the caller has one thread; os.fork() otherwise.
+
+    What os.fork() adds (PyOS_BeforeFork, PyOS_AfterFork_Child/Parent) is, besides the hooks of
+    os.register_at_fork, the re-initialisation of locks and thread states that *other* threads may have
+    held or owned at the fork: with one thread there are none, so what remains are the hooks —
+    threading's, random's, logging's — which the launcher and the shim do not need in their children,
+    and which, run in a freshly forked child, touch (and so copy) ~0.7 MiB of the parent's pages
+    (docs/benchmarks.md, "What a shim's pages are"). So: no os.register_at_fork hook runs in the
+    child or the parent of this fork. Raises OSError."""
+    if not _RAW_FORK or not single_threaded():
+        return os.fork()
+    pid: int = _libc_gil.fork()
+    if pid < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return pid
+
+
+def single_threaded() -> bool:
+    """True when the calling process has one thread (what a fork() leaves in the child)."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
 
 
 def setns(fd: int, nstype: int) -> None:
