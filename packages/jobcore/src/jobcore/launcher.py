@@ -81,8 +81,10 @@ def _serve(sock: socket.socket) -> None:
             job = None  # the shim reads it again and records what is wrong
         pid = linux.fork()
         if pid == 0:
-            sock.close()
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            # The child never returns to this loop: close the fd, not the Python object (whose
+            # Python-level close would be more of the launcher's pages to copy); the shim's own
+            # SIGCHLD handler replaces the launcher's SIG_IGN before it has any child.
+            os.close(sock.fileno())
             shim.run_shim(directory, report_fd, error, job)
         del job
         os.close(report_fd)

@@ -142,10 +142,15 @@ def set_process_name(name: str) -> None:
     """Name the calling process as `ps -o comm`, `top` and perf show it (at most 15 bytes are kept);
     its command line (`ps -f`) is unchanged. Best effort: a name is a convenience."""
     try:
-        with open("/proc/self/comm", "w") as f:
-            f.write(name)
+        fd = os.open("/proc/self/comm", os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.write(fd, name.encode())
     except OSError:
         pass
+    finally:
+        os.close(fd)
 
 
 class _MountAttr(ctypes.Structure):

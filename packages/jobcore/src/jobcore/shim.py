@@ -22,7 +22,6 @@ import json
 import os
 import select
 import signal
-import socket
 import time
 from pathlib import Path
 from typing import Any, NoReturn
@@ -340,10 +339,8 @@ def _detach() -> int:
     os.close(null)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    wake_r, wake_w = socket.socketpair()
-    wake_r.setblocking(False)
-    wake_w.setblocking(False)
-    signal.set_wakeup_fd(wake_w.detach(), warn_on_full_buffer=False)
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
 
     def noop(_signum: int, _frame: object) -> None:
         return None
@@ -353,7 +350,7 @@ def _detach() -> int:
         signal.signal(sig, noop)
     # Outside a PID namespace, orphans of the job re-parent to us instead of the host's init.
     linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
-    return wake_r.detach()
+    return wake_r
 
 
 #: Space set aside at start so that exit.json can be written even once the state disk is full.
