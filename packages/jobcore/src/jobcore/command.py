@@ -164,7 +164,9 @@ def _executables(name: str, env: dict[str, str]) -> list[bytes]:
     # environment, without their Python code (warnings.catch_warnings...) run cold in every shim.
     found = []
     for directory in os.fsencode(env.get("PATH", os.defpath)).split(b":"):
-        found.append(directory + program if not directory or directory.endswith(b"/") else directory + b"/" + program)
+        found.append(
+            directory + program if not directory or directory.endswith(b"/") else directory + b"/" + program
+        )
     return found
 
 

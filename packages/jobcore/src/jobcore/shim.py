@@ -17,6 +17,7 @@ JSON line: started or failed), and signals: SIGTERM with a stop.json present = "
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # the C module under `signal` (no stub)
 import errno
 import json
 import os
@@ -50,6 +51,9 @@ FORWARDED_SIGNALS = (
     signal.SIGUSR1,
     signal.SIGUSR2,
 )
+
+#: What the shim installs its handler for (the signals as plain ints, for `_signal`).
+_HANDLED_SIGNALS = tuple(int(sig) for sig in (signal.SIGCHLD, *FORWARDED_SIGNALS))
 
 
 #: A job's spec record and its cgroup handle, rebuilt from the record's state.
@@ -337,8 +341,10 @@ def _detach() -> int:
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     os.close(null)
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    # `_signal`'s functions, not `signal`'s wrappers around them, which convert every argument and
+    # result to and from enums: Python code that would run for the first time in each shim.
+    _signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    _signal.signal(signal.SIGPIPE, _signal.SIG_IGN)
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
 
@@ -346,8 +352,8 @@ def _detach() -> int:
         return None
 
     # Handlers, not SIG_IGN: the command then starts with default dispositions for all of them.
-    for sig in (signal.SIGCHLD, *FORWARDED_SIGNALS):
-        signal.signal(sig, noop)
+    for sig in _HANDLED_SIGNALS:
+        _signal.signal(sig, noop)
     # Outside a PID namespace, orphans of the job re-parent to us instead of the host's init.
     linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
     return wake_r
