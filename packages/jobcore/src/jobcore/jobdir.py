@@ -53,7 +53,7 @@ def check_job_id(job_id: object) -> str:
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
-def write_json(path: Path, data: dict[str, Any], *, durable: bool = False) -> None:
+def write_json(path: str | os.PathLike[str], data: dict[str, Any], *, durable: bool = False) -> None:
     """Write `data` to `path` atomically (temp file + rename); with durable, fsync file and directory."""
     # String operations rather than pathlib's: a shim writes three records, and every line of Python
     # it runs for the first time after its fork copies pages of the launcher's (docs/benchmarks.md).

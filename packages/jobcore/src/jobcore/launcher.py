@@ -21,7 +21,6 @@ import os
 import signal
 import socket
 import sys
-from pathlib import Path
 
 # Imported before any fork so that every shim starts with them loaded (a fork shares them for free).
 from jobcore import linux, records, shim
@@ -73,7 +72,7 @@ def _serve(sock: socket.socket) -> None:
                 os.close(fd)
             continue
         report_fd = fds[0]
-        directory = Path(os.fsdecode(data[1:]))
+        directory = os.fsdecode(data[1:])
         error = namespaces.prepare(new=data[:1] == b"P")
         try:
             job: shim.Prepared | None = shim.prepare(directory)
