@@ -82,9 +82,23 @@ def _prepare_again(directory: str) -> Prepared:
     return spec, handle_from_state(spec.cgroup, controller_class=spec.controller_class)
 
 
-def write_record(path: str, record: Any, *, durable: bool = False) -> None:
+#: The converter's unstructure function of each record the shim writes, looked up once here (in the
+#: launcher, which imports this module before any fork): what `records.unstructure` dispatches to,
+#: without running the converter's dispatch in every shim.
+_UNSTRUCTURE: dict[type[Any], Any] = {
+    cls: records.converter.get_unstructure_hook(cls) for cls in (ShimRecord, RunRecord, ExitRecord)
+}
+
+
+def unstructure(record: ShimRecord | RunRecord | ExitRecord) -> dict[str, Any]:
+    """`records.unstructure(record)` for the records a shim writes."""
+    data: dict[str, Any] = _UNSTRUCTURE[type(record)](record)
+    return data
+
+
+def write_record(path: str, record: ShimRecord | RunRecord | ExitRecord, *, durable: bool = False) -> None:
     """`records.write` for a path given as a string (see `prepare`)."""
-    jobdir.write_json(path, records.unstructure(record), durable=durable)
+    jobdir.write_json(path, unstructure(record), durable=durable)
 
 
 # ---------------------------------------------------------------------------------------------- shim
@@ -309,7 +323,7 @@ class Shim:
             errno=exc.errno,
         )
         write_record(f"{self.dir}/{jobdir.EXIT}", exit_info, durable=True)
-        self.report({"ok": False, "exit": records.unstructure(exit_info)})
+        self.report({"ok": False, "exit": unstructure(exit_info)})
 
 
 def kill_descendants(reap: Any) -> None:
@@ -434,7 +448,7 @@ def run_shim(
             reserve = _reserve_space(directory)
             shim.writer = OutputWriter(directory, shim.spec.output_cap)
             write_record(f"{directory}/{jobdir.RUN}", run)
-            shim.report({"ok": True, "run": records.unstructure(run)})
+            shim.report({"ok": True, "run": unstructure(run)})
             shim.supervise(pipes)
             shim.writer.close()
             exit_info = shim.finish()
