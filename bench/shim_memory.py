@@ -78,17 +78,20 @@ def split(shim: int, launcher: int) -> tuple[dict[str, int], dict[str, int]]:
     return inherited, new
 
 
-def bare_fork_floor(popen: bool = False) -> dict[str, int]:
+def bare_fork_floor(popen: bool = False, raw: bool = False) -> dict[str, int]:
     """Private_Dirty etc. of a child forked from a launcher-like process that then only sleeps (after
-    one `subprocess.Popen(['/bin/true'], preexec_fn=...)` as the shim spawns its command, if `popen`)."""
+    one `subprocess.Popen(['/bin/true'], preexec_fn=...)` as the shim spawns its command, if `popen`);
+    forked with `jobcore.linux.fork` (no at-fork hooks run: how the launcher forks a shim) if `raw`,
+    else with os.fork()."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the launcher-like parent: same imports, same gc.freeze()
         os.close(read_fd)
         import jobcore.launcher  # noqa: F401
+        from jobcore import linux
 
         gc.freeze()
-        child = os.fork()
+        child = linux.fork() if raw else os.fork()
         if child == 0:
             if popen:
                 subprocess.Popen(["/bin/true"], preexec_fn=lambda: None).wait()  # noqa: PLW1509
@@ -205,14 +208,20 @@ def main() -> int:
                 print(f"sample shim Private_Dirty in mappings created after fork(): {sum(new.values())} kB")
                 for name, kb in sorted(new.items(), key=lambda kv: -kv[1])[:8]:
                     print(f"    {name:44} {kb:6} kB")
-                for popen in (False, True):
-                    floor = bare_fork_floor(popen)
+                last = json.loads((Path(state) / ids[-1] / "shim.json").read_text())["pid"]
+                print(
+                    "the last shim started (whose launcher prepared no job after forking it): "
+                    f"Private_Dirty {rollup(last)['Private_Dirty']} kB"
+                )
+                for popen, raw in ((False, False), (False, True), (True, False)):
+                    floor = bare_fork_floor(popen, raw)
                     what = (
                         "spawns /bin/true with Popen(preexec_fn=...) then sleeps" if popen else "only sleeps"
                     )
+                    how = "jobcore.linux.fork()" if raw else "os.fork()"
                     print(
-                        "floor: a child forked from a launcher-like process (same imports, gc.freeze) that "
-                        f"{what}: Private_Dirty {floor['Private_Dirty']} kB, Pss {floor['Pss']} kB, "
+                        f"floor: a child forked ({how}) from a launcher-like process (imports, gc.freeze) "
+                        f"that {what}: Private_Dirty {floor['Private_Dirty']} kB, Pss {floor['Pss']} kB, "
                         f"Rss {floor['Rss']} kB"
                     )
             finally:
