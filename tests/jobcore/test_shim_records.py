@@ -91,3 +91,14 @@ def test_a_damaged_spec_fails_the_launchers_prepare_and_the_shim_records_why(tmp
         shim.prepare(str(tmp_path))
     with pytest.raises(RuntimeError, match=r"no spec\.json"):
         shim._prepare_again(str(tmp_path))
+
+
+def test_write_json_to_a_relative_path_writes_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    jobdir.write_json("rel.json", {"x": 1}, durable=True)
+    jobdir.write_json(Path("sub.json"), {"y": 2})
+    assert json.loads((tmp_path / "rel.json").read_text()) == {"x": 1}
+    assert json.loads((tmp_path / "sub.json").read_text()) == {"y": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rel.json", "sub.json"]

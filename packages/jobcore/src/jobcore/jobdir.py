@@ -58,7 +58,8 @@ def write_json(path: str | os.PathLike[str], data: dict[str, Any], *, durable: b
     # String operations rather than pathlib's: a shim writes three records, and every line of Python
     # it runs for the first time after its fork copies pages of the launcher's (docs/benchmarks.md).
     parent, name = os.path.split(os.fspath(path))
-    tmp = f"{parent}/.{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    tmp = f"{parent}/.{name}" if parent else f".{name}"
+    tmp = f"{tmp}.{os.getpid()}.{threading.get_ident()}.tmp"
     payload = _ENCODER.encode(data).encode()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
@@ -69,7 +70,7 @@ def write_json(path: str | os.PathLike[str], data: dict[str, Any], *, durable: b
         os.close(fd)
     os.rename(tmp, path)
     if durable:
-        dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        dfd = os.open(parent or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             os.fsync(dfd)
         finally:

@@ -328,9 +328,9 @@ def fork() -> int:
     os.register_at_fork, the re-initialisation of locks and thread states that *other* threads may have
     held or owned at the fork: with one thread there are none, so what remains are the hooks —
     threading's, random's, logging's — which the launcher and the shim do not need in their children,
-    and which, run in a freshly forked child, touch (and so copy) ~0.7 MiB of the parent's pages
-    (docs/benchmarks.md, "What a shim's pages are"). So: no os.register_at_fork hook runs in the
-    child or the parent of this fork. Raises OSError."""
+    and which, run cold in a freshly forked child, copy ~0.6 MiB of the parent's pages into an idle
+    child and ~0.3 MiB into a shim (docs/benchmarks.md, "What a shim's pages are"). So: no
+    os.register_at_fork hook runs in the child or the parent of this fork. Raises OSError."""
     if not _RAW_FORK or not single_threaded():
         return os.fork()
     pid: int = _libc_gil.fork()
