@@ -5,11 +5,13 @@ each way of failing is reported must be what Popen gave."""
 from __future__ import annotations
 
 import ast
+import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from jobcore_testing import CONTROLLER, requires_root, run_to_end
 
 from jobcore import JobSpec, JobState, Worker
@@ -121,3 +123,29 @@ def test_signals_not_at_default_lists_the_ignored_and_the_handled_ones() -> None
     listed = set(ast.literal_eval(out))
     assert {signal.SIGUSR2, signal.SIGHUP, signal.SIGPIPE, signal.SIGXFSZ} <= listed
     assert not listed & {signal.SIGINT, signal.SIGTERM, signal.SIGKILL, signal.SIGSTOP}
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"PATH": ""},
+        {"PATH": "/usr/bin:/bin"},
+        {"PATH": "/usr/local/bin/:/bin//:"},
+        {"PATH": ":relative/dir::/bin"},
+        {"PATH": "/dir with space:/bin", "HOME": "/root"},
+    ],
+)
+@pytest.mark.parametrize("name", ["tool", "./tool", "/bin/tool", "sub/tool"])
+def test_the_command_is_searched_where_os_get_exec_path_and_os_path_join_say(
+    env: dict[str, str], name: str
+) -> None:
+    # _executables writes out what subprocess does (os.get_exec_path(env), then os.path.join) without
+    # running their Python code in every shim: it must give the same candidates, in the same order
+    from jobcore.command import _executables
+
+    if os.path.dirname(name):
+        expected = [os.fsencode(name)]
+    else:
+        expected = [os.path.join(os.fsencode(d), os.fsencode(name)) for d in os.get_exec_path(env)]
+    assert _executables(name, env) == expected

@@ -130,7 +130,7 @@ def spawn_command(spec: SpecRecord, handle: Handle, out_w: int, err_w: int) -> C
         os.close(error_w)
         raise
     try:
-        pid = os.fork()
+        pid = linux.fork()
     except OSError as exc:
         for fd in (error_r, error_w, devnull):
             os.close(fd)
@@ -157,9 +157,17 @@ def spawn_command(spec: SpecRecord, handle: Handle, out_w: int, err_w: int) -> C
 def _executables(name: str, env: dict[str, str]) -> list[bytes]:
     """Where exec looks for argv[0]: itself if it has a slash, else each directory of the job's PATH
     (the environment it is given, as subprocess does)."""
-    if os.path.dirname(name):
-        return [os.fsencode(name)]
-    return [os.path.join(os.fsencode(d), os.fsencode(name)) for d in os.get_exec_path(env)]
+    program = os.fsencode(name)
+    if b"/" in program:
+        return [program]
+    # os.get_exec_path(env) and os.path.join, written out: the same list for a str-keyed
+    # environment, without their Python code (warnings.catch_warnings...) run cold in every shim.
+    found = []
+    for directory in os.fsencode(env.get("PATH", os.defpath)).split(b":"):
+        found.append(
+            directory + program if not directory or directory.endswith(b"/") else directory + b"/" + program
+        )
+    return found
 
 
 def _child(

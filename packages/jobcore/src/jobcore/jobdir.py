@@ -49,10 +49,18 @@ def check_job_id(job_id: object) -> str:
     return job_id
 
 
-def write_json(path: Path, data: dict[str, Any], *, durable: bool = False) -> None:
+#: json.dumps(data, separators=(",", ":")) without building an encoder per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
+def write_json(path: str | os.PathLike[str], data: dict[str, Any], *, durable: bool = False) -> None:
     """Write `data` to `path` atomically (temp file + rename); with durable, fsync file and directory."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    payload = json.dumps(data, separators=(",", ":")).encode()
+    # String operations rather than pathlib's: a shim writes three records, and every line of Python
+    # it runs for the first time after its fork copies pages of the launcher's (docs/benchmarks.md).
+    parent, name = os.path.split(os.fspath(path))
+    tmp = f"{parent}/.{name}" if parent else f".{name}"
+    tmp = f"{tmp}.{os.getpid()}.{threading.get_ident()}.tmp"
+    payload = _ENCODER.encode(data).encode()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         os.write(fd, payload)
@@ -62,7 +70,7 @@ def write_json(path: Path, data: dict[str, Any], *, durable: bool = False) -> No
         os.close(fd)
     os.rename(tmp, path)
     if durable:
-        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        dfd = os.open(parent or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             os.fsync(dfd)
         finally:

@@ -21,7 +21,6 @@ import os
 import signal
 import socket
 import sys
-from pathlib import Path
 
 # Imported before any fork so that every shim starts with them loaded (a fork shares them for free).
 from jobcore import linux, records, shim
@@ -73,16 +72,18 @@ def _serve(sock: socket.socket) -> None:
                 os.close(fd)
             continue
         report_fd = fds[0]
-        directory = Path(os.fsdecode(data[1:]))
+        directory = os.fsdecode(data[1:])
         error = namespaces.prepare(new=data[:1] == b"P")
         try:
             job: shim.Prepared | None = shim.prepare(directory)
         except Exception:
             job = None  # the shim reads it again and records what is wrong
-        pid = os.fork()
+        pid = linux.fork()
         if pid == 0:
-            sock.close()
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            # The child never returns to this loop: close the fd, not the Python object (whose
+            # Python-level close would be more of the launcher's pages to copy); the shim's own
+            # SIGCHLD handler replaces the launcher's SIG_IGN before it has any child.
+            os.close(sock.fileno())
             shim.run_shim(directory, report_fd, error, job)
         del job
         os.close(report_fd)

@@ -10,9 +10,30 @@ import ctypes.util
 import os
 import socket
 import struct
+import sys
 from collections.abc import Iterator
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+#: The same C library, called with the GIL held (as os.fork() calls fork(2)); see `fork`.
+_libc_gil = ctypes.PyDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc_gil.fork.restype = ctypes.c_int
+_libc_gil.fork.argtypes = ()
+# The functions used in every shim and job, looked up and typed once here (in the launcher, before any
+# fork) rather than on first use in each forked child: ctypes' lookup, and the c_int/c_ulong objects an
+# untyped call needs, are Python-level work that copies parent pages in every child.
+_unshare = _libc.unshare
+_unshare.argtypes = (ctypes.c_int,)
+_unshare.restype = ctypes.c_int
+_setns = _libc.setns
+_setns.argtypes = (ctypes.c_int, ctypes.c_int)
+_setns.restype = ctypes.c_int
+_prctl = _libc.prctl
+_prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+_prctl.restype = ctypes.c_int
+_mount = _libc.mount
+_mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
+_mount.restype = ctypes.c_int
+_syscall = _libc.syscall  # variadic: its arguments stay typed per call
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -90,7 +111,7 @@ def unshare(flags: int) -> None:
     if native is not None:
         native(flags)
         return
-    _check(_libc.unshare(ctypes.c_int(flags)))
+    _check(_unshare(flags))
 
 
 def mount(
@@ -99,7 +120,7 @@ def mount(
     def enc(s: str | None) -> bytes | None:
         return None if s is None else os.fsencode(s)
 
-    result = _libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data))
+    result = _mount(enc(source), enc(target), enc(fstype), flags, enc(data))
     _check(result, target)
 
 
@@ -130,17 +151,22 @@ def set_interface_up(name: str = "lo") -> None:
 
 
 def prctl(option: int, arg: int, arg3: int = 0) -> None:
-    _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(arg3), 0, 0))
+    _check(_prctl(option, arg, arg3, 0, 0))
 
 
 def set_process_name(name: str) -> None:
     """Name the calling process as `ps -o comm`, `top` and perf show it (at most 15 bytes are kept);
     its command line (`ps -f`) is unchanged. Best effort: a name is a convenience."""
     try:
-        with open("/proc/self/comm", "w") as f:
-            f.write(name)
+        fd = os.open("/proc/self/comm", os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.write(fd, name.encode())
     except OSError:
         pass
+    finally:
+        os.close(fd)
 
 
 class _MountAttr(ctypes.Structure):
@@ -159,7 +185,7 @@ def mount_setattr(
     `fd` (from open_tree) — and, `recursive`, of every mount below it. ENOSYS before Linux 5.12."""
     attr = _MountAttr(set_flags, clear_flags, 0, 0)
     flags = (AT_RECURSIVE if recursive else 0) | (AT_EMPTY_PATH if fd is not None else 0)
-    result = _libc.syscall(
+    result = _syscall(
         ctypes.c_long(_SYS_MOUNT_SETATTR),
         ctypes.c_int(_AT_FDCWD if fd is None else fd),
         b"" if fd is not None else os.fsencode(path),
@@ -174,12 +200,12 @@ def open_tree_clone(fd: int, recursive: bool = True) -> int:
     """open_tree(2) with OPEN_TREE_CLONE: a detached copy of the mount tree at `fd` (an O_PATH fd),
     as a new fd. Nothing is resolved by path, so nothing can be swapped under it."""
     flags = OPEN_TREE_CLONE | os.O_CLOEXEC | AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
-    return _check(_libc.syscall(ctypes.c_long(_SYS_OPEN_TREE), ctypes.c_int(fd), b"", ctypes.c_uint(flags)))
+    return _check(_syscall(ctypes.c_long(_SYS_OPEN_TREE), ctypes.c_int(fd), b"", ctypes.c_uint(flags)))
 
 
 def move_mount(tree_fd: int, target: str) -> None:
     """move_mount(2): attach the detached tree `tree_fd` at `target`."""
-    result = _libc.syscall(
+    result = _syscall(
         ctypes.c_long(_SYS_MOVE_MOUNT),
         ctypes.c_int(tree_fd),
         b"",
@@ -208,7 +234,7 @@ def clear_capabilities() -> None:
         raise OSError(38, "capset: unknown system call number on this architecture")
     header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
     data = (_CapData * 2)()
-    _check(_libc.syscall(ctypes.c_long(_SYS_CAPSET), ctypes.byref(header), ctypes.byref(data)))
+    _check(_syscall(ctypes.c_long(_SYS_CAPSET), ctypes.byref(header), ctypes.byref(data)))
 
 
 class _KernelSigaction(ctypes.Structure):
@@ -228,7 +254,7 @@ def default_signal(signum: int) -> None:
         raise OSError(38, "rt_sigaction: unknown system call number on this architecture")
     action = _KernelSigaction(None, 0, None, 0)  # SIG_DFL
     _check(
-        _libc.syscall(
+        _syscall(
             ctypes.c_long(_SYS_RT_SIGACTION),
             ctypes.c_int(signum),
             ctypes.byref(action),
@@ -281,13 +307,45 @@ def process_start_ticks(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat), or None when the
     process does not exist. Together with the pid it identifies a process across pid reuse."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
+        data = read_small_file(f"/proc/{pid}/stat")
     except (FileNotFoundError, ProcessLookupError):
         return None
     # The command name (field 2) may contain spaces and parentheses: split after its last ')'.
     fields = data[data.rindex(b")") + 2 :].split()
     return int(fields[19])
+
+
+#: Where `fork` may skip CPython's after-fork processing: the versions whose PyOS_AfterFork_Child was
+#: read for it (3.11, 3.12), with the GIL. Elsewhere it is os.fork().
+_RAW_FORK = sys.implementation.name == "cpython" and (3, 11) <= sys.version_info[:2] <= (3, 12)
+
+
+def fork() -> int:
+    """fork(2) for a single-threaded process that will run little Python in the child: os.fork()
+    without CPython's after-fork processing, when the caller has one thread; os.fork() otherwise.
+
+    What os.fork() adds (PyOS_BeforeFork, PyOS_AfterFork_Child/Parent) is, besides the hooks of
+    os.register_at_fork, the re-initialisation of locks and thread states that *other* threads may have
+    held or owned at the fork: with one thread there are none, so what remains are the hooks —
+    threading's, random's, logging's — which the launcher and the shim do not need in their children,
+    and which, run cold in a freshly forked child, copy ~0.6 MiB of the parent's pages into an idle
+    child and ~0.3 MiB into a shim (docs/benchmarks.md, "What a shim's pages are"). So: no
+    os.register_at_fork hook runs in the child or the parent of this fork. Raises OSError."""
+    if not _RAW_FORK or not single_threaded():
+        return os.fork()
+    pid: int = _libc_gil.fork()
+    if pid < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return pid
+
+
+def single_threaded() -> bool:
+    """True when the calling process has one thread (what a fork() leaves in the child)."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
 
 
 def setns(fd: int, nstype: int) -> None:
@@ -296,7 +354,7 @@ def setns(fd: int, nstype: int) -> None:
     if native is not None:
         native(fd, nstype)
         return
-    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)))
+    _check(_setns(fd, nstype))
 
 
 def child_pids_of_self() -> list[int]:
@@ -313,11 +371,23 @@ def child_pids(pid: int) -> list[int]:
         return children
     for tid in tasks:
         try:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                children.extend(int(p) for p in f.read().split())
+            children.extend(map(int, read_small_file(f"/proc/{pid}/task/{tid}/children").split()))
         except (FileNotFoundError, ProcessLookupError):
             continue
     return children
+
+
+def read_small_file(path: str) -> bytes:
+    """The whole content of a small file (/proc, /sys), read with os-level calls: no file object,
+    whose Python and C layers a freshly forked shim would otherwise run for the first time."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 4096):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 class Inotify:

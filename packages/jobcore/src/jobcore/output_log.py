@@ -124,10 +124,11 @@ class OutputReader(Iterator[bytes]):
 class OutputWriter:
     """Appends chunks to a job's output log, up to `cap` bytes (None = no cap)."""
 
-    def __init__(self, directory: Path, cap: int | None) -> None:
+    def __init__(self, directory: str | os.PathLike[str], cap: int | None) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
-        self._out = os.open(directory / OUTPUT, flags, 0o600)
-        self._idx = os.open(directory / OUTPUT_INDEX, flags | os.O_APPEND, 0o600)
+        where = os.fspath(directory)
+        self._out = os.open(f"{where}/{OUTPUT}", flags, 0o600)
+        self._idx = os.open(f"{where}/{OUTPUT_INDEX}", flags | os.O_APPEND, 0o600)
         self.size = os.fstat(self._out).st_size
         self.cap = cap
         #: True once output was dropped because the cap was reached.

@@ -17,12 +17,12 @@ JSON line: started or failed), and signals: SIGTERM with a stop.json present = "
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # the C module under `signal` (no stub)
 import errno
 import json
 import os
 import select
 import signal
-import socket
 import time
 from pathlib import Path
 from typing import Any, NoReturn
@@ -52,19 +52,53 @@ FORWARDED_SIGNALS = (
     signal.SIGUSR2,
 )
 
+#: What the shim installs its handler for (the signals as plain ints, for `_signal`).
+_HANDLED_SIGNALS = tuple(int(sig) for sig in (signal.SIGCHLD, *FORWARDED_SIGNALS))
+
 
 #: A job's spec record and its cgroup handle, rebuilt from the record's state.
 Prepared = tuple[SpecRecord, Handle]
 
 
-def prepare(directory: Path) -> Prepared:
+def prepare(directory: str) -> Prepared:
     """Read the job's spec and rebuild its cgroup handle (no controller needed). The launcher calls
     this before it forks the shim: what it builds (and the converter's work) is then in pages the
-    shim shares with the launcher instead of in the shim's own (docs/benchmarks.md)."""
-    spec = records.read(directory / jobdir.SPEC, SpecRecord)
+    shim shares with the launcher instead of in the shim's own (docs/benchmarks.md).
+
+    What `records.read` does, on the success path, with the job's paths as strings: the launcher and
+    the shim use no pathlib (its code would be more pages of the launcher's for each job to copy).
+    When this raises, the shim reads the spec again with `records.read` (`Shim`), whose error it
+    records."""
+    path = f"{directory}/{jobdir.SPEC}"
+    spec = records.structure(json.loads(linux.read_small_file(path)), SpecRecord, path)
+    return spec, handle_from_state(spec.cgroup, controller_class=spec.controller_class)
+
+
+def _prepare_again(directory: str) -> Prepared:
+    """`prepare` with `records.read`'s errors: for a shim whose launcher could not prepare its job."""
+    spec = records.read(Path(directory, jobdir.SPEC), SpecRecord)
     if spec is None:
         raise RuntimeError(f"{directory}: no spec.json")
     return spec, handle_from_state(spec.cgroup, controller_class=spec.controller_class)
+
+
+#: The converter's unstructure function of each record the shim writes, looked up once here (in the
+#: launcher, which imports this module before any fork): what `records.unstructure` dispatches to,
+#: without running the converter's dispatch in every shim.
+_UNSTRUCTURE: dict[type[Any], Any] = {
+    cls: records.converter.get_unstructure_hook(cls) for cls in (ShimRecord, RunRecord, ExitRecord)
+}
+
+
+def unstructure(record: ShimRecord | RunRecord | ExitRecord) -> dict[str, Any]:
+    """`records.unstructure(record)` for the records a shim writes."""
+    data: dict[str, Any] = _UNSTRUCTURE[type(record)](record)
+    return data
+
+
+def write_record(path: str, record: ShimRecord | RunRecord | ExitRecord, *, durable: bool = False) -> None:
+    """`records.write` for a path given as a string (see `prepare`)."""
+    jobdir.write_json(path, unstructure(record), durable=durable)
 
 
 # ---------------------------------------------------------------------------------------------- shim
@@ -73,11 +107,12 @@ def prepare(directory: Path) -> Prepared:
 class Shim:
     """The supervisor of one job, in its own process (see the module docstring)."""
 
-    def __init__(self, directory: Path, report_fd: int, wake_r: int, job: Prepared | None = None) -> None:
+    def __init__(self, directory: str, report_fd: int, wake_r: int, job: Prepared | None = None) -> None:
+        #: The job directory, as a string (see `prepare`).
         self.dir = directory
         self.report_fd = report_fd
         self.wake_r = wake_r
-        self.spec, self.handle = job or prepare(directory)
+        self.spec, self.handle = job or _prepare_again(directory)
         # kill(-1) is our way to empty the job's PID namespace; it must never run outside one, where it
         # would signal every process of the host. Being PID 1 is the proof.
         self.in_pid_namespace = os.getpid() == 1
@@ -96,7 +131,8 @@ class Shim:
         # /proc is the host's (we keep the host's mount namespace), so /proc/self is our host pid even
         # when os.getpid() says 1.
         me = int(os.readlink("/proc/self"))
-        records.write(self.dir / jobdir.SHIM, ShimRecord(pid=me, start_ticks=linux.process_start_ticks(me)))
+        record = ShimRecord(pid=me, start_ticks=linux.process_start_ticks(me))
+        write_record(f"{self.dir}/{jobdir.SHIM}", record)
 
     def report(self, message: dict[str, Any]) -> None:
         if self.report_fd < 0:
@@ -133,7 +169,7 @@ class Shim:
     def on_signal(self, signum: int) -> None:
         if signum == signal.SIGCHLD:
             return
-        if signum == signal.SIGTERM and (self.dir / jobdir.STOP).exists():
+        if signum == signal.SIGTERM and os.path.exists(f"{self.dir}/{jobdir.STOP}"):
             self.on_stop_request()
         elif self.command_status is None:
             try:
@@ -143,7 +179,7 @@ class Shim:
 
     def on_stop_request(self) -> None:
         try:
-            request = records.read(self.dir / jobdir.STOP, StopRequest)
+            request = records.read(Path(self.dir, jobdir.STOP), StopRequest)
         except CorruptStateFile as exc:
             note(self.dir, f"stop request unreadable, stopping at once: {exc}")
             request = None
@@ -286,8 +322,8 @@ class Shim:
             stage=exc.stage,
             errno=exc.errno,
         )
-        records.write(self.dir / jobdir.EXIT, exit_info, durable=True)
-        self.report({"ok": False, "exit": records.unstructure(exit_info)})
+        write_record(f"{self.dir}/{jobdir.EXIT}", exit_info, durable=True)
+        self.report({"ok": False, "exit": unstructure(exit_info)})
 
 
 def kill_descendants(reap: Any) -> None:
@@ -309,16 +345,16 @@ def kill_descendants(reap: Any) -> None:
         reap()
 
 
-def note(directory: Path, message: str) -> None:
+def note(directory: str | Path, message: str) -> None:
     """Record a problem of the shim's in `<job dir>/shim.err` (the shim has no terminal or log)."""
     try:
-        with open(directory / SHIM_ERRORS, "a") as f:
+        with open(os.path.join(directory, SHIM_ERRORS), "a") as f:
             f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {message}\n")
     except OSError:
         pass  # nowhere left to say it (a full disk): the exit record still tells how the job ended
 
 
-def _safe(directory: Path, fn: Any, default: Any) -> Any:
+def _safe(directory: str, fn: Any, default: Any) -> Any:
     try:
         return fn()
     except Exception as exc:
@@ -338,30 +374,30 @@ def _detach() -> int:
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     os.close(null)
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    wake_r, wake_w = socket.socketpair()
-    wake_r.setblocking(False)
-    wake_w.setblocking(False)
-    signal.set_wakeup_fd(wake_w.detach(), warn_on_full_buffer=False)
+    # `_signal`'s functions, not `signal`'s wrappers around them, which convert every argument and
+    # result to and from enums: Python code that would run for the first time in each shim.
+    _signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    _signal.signal(signal.SIGPIPE, _signal.SIG_IGN)
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
 
     def noop(_signum: int, _frame: object) -> None:
         return None
 
     # Handlers, not SIG_IGN: the command then starts with default dispositions for all of them.
-    for sig in (signal.SIGCHLD, *FORWARDED_SIGNALS):
-        signal.signal(sig, noop)
+    for sig in _HANDLED_SIGNALS:
+        _signal.signal(sig, noop)
     # Outside a PID namespace, orphans of the job re-parent to us instead of the host's init.
     linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
-    return wake_r.detach()
+    return wake_r
 
 
 #: Space set aside at start so that exit.json can be written even once the state disk is full.
 RESERVE_BYTES = 64 * 1024
 
 
-def _reserve_space(directory: Path) -> Path | None:
-    path = directory / ".reserve"
+def _reserve_space(directory: str) -> str | None:
+    path = f"{directory}/.reserve"
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -373,23 +409,27 @@ def _reserve_space(directory: Path) -> Path | None:
     return path
 
 
-def _write_exit(directory: Path, exit_info: ExitRecord, reserve: Path | None) -> None:
+def _write_exit(directory: str, exit_info: ExitRecord, reserve: str | None) -> None:
     """Record how the job ended; on a full disk, give back the reserve and try again."""
+    path = f"{directory}/{jobdir.EXIT}"
     try:
-        records.write(directory / jobdir.EXIT, exit_info, durable=True)
+        write_record(path, exit_info, durable=True)
     except OSError as exc:
         if reserve is None or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        reserve.unlink()
+        os.unlink(reserve)
         reserve = None
-        records.write(directory / jobdir.EXIT, exit_info, durable=True)
+        write_record(path, exit_info, durable=True)
     finally:
         if reserve is not None:
-            reserve.unlink(missing_ok=True)
+            try:
+                os.unlink(reserve)
+            except FileNotFoundError:
+                pass
 
 
 def run_shim(
-    directory: Path, report_fd: int, launch_error: StartError | None = None, job: Prepared | None = None
+    directory: str, report_fd: int, launch_error: StartError | None = None, job: Prepared | None = None
 ) -> NoReturn:
     """Entry point in the launcher's forked child, with the job `prepare`d before the fork (None: the
     launcher could not; the shim tries, and records why it fails). Never returns."""
@@ -407,8 +447,8 @@ def run_shim(
         else:
             reserve = _reserve_space(directory)
             shim.writer = OutputWriter(directory, shim.spec.output_cap)
-            records.write(directory / jobdir.RUN, run)
-            shim.report({"ok": True, "run": records.unstructure(run)})
+            write_record(f"{directory}/{jobdir.RUN}", run)
+            shim.report({"ok": True, "run": unstructure(run)})
             shim.supervise(pipes)
             shim.writer.close()
             exit_info = shim.finish()
