@@ -3,6 +3,7 @@ new Worker; a job whose directory vanished is killed; stop() can return before t
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -80,6 +81,21 @@ def test_a_damaged_record_names_the_file_and_the_problem(tmp_path: Path) -> None
     with pytest.raises(CorruptStateFile, match="cannot be read"):
         records.read(path, RunRecord)
     assert records.read(tmp_path / "absent.json", RunRecord) is None
+
+
+def test_a_string_where_a_record_holds_an_array_of_strings_is_refused_not_split(tmp_path: Path) -> None:
+    # cattrs alone would take "rm -rf /" for argv ("r", "m", " ", ...): a damaged spec.json must not run.
+    path = tmp_path / jobdir.SPEC
+    spec = {"id": "x", "owner": "alice", "cwd": "/", "namespaces": [], "limits": {}, "controller": "none"}
+    for argv in ("rm -rf /", {"0": "rm"}, ["rm", 1]):
+        path.write_text(json.dumps({**spec, "created_at": 1.0, "argv": argv}))
+        with pytest.raises(CorruptStateFile, match=re.escape("in field argv")):
+            records.read(path, records.SpecRecord)
+    path.write_text(json.dumps({**spec, "created_at": 1.0, "argv": ["true"], "namespaces": "pid"}))
+    with pytest.raises(CorruptStateFile, match=re.escape("in field namespaces")):
+        records.read(path, records.SpecRecord)
+    path.write_text(json.dumps({**spec, "created_at": 1.0, "argv": ["rm", "-rf", "/"]}))
+    assert records.read(path, records.SpecRecord).argv == ("rm", "-rf", "/")
 
 
 def test_a_job_whose_directory_is_removed_is_killed(worker: Worker) -> None:

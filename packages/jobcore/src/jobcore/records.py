@@ -177,6 +177,16 @@ def _make_converter() -> cattrs.Converter:
     converter.register_structure_hook(bool, _strict(bool))
     converter.register_structure_hook(Limits, _structure_limits)
     converter.register_structure_hook(JobState, lambda v, _t: JobState(_strict(str)(v, str)))
+
+    def structure_strings(value: Any, _type: Any) -> tuple[str, ...]:
+        # cattrs would take a string for a sequence of strings, one character each (argv "rm -rf"
+        # becoming ("r", "m", ...)): a JSON array is a list, and nothing else is one.
+        if not isinstance(value, list | tuple):
+            raise TypeError(f"expected an array of strings, got {type(value).__name__}")
+        return tuple(_strict(str)(item, str) for item in value)
+
+    strings = tuple[str, ...]
+    converter.register_structure_hook_func(lambda t: t == strings, structure_strings)
     converter.register_unstructure_hook(JobState, lambda v: v.value)
     run_record = make_dict_structure_fn(RunRecord, converter)
 
