@@ -65,6 +65,10 @@ ELSEWHERE: dict[str, str] = {
         "a measurement (minutes) against another jobcore unpacked by hand (git archive), not a test"
     ),
     ".venv/bin/python bench/cgroup_join.py": "a measurement (half a minute, root, cgroup v1), not a test",
+    ".venv/bin/python bench/profile_server.py ab --before": (
+        "a measurement (minutes, two servers) against another tree unpacked by hand (git archive), not a test"
+    ),
+    "git archive ": "unpacks an older tree for a measurement's --before (a step of the line after it)",
     ".venv/bin/python tests/vm/run_vm.py": (
         "boots a qemu VM (minutes, not in the host suite): `make test-vm`; the harness itself: "
         "tests/vm/test_run_vm.py"
