@@ -113,6 +113,9 @@ class JobWorkerServicer:
         the stream goes on with new output as it is produced and ends once the job has ended and every byte
         was sent; without, it ends at the output stored so far. The request may also select one stream,
         a start time or the last lines, and ask for each chunk's stream and time (see the request).
+        A follow stream that ended with its job may carry the job's final status in its trailing
+        metadata, "jobworker-final-job-bin": a serialized Job, what GetJob would answer (left out when
+        over 2 KiB, e.g. a long argv); a client without it asks GetJob.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
