@@ -104,7 +104,10 @@ def test_an_io_limit_on_a_path_without_a_block_device_is_refused(limited: Worker
 
 
 def test_a_fork_bomb_is_contained_by_pids_and_stops_cleanly(limited: Worker) -> None:
-    bomb = "bomb() { bomb | bomb & }; bomb; sleep 60"
+    # The job's own shell forks once (the first `bomb &`) and then becomes `sleep` without forking:
+    # had it to fork for `sleep` it would race the bomb for the last pid, lose now and then, and the
+    # job would exit on its own before the stop below.
+    bomb = "bomb() { bomb | bomb & }; bomb; exec sleep 60"
     status = limited.start(JobSpec(["sh", "-c", bomb], limits=Limits(pids=50)))
     # The shells say so once a fork is refused: the bomb has reached the limit, and the job runs on.
     wait_until(lambda: limited.status(status.id).output_bytes > 0, 30, "a fork to be refused")
