@@ -6,16 +6,31 @@ unshare, mount, prctl and inotify go through libc with ctypes; each raises OSErr
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import socket
 import struct
 import sys
 from collections.abc import Iterator
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+def _c_library() -> str:
+    """The C library's file name: glibc's soname, else what ctypes.util finds (musl's libc.so...).
+
+    ctypes.util is imported only for that fallback: it imports shutil, subprocess and tempfile (with
+    bz2, lzma and random), ~1 MiB of the launcher that every shim would fork and tear down."""
+    try:
+        ctypes.CDLL("libc.so.6")
+    except OSError:
+        from ctypes.util import find_library
+
+        return find_library("c") or "libc.so.6"
+    return "libc.so.6"
+
+
+_LIBC = _c_library()
+_libc = ctypes.CDLL(_LIBC, use_errno=True)
 #: The same C library, called with the GIL held (as os.fork() calls fork(2)); see `fork`.
-_libc_gil = ctypes.PyDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc_gil = ctypes.PyDLL(_LIBC, use_errno=True)
 _libc_gil.fork.restype = ctypes.c_int
 _libc_gil.fork.argtypes = ()
 # The functions used in every shim and job, looked up and typed once here (in the launcher, before any

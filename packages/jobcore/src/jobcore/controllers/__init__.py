@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Mapping
-from importlib.metadata import entry_points
 from typing import Any, cast
 
 from jobcore.controllers.base import Capabilities, Handle, ResourceController
@@ -42,6 +41,11 @@ _BUILTIN_HANDLES = {
 
 def available_backends() -> dict[str, type[ResourceController]]:
     """Every registered backend class, by name, in order of preference."""
+    # Imported here, not at the top: the launcher imports this package (shims rebuild handles through
+    # it) and never looks up a backend; importlib.metadata and what it pulls in (email, zipfile,
+    # csv...) would be ~1.5 MiB more of the launcher for every shim to fork and tear down.
+    from importlib.metadata import entry_points
+
     found: dict[str, type[ResourceController]] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         found[ep.name] = ep.load()
