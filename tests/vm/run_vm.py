@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run a pytest selection inside a small qemu VM whose only cgroup hierarchy is cgroup2.
 
-    tests/vm/run_vm.py [--timeout S] [--mem 1G] [--smp 2] [--env K=V]... [--log FILE]
+    tests/vm/run_vm.py [--timeout S] [--stall S] [--mem 1G] [--smp 2] [--env K=V]... [--log FILE]
                        [--unavailable-ok] [--verbose] -- PYTEST_ARGS...
 
 The VM boots Debian's stock `linux-image-amd64` kernel (downloaded with `apt-get download`, never
@@ -15,7 +15,7 @@ Exit codes (see docs/vm-harness.md):
     77   the VM cannot run here (no qemu / busybox-static / kmod / kernel): skip, reason on stderr
     78   same as 77 but CI=true, where unavailability is a failure
     79   the VM failed: qemu error, guest set-up error, or no exit status came back
-    80   the overall --timeout expired (qemu was killed)
+    80   the overall --timeout expired, or the guest stalled on both boots (qemu was killed)
     64   bad command line
     130  interrupted (SIGINT/SIGTERM; qemu was killed)
 
@@ -46,11 +46,17 @@ import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 EXIT_UNAVAILABLE = 77
 EXIT_UNAVAILABLE_CI = 78
 EXIT_VM_FAILED = 79
 EXIT_TIMEOUT = 80
+#: Seconds without a byte from the guest that mean the emulator stalled: above pytest's own per-test
+#: timeout (300 s, pyproject.toml), which ends a hung test and prints its failure first.
+DEFAULT_STALL = 420.0
+#: How many times the VM is booted when it stalls (each stall said on stderr).
+BOOTS = 2
 EXIT_USAGE = 64
 EXIT_INTERRUPTED = 130
 
@@ -140,6 +146,10 @@ sleep 10
 
 class UnavailableError(Exception):
     """The VM cannot run on this host (a reason to skip, or to fail under CI=true)."""
+
+
+class GuestStalledError(Exception):
+    """The guest printed nothing for longer than any test may run: the emulator stalled."""
 
 
 class VMFailedError(Exception):
@@ -479,9 +489,18 @@ def _pdeathsig() -> None:
 
 
 def boot(
-    *, kdir: Path, initramfs: Path, results: Path, mem: str, smp: int, timeout: float, verbose: bool
+    *,
+    kdir: Path,
+    initramfs: Path,
+    results: Path,
+    mem: str,
+    smp: int,
+    timeout: float,
+    stall: float,
+    verbose: bool,
 ) -> tuple[int, float]:
-    """Run qemu, streaming the console to stdout. Returns (qemu's exit code, seconds taken)."""
+    """Run qemu, streaming the console to stdout. Returns (qemu's exit code, seconds taken). Raises
+    TimeoutError after `timeout` s, GuestStalledError after `stall` s without a byte from the guest."""
     qemu = shutil.which(QEMU)
     assert qemu
     if any(c.isspace() or c == "," for c in str(REPO)):
@@ -513,23 +532,40 @@ def boot(
         preexec_fn=_pdeathsig,  # noqa: PLW1509 - single-threaded
     )
     assert proc.stdout
-    out = sys.stdout.buffer
     try:
-        sel = selectors.DefaultSelector()
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        deadline = t0 + timeout
-        carry = b""
-        ready = b"[vm-init] cgroup2 ready"
-        seen: bytes | None = b""
+        stream_console(proc.stdout.fileno(), sys.stdout.buffer, t0, t0 + timeout, stall)
+        left = max(t0 + timeout - time.monotonic(), 0.1)
+        rc = proc.wait(timeout=left)
+        return rc, time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
+def stream_console(fd: int, out: BinaryIO, t0: float, deadline: float, stall: float) -> None:
+    """Copy the guest console from `fd` to `out` until it closes. Raises TimeoutError at `deadline`,
+    GuestStalledError once `stall` seconds pass without a byte."""
+    sel = selectors.DefaultSelector()
+    sel.register(fd, selectors.EVENT_READ)
+    carry = b""
+    ready = b"[vm-init] cgroup2 ready"
+    seen: bytes | None = b""
+    last = time.monotonic()
+    try:
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
+            now = time.monotonic()
+            if now >= deadline:
                 raise TimeoutError
-            if not sel.select(timeout=min(left, 1.0)):
+            if now - last >= stall:
+                raise GuestStalledError(f"the guest printed nothing for {now - last:.0f}s")
+            if not sel.select(timeout=min(deadline - now, stall - (now - last), 1.0)):
                 continue
-            chunk = os.read(proc.stdout.fileno(), 65536)
+            chunk = os.read(fd, 65536)
             if not chunk:
                 break
+            last = time.monotonic()
             # the guest console turns \n into \r\n; undo it (a \r may end one chunk and \n start the next)
             chunk = carry + chunk
             carry = b"\r" if chunk.endswith(b"\r") else b""
@@ -541,14 +577,8 @@ def boot(
                     seen = None
                     log(f"guest up, cgroup2 ready {time.monotonic() - t0:.1f}s after qemu started")
         out.write(carry)
-        left = max(deadline - time.monotonic(), 0.1)
-        rc = proc.wait(timeout=left)
-        return rc, time.monotonic() - t0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
+        sel.close()
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -563,6 +593,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="Run pytest inside a cgroup-v2-only qemu VM. Arguments after -- go to pytest.",
     )
     p.add_argument("--timeout", type=float, default=900, help="overall limit in seconds (default 900)")
+    p.add_argument(
+        "--stall",
+        type=float,
+        default=DEFAULT_STALL,
+        help=f"seconds without a byte from the guest that count as an emulator stall: qemu is killed "
+        f"and the VM booted once more (default {DEFAULT_STALL:.0f}; above pytest's per-test timeout)",
+    )
     p.add_argument("--mem", default="1G", help="guest memory (default 1G)")
     p.add_argument("--smp", type=int, default=2, help="guest CPUs (default 2)")
     p.add_argument("--env", action="append", default=[], metavar="K=V", help="set in the guest (repeatable)")
@@ -619,24 +656,37 @@ def main(argv: list[str]) -> int:
             initramfs = ensure_initramfs(kdir, busybox)
         kver = _kernel_release(kdir / "tree")
         t_cache = time.monotonic() - t_start
+        modules = kdir / "tree" / "lib" / "modules" / kver
         results = new_results_dir()
-        (results / "run.sh").write_text(
-            run_script(ns.pytest_args, guest_env(ns.env), kdir / "tree" / "lib" / "modules" / kver, kver)
-        )
+        (results / "run.sh").write_text(run_script(ns.pytest_args, guest_env(ns.env), modules, kver))
         log(f"booting {kver} (cache ready in {t_cache:.1f}s): pytest {shlex.join(ns.pytest_args)}")
-        try:
-            qrc, took = boot(
-                kdir=kdir,
-                initramfs=initramfs,
-                results=results,
-                mem=ns.mem,
-                smp=ns.smp,
-                timeout=ns.timeout - t_cache,
-                verbose=ns.verbose,
-            )
-        except TimeoutError:
-            log(f"FAILED: timeout after {ns.timeout:.0f}s; qemu killed")
-            return EXIT_TIMEOUT
+        for boot_number in range(1, BOOTS + 1):
+            try:
+                qrc, took = boot(
+                    kdir=kdir,
+                    initramfs=initramfs,
+                    results=results,
+                    mem=ns.mem,
+                    smp=ns.smp,
+                    timeout=ns.timeout - (time.monotonic() - t_start),
+                    stall=ns.stall,
+                    verbose=ns.verbose,
+                )
+                break
+            except TimeoutError:
+                log(f"FAILED: timeout after {ns.timeout:.0f}s; qemu killed")
+                return EXIT_TIMEOUT
+            except GuestStalledError as e:
+                # A test cannot be silent that long (pytest's own timeout ends it first and says so):
+                # the emulated machine itself stopped. Said loudly, and tried once more from scratch.
+                if boot_number == BOOTS:
+                    log(f"FAILED: {e} again; qemu killed")
+                    return EXIT_TIMEOUT
+                log(f"WARNING: {e}, longer than any test may run (an emulator stall): qemu killed, rebooting")
+                # A fresh results share: nothing the stalled guest wrote is read as this boot's.
+                shutil.rmtree(results, ignore_errors=True)
+                results = new_results_dir()
+                (results / "run.sh").write_text(run_script(ns.pytest_args, guest_env(ns.env), modules, kver))
         if ns.log and (results / "output").exists():
             shutil.copyfile(results / "output", ns.log)
         if (results / "init-error").exists():

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import lzma
 import os
+import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -97,3 +101,66 @@ def test_cpio_writer_output_is_read_back_by_cpio(tmp_path: Path) -> None:
     subprocess.run(["cpio", "-id", "--quiet"], input=archive, cwd=tmp_path, check=True)
     assert (tmp_path / "bin" / "hello").read_bytes() == b"#!/bin/sh\necho hi\n"
     assert (tmp_path / "odd").read_bytes() == b"xxxxx"
+
+
+def _console(chunks: list[tuple[float, bytes]]) -> tuple[int, threading.Thread]:
+    """A pipe whose write end gets each chunk after its delay, then closes; returns the read end."""
+    r, w = os.pipe()
+
+    def feed() -> None:
+        try:
+            for delay, data in chunks:
+                time.sleep(delay)
+                os.write(w, data)
+        finally:
+            os.close(w)
+
+    t = threading.Thread(target=feed, daemon=True)
+    t.start()
+    return r, t
+
+
+def test_a_console_that_keeps_talking_is_copied_whole_with_plain_newlines() -> None:
+    # 3.6 s in all, more than twice the stall, but never more than 0.1 s between two bytes: no stall.
+    r, feeder = _console([(0.1, b"boot\r"), (0.1, b"\nok \r\n"), (0.1, b"tests ..\r\n")] * 12)
+    out = io.BytesIO()
+    try:
+        t0 = time.monotonic()
+        run_vm.stream_console(r, out, t0, t0 + 60, stall=1.5)
+    finally:
+        feeder.join()
+        os.close(r)
+    assert out.getvalue() == b"boot\nok \ntests ..\n" * 12
+
+
+def test_a_console_silent_for_the_stall_raises_guest_stalled() -> None:
+    r, feeder = _console([(0, b"tests/vm/v2_smoke ....."), (3, b"late")])
+    out = io.BytesIO()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(run_vm.GuestStalledError, match="printed nothing for"):
+            run_vm.stream_console(r, out, t0, t0 + 60, stall=0.5)
+    finally:
+        feeder.join()
+        os.close(r)
+    assert out.getvalue() == b"tests/vm/v2_smoke ....."  # what came before the stall was passed on
+
+
+def test_the_overall_deadline_still_ends_a_talking_console() -> None:
+    r, feeder = _console([(0.05, b".")] * 40)
+    out = io.BytesIO()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            run_vm.stream_console(r, out, t0, t0 + 0.5, stall=30)
+    finally:
+        feeder.join()
+        os.close(r)
+
+
+def test_the_stall_default_is_above_pytests_own_per_test_timeout() -> None:
+    text = (SCRIPT.parents[2] / "pyproject.toml").read_text()
+    per_test = float(re.search(r"(?m)^timeout\s*=\s*(\d+)", text).group(1))  # type: ignore[union-attr]
+    assert per_test + 60 < run_vm.DEFAULT_STALL
+    assert run_vm.parse_args(["--", "x"]).stall == run_vm.DEFAULT_STALL
+    assert run_vm.parse_args(["--stall", "5", "--", "x"]).stall == 5
