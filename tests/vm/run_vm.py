@@ -615,6 +615,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for kv in ns.env:
         if "=" not in kv or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", kv.split("=", 1)[0]):
             p.error(f"--env wants K=V, got {kv!r}")
+    if not ns.stall > 0:
+        p.error(f"--stall wants a positive number of seconds, got {ns.stall:g}")
     if not re.fullmatch(r"\d+[MG]?", ns.mem):
         p.error(f"--mem wants e.g. 1G or 768M, got {ns.mem!r}")
     return ns

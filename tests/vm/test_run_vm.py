@@ -58,6 +58,9 @@ def test_unavailable_ok_exits_0_but_still_says_skip(tmp_path: Path) -> None:
 def test_bad_command_line_exits_64(tmp_path: Path) -> None:
     assert harness(["--env", "NOEQUALS", "--", "x"], path=str(tmp_path)).returncode == 64
     assert harness(["--mem", "lots", "--", "x"], path=str(tmp_path)).returncode == 64
+    r = harness(["--stall", "0", "--", "x"], path=str(tmp_path))
+    assert r.returncode == 64
+    assert "--stall wants a positive number of seconds, got 0" in r.stderr
 
 
 def test_extract_vmlinux_skips_false_magics_and_finds_the_elf() -> None:
