@@ -658,11 +658,14 @@ def main(argv: list[str]) -> int:
             initramfs = ensure_initramfs(kdir, busybox)
         kver = _kernel_release(kdir / "tree")
         t_cache = time.monotonic() - t_start
-        modules = kdir / "tree" / "lib" / "modules" / kver
-        results = new_results_dir()
-        (results / "run.sh").write_text(run_script(ns.pytest_args, guest_env(ns.env), modules, kver))
+        script = run_script(ns.pytest_args, guest_env(ns.env), kdir / "tree" / "lib" / "modules" / kver, kver)
         log(f"booting {kver} (cache ready in {t_cache:.1f}s): pytest {shlex.join(ns.pytest_args)}")
         for boot_number in range(1, BOOTS + 1):
+            # A fresh results share for each boot: nothing a stalled guest wrote is read as the next one's.
+            if results is not None:
+                shutil.rmtree(results, ignore_errors=True)
+            results = new_results_dir()
+            (results / "run.sh").write_text(script)
             try:
                 qrc, took = boot(
                     kdir=kdir,
@@ -685,10 +688,6 @@ def main(argv: list[str]) -> int:
                     log(f"FAILED: {e} again; qemu killed")
                     return EXIT_TIMEOUT
                 log(f"WARNING: {e}, longer than any test may run (an emulator stall): qemu killed, rebooting")
-                # A fresh results share: nothing the stalled guest wrote is read as this boot's.
-                shutil.rmtree(results, ignore_errors=True)
-                results = new_results_dir()
-                (results / "run.sh").write_text(run_script(ns.pytest_args, guest_env(ns.env), modules, kver))
         if ns.log and (results / "output").exists():
             shutil.copyfile(results / "output", ns.log)
         if (results / "init-error").exists():
