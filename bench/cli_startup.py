@@ -136,11 +136,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if services.ssh_argv:
             commands["ssh host true (new connection)"] = [*services.ssh_argv, "true"]
         if args.before:
-            # A script shaped like the console script pip writes (a file, not `-c`), on the old tree.
+            # A script shaped like the console script pip writes (a file, not `-c`), on the old tree:
+            # its console_main where it has one (the entry point since 2026-12-02), else main().
             script = Path(tmp) / "jobctl-before"
             script.write_text(
                 f"import re\nimport sys\nsys.path.insert(0, {args.before!r})\n"
-                "from jobclient.cli import main\nsys.argv[0] = 'jobctl'\nsys.exit(main())\n"
+                "from jobclient import cli\nsys.argv[0] = 'jobctl'\n"
+                "sys.exit((getattr(cli, 'console_main', None) or cli.main)())\n"
             )
             before = [sys.executable, str(script)]
             commands["(before) import jobclient.cli"] = [
@@ -193,8 +195,9 @@ def _add(label, since):
 t = _first
 import jobclient.cli as cli
 t = _add("import jobclient.cli", t)
+getattr(cli, "_defer_unused_modules", lambda: None)()  # as console_main does first, where the tree has it
 import grpc
-t = _add("import grpc (its C core imports asyncio; grpc.aio)", t)
+t = _add("import grpc (asyncio and grpc.aio with it, unless deferred)", t)
 from jobclient.proto.jobworker.v1 import jobworker_pb2, jobworker_pb2_grpc
 t = _add("import the generated code (protobuf runtime)", t)
 import jobclient.client, jobclient.credentials, jobclient.models, jobclient._render, jobclient._malloc
@@ -252,8 +255,9 @@ def _phases_once(env: dict[str, str]) -> dict[str, float]:
     phases = {"interpreter start (to the first line)": first - spawned}
     phases.update((k, v) for k, v in spent.items() if k.startswith("import"))
     phases.update((k, spent[k]) for k in steps)
-    phases["StreamOutput (until the job has ended)"] = wait - spent["GetJob"]
-    phases["GetJob"] = spent["GetJob"]
+    # `run` takes the job's end from the stream's trailers; GetJob only where they did not carry it.
+    phases["StreamOutput (until the job has ended)"] = wait - spent.get("GetJob", 0.0)
+    phases["GetJob"] = spent.get("GetJob", 0.0)
     phases["the rest of main() (signals, malloc tuning, close)"] = (
         spent["main()"] - wait - sum(spent[k] for k in steps)
     )

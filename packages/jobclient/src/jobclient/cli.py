@@ -1137,17 +1137,66 @@ def console_main() -> int:
     """The `jobctl` console script: `main()` on sys.argv, for a process that ends right after.
 
     Before returning (the script passes the status to sys.exit), the objects alive (most of them the
-    modules grpc, protobuf and asyncio loaded) are moved to the collector's permanent generation
+    modules grpc and protobuf loaded) are moved to the collector's permanent generation
     (`gc.freeze()`): the collections the interpreter runs while it shuts down then skip them; they
     took 24-50 ms of a `jobctl run -- true` at load 3-5, 7-12 ms being left (docs/benchmarks.md,
     "jobctl start-up"). They have nothing to do for jobctl: the channel is closed by then, and the
     memory goes back with the process. The rest of the shutdown is as before (exit handlers, stdout
-    flushed, the exit status)."""
+    flushed, the exit status).
+
+    Before `main()`, asyncio, grpc.aio and protobuf's pure-Python message code are made lazy modules
+    (`_defer_unused_modules`): grpc and protobuf import them, and no jobctl command uses them."""
     import gc
 
+    _defer_unused_modules()
     status = main()
     gc.freeze()
     return status
+
+
+#: What `_defer_unused_modules` defers, each imported by grpc or protobuf whether or not it is used:
+#: `grpc._cython.cygrpc` imports asyncio and `grpc/__init__.py` grpc.aio (grpc's asyncio API);
+#: protobuf's descriptor pool imports python_message (with text_format), its pure-Python message
+#: implementation, which the upb implementation jobctl runs on never calls.
+DEFERRED_MODULES = ("asyncio", "grpc.aio", "google.protobuf.internal.python_message")
+
+
+class _DeferredModules:
+    """A meta path finder that gives `DEFERRED_MODULES` the standard library's `LazyLoader`.
+
+    Such a module is created when imported, and its code runs at the first attribute read (by then it
+    is the real module: nothing that uses it can tell). The finder serves each name once and leaves
+    everything else, submodules included, to the finders after it."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self._names = set(names)
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name not in self._names:
+            return None
+        self._names.discard(name)
+        import importlib.machinery
+        import importlib.util
+
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        spec.loader = importlib.util.LazyLoader(spec.loader)
+        return spec
+
+
+def _defer_unused_modules() -> None:
+    """Make `DEFERRED_MODULES` lazy in this process (the jobctl console script only).
+
+    `import grpc` loads asyncio (with concurrent.futures and more) and grpc.aio for grpc's asyncio
+    API, and the generated code protobuf's pure-Python message classes: ~45 ms of a `jobctl run --
+    true` that no jobctl command uses (the SDK's `Client` does not; AsyncClient imports asyncio
+    itself). Deferred, their code runs only if something reads one of their attributes, and then
+    as usual. A module already imported (by a sitecustomize, say) is left as it is. `main()` itself
+    does not do this: a program that calls it in-process keeps its import system as it was."""
+    names = [name for name in DEFERRED_MODULES if name not in sys.modules]
+    if names:
+        sys.meta_path.insert(0, _DeferredModules(names))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,11 +1,14 @@
-"""`Client` (blocking) and `AsyncClient` (asyncio): the same methods over a shared base, like httpx."""
+"""`Client` (blocking) and `AsyncClient` (asyncio): the same methods over a shared base, like httpx.
+
+asyncio and grpc.aio are imported by AsyncClient's methods, not by this module: `Client` needs
+neither, and jobctl's console script defers them (`jobclient.cli.console_main`), which saves a
+`jobctl run` the ~35-45 ms their import costs (docs/benchmarks.md, "jobctl start-up").
+"""
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import datetime
-import inspect
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
@@ -13,7 +16,6 @@ from types import TracebackType
 from typing import IO, Any, Self
 
 import grpc
-import grpc.aio
 
 from jobclient import _conversions as conv
 from jobclient.config import resolve
@@ -557,6 +559,8 @@ class _AsyncStreamCall:
         self._data = b""
 
     async def _next_response(self) -> Any:
+        import asyncio  # here, not at the top: see the module's docstring
+
         while True:
             try:
                 response: Any = await self._call.read()
@@ -629,6 +633,8 @@ class AsyncClient(_BaseClient):
         reconnect: float = RECONNECT_SECONDS,
         tls_server_name: str | None = None,
     ) -> None:
+        import grpc.aio  # here, not at the top: see the module's docstring
+
         super().__init__(target, credentials, timeout, reconnect, tls_server_name)
         self._channel = grpc.aio.secure_channel(
             target, credentials.channel_credentials(), self._channel_options()
@@ -759,6 +765,9 @@ class AsyncClient(_BaseClient):
 
     async def wait(self, job_id: str, *, out: OutputSink | None = None, offset: int = 0) -> Job:
         """See `Client.wait`; `out` may also be a coroutine function."""
+        import asyncio
+        import inspect
+
         write = _sync_writer(out)
         retry = _Reconnect(self.reconnect)
         while True:
