@@ -19,6 +19,8 @@ from jobcore import linux, sandbox
 from jobcore.controllers.base import Handle
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from jobcore.records import SpecRecord
 
 
@@ -111,9 +113,21 @@ _RESTORED_SIGNALS = tuple(n for n in range(1, signal.NSIG) if n not in (signal.S
 _CHILD_FAILED = 255
 
 
-def spawn_command(spec: SpecRecord, handle: Handle, out_w: int, err_w: int) -> Command:
+def spawn_command(
+    spec: SpecRecord,
+    handle: Handle,
+    out_w: int,
+    err_w: int,
+    meanwhile: Callable[[], object] | None = None,
+) -> Command:
     """Fork and exec the command with `enter_job` run in between. The shim is single-threaded, so
     running Python in the forked child is safe here. Raises StartError with the OS error.
+
+    `meanwhile`, if given, runs in the caller right after the fork, while the child sets itself up
+    (its cgroup, namespaces, mounts: most of a start), on the other core where there is one; the
+    exec's outcome is waited for after it. If the command then fails to start, its StartError is
+    raised (the caller undoes what `meanwhile` did); if it started and `meanwhile` raised, that
+    exception is raised (the command dies with the shim: PR_SET_PDEATHSIG).
 
     What `subprocess.Popen(argv, env=..., stdin=DEVNULL, stdout=out_w, stderr=err_w, close_fds=True,
     restore_signals=True, preexec_fn=...)` did, done directly: the same fork, steps and errors, without
@@ -139,11 +153,19 @@ def spawn_command(spec: SpecRecord, handle: Handle, out_w: int, err_w: int) -> C
         _child(spec, handle, executables, (devnull, out_w, err_w), error_w)
     os.close(error_w)
     os.close(devnull)
+    pending: BaseException | None = None
     try:
+        if meanwhile is not None:
+            try:
+                meanwhile()
+            except BaseException as exc:  # after the exec's outcome, below
+                pending = exc
         detail = _read_all(error_r)
     finally:
         os.close(error_r)
     if not detail:
+        if pending is not None:
+            raise pending
         return Command(pid)  # exec'd: the close-on-exec error pipe closed without a word
     _reap(pid)
     info = json.loads(detail)

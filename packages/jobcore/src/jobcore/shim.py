@@ -123,6 +123,8 @@ class Shim:
         self.killed_hard = False
         self.reason: str | None = None
         self.writer: OutputWriter | None = None
+        #: The reserve file's path (`_reserve_space`), once made.
+        self.reserve: str | None = None
         self._stopping = False
 
     # -- start
@@ -145,15 +147,18 @@ class Shim:
         self.report_fd = -1
 
     def start(self) -> tuple[dict[str, int], RunRecord]:
-        """Spawn the command. Returns the output pipes and run.json's content. Raises StartError."""
+        """Spawn the command, and open the output log and the reserve (`open_output`) while its
+        process sets itself up. Returns the output pipes and run.json's content. Raises StartError,
+        with neither the log nor the reserve left behind."""
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         linux.set_pipe_size(out_r, PIPE_SIZE)
         try:
-            command = spawn_command(self.spec, self.handle, out_w, err_w)
+            command = spawn_command(self.spec, self.handle, out_w, err_w, meanwhile=self.open_output)
         except StartError:
             for fd in (out_r, err_r):
                 os.close(fd)
+            self.discard_output()
             raise
         finally:
             os.close(out_w)
@@ -163,6 +168,24 @@ class Shim:
         host_pid = next(iter(linux.child_pids_of_self()), command.pid)
         run = RunRecord(pid=host_pid, start_ticks=linux.process_start_ticks(host_pid), started_at=time.time())
         return {"out": out_r, "err": err_r}, run
+
+    def open_output(self) -> None:
+        """The job's output log, and the space set aside for its exit record."""
+        self.reserve = _reserve_space(self.dir)
+        self.writer = OutputWriter(self.dir, self.spec.output_cap)
+
+    def discard_output(self) -> None:
+        """Undo `open_output` for a job that did not start: its directory is as before the attempt."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        for path in (f"{self.dir}/{jobdir.OUTPUT}", f"{self.dir}/{jobdir.OUTPUT_INDEX}", self.reserve):
+            if path is not None:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+        self.reserve = None
 
     # -- running
 
@@ -445,14 +468,13 @@ def run_shim(
         except StartError as exc:
             shim.fail(exc)
         else:
-            reserve = _reserve_space(directory)
-            shim.writer = OutputWriter(directory, shim.spec.output_cap)
+            assert shim.writer is not None  # start() opened it
             write_record(f"{directory}/{jobdir.RUN}", run)
             shim.report({"ok": True, "run": unstructure(run)})
             shim.supervise(pipes)
             shim.writer.close()
             exit_info = shim.finish()
-            _write_exit(directory, exit_info, reserve)
+            _write_exit(directory, exit_info, shim.reserve)
     except BaseException as exc:  # the shim must never die silently: leave a trace in the job dir
         code = 1
         note(directory, f"the shim failed: {type(exc).__name__}: {exc}")
