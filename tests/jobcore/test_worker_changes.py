@@ -38,6 +38,13 @@ def test_changes_move_with_start_run_stop_end_and_remove_but_not_with_usage_read
     assert _moved(worker, ended)
 
 
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process `pid` has a handler for `signum` (its SigCgt mask in /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        caught = next(line for line in f if line.startswith("SigCgt:")).split()[1]
+    return bool(int(caught, 16) >> (signum - 1) & 1)
+
+
 def test_changes_move_when_a_status_read_sees_the_output_grown(worker: Worker) -> None:
     # It writes only when told to (SIGUSR1), so nothing can be written before the test looks.
     job = worker.start(JobSpec(["sh", "-c", 'trap "echo hi" USR1; while :; do sleep 0.05; done']))
@@ -45,6 +52,9 @@ def test_changes_move_when_a_status_read_sees_the_output_grown(worker: Worker) -
         assert job.pid is not None
         assert worker.status(job.id).output_bytes == 0
         quiet = worker.changes
+        # start() returns once the shell is exec'd, not once it has set its trap: a SIGUSR1 before that
+        # would kill it (the default action), so wait until the shell catches the signal.
+        wait_until(lambda: _catches(job.pid, signal.SIGUSR1), 30)
         os.kill(job.pid, signal.SIGUSR1)
         output = Path(worker.state_dir) / job.id / jobdir.OUTPUT
         wait_until(lambda: output.stat().st_size == 3, 30)
