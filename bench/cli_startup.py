@@ -197,7 +197,7 @@ import jobclient.cli as cli
 t = _add("import jobclient.cli", t)
 getattr(cli, "_defer_unused_modules", lambda: None)()  # as console_main does first, where the tree has it
 import grpc
-t = _add("import grpc (asyncio and grpc.aio with it, unless deferred)", t)
+t = _add("import grpc (+ asyncio, grpc.aio unless deferred)", t)
 from jobclient.proto.jobworker.v1 import jobworker_pb2, jobworker_pb2_grpc
 t = _add("import the generated code (protobuf runtime)", t)
 import jobclient.client, jobclient.credentials, jobclient.models, jobclient._render, jobclient._malloc
