@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -411,18 +410,6 @@ def test_running_output_bytes_sums_the_running_jobs_output_per_owner(worker: Wor
     worker.stop(writing.id, grace=0)
     worker.stop(other.id, grace=0)
     assert worker.running_output_bytes() == 0
-
-
-@pytest.fixture
-def small_state_dir(tmp_path: Path) -> Iterator[Path]:
-    """A state directory on an 8 MiB tmpfs, to fill up."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 def test_a_full_state_disk_stops_the_job_with_a_clear_reason_and_the_worker_recovers(

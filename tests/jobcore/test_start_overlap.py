@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from jobcore_testing import requires_root
+from jobcore_testing import CONTROLLER, job_pids, requires_root, wait_until
 
 from jobcore import JobSpec, JobState, Worker
 from jobcore.jobdir import OUTPUT, OUTPUT_INDEX
@@ -106,3 +106,71 @@ def test_a_job_that_started_has_its_output_log_from_its_first_byte(worker: Worke
     assert status.state is not JobState.FAILED_TO_START
     assert worker.wait(status.id).exit_code == 0
     assert b"".join(worker.output(status.id)) == b"first\nsecond\n"
+
+
+def _processes_with(marker: str) -> list[int]:
+    """Live (not zombie) processes whose command line contains `marker`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            state = Path(f"/proc/{entry}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker.encode() in cmdline and state != b"Z":
+            found.append(int(entry))
+    return found
+
+
+@requires_root
+@pytest.mark.parametrize("pid_namespace", [True, False], ids=["pid-namespace", "no-namespaces"])
+def test_a_job_whose_output_log_cannot_be_created_fails_to_start_with_a_clear_reason(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch, pid_namespace: bool
+) -> None:
+    from unwritable_output_backend import UnwritableOutputController
+
+    from jobcore import Isolation
+
+    # The launcher imports the backend's module: it must find it (this folder), as test_fork.py's.
+    here = str(Path(__file__).resolve().parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("JOBCORE_TEST_OUTPUT_UNWRITABLE", "1")
+    marker = f"61.{os.getpid()}{int(pid_namespace)}"  # a sleep whose arguments no other process has
+    with Worker(state_dir, controller=UnwritableOutputController()) as worker:
+        status = worker.start(
+            JobSpec(
+                ["sh", "-c", f"sleep {marker} & exec sleep {marker}"],
+                isolation=Isolation() if pid_namespace else Isolation.none(),
+            )
+        )
+        # The command did start (the log is made while it sets itself up) and was stopped at once.
+        assert status.state is JobState.FAILED_TO_START
+        assert status.reason == (
+            "the job's output could not be stored (No space left on device): "
+            "the job was stopped as it started"
+        )
+        assert str(state_dir) not in status.reason  # the owner reads it; the state directory is not theirs
+        wait_until(lambda: not _processes_with(marker), 10, "the job's processes to be gone")
+        kept = sorted(os.listdir(worker.state_dir / status.id))
+        assert OUTPUT not in kept and OUTPUT_INDEX not in kept and ".reserve" not in kept, kept
+        assert worker.status(status.id).state is JobState.FAILED_TO_START  # and it stays so
+    wait_until(lambda: not _processes_with(marker), 10, "the job's processes to be gone")
+
+
+@requires_root
+def test_no_reserve_is_left_behind_when_the_state_disk_has_no_room_for_it(small_state_dir: Path) -> None:
+    # Less than the reserve's 64 KiB free, but room for a job's records: the reserve is given up (best
+    # effort), and no empty .reserve file stays, whether the job started or not.
+    with Worker(small_state_dir, controller=CONTROLLER) as worker:
+        free = os.statvfs(small_state_dir)
+        with open(small_state_dir / "filler", "wb") as f:
+            f.write(b"x" * (free.f_bavail * free.f_frsize - (40 << 10)))
+        failed = worker.start(JobSpec(["/nonexistent/tool"]))
+        assert failed.state is JobState.FAILED_TO_START
+        assert ".reserve" not in os.listdir(small_state_dir / failed.id)
+        ran = worker.start(JobSpec(["true"]))
+        assert worker.wait(ran.id, timeout=30).exit_code == 0
+        wait_until(lambda: not job_pids(small_state_dir), 10, "the shim to exit")
+        assert ".reserve" not in os.listdir(small_state_dir / ran.id)

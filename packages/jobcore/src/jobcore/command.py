@@ -127,7 +127,8 @@ def spawn_command(
     (its cgroup, namespaces, mounts: most of a start), on the other core where there is one; the
     exec's outcome is waited for after it. If the command then fails to start, its StartError is
     raised (the caller undoes what `meanwhile` did); if it started and `meanwhile` raised, that
-    exception is raised (the command dies with the shim: PR_SET_PDEATHSIG).
+    exception is raised, and the command, running, is the caller's to stop (the shim kills the job's
+    processes; PR_SET_PDEATHSIG kills the command if the shim dies first).
 
     What `subprocess.Popen(argv, env=..., stdin=DEVNULL, stdout=out_w, stderr=err_w, close_fds=True,
     restore_signals=True, preexec_fn=...)` did, done directly: the same fork, steps and errors, without

@@ -155,9 +155,11 @@ class Shim:
         linux.set_pipe_size(out_r, PIPE_SIZE)
         try:
             command = spawn_command(self.spec, self.handle, out_w, err_w, meanwhile=self.open_output)
-        except StartError:
+        except StartError as exc:
             for fd in (out_r, err_r):
                 os.close(fd)
+            if exc.stage == OUTPUT_STAGE:  # the command did start: it, and whatever it forked, must go
+                self.kill_leftovers()
             self.discard_output()
             raise
         finally:
@@ -170,9 +172,19 @@ class Shim:
         return {"out": out_r, "err": err_r}, run
 
     def open_output(self) -> None:
-        """The job's output log, and the space set aside for its exit record."""
+        """The job's output log, and the space set aside for its exit record. StartError (stage
+        "output") when the log cannot be created: a job has nowhere to put its output without it."""
         self.reserve = _reserve_space(self.dir)
-        self.writer = OutputWriter(self.dir, self.spec.output_cap)
+        try:
+            self.writer = OutputWriter(self.dir, self.spec.output_cap)
+        except OSError as exc:
+            # No path in the reason: it is the job owner's to read, and the state directory is not.
+            raise StartError(
+                OUTPUT_STAGE,
+                f"the job's output could not be stored ({os.strerror(exc.errno or errno.EIO)}): "
+                "the job was stopped as it started",
+                exc.errno,
+            ) from exc
 
     def discard_output(self) -> None:
         """Undo `open_output` for a job that did not start: its directory is as before the attempt."""
@@ -417,18 +429,28 @@ def _detach() -> int:
 
 #: Space set aside at start so that exit.json can be written even once the state disk is full.
 RESERVE_BYTES = 64 * 1024
+#: The StartError stage of a job whose output log could not be created (its command had started).
+OUTPUT_STAGE = "output"
 
 
 def _reserve_space(directory: str) -> str | None:
+    """Set aside RESERVE_BYTES in `directory`; its path, or None (best effort: without it, a full disk
+    may cost the exit record) with no file left behind."""
     path = f"{directory}/.reserve"
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            os.posix_fallocate(fd, 0, RESERVE_BYTES)
-        finally:
-            os.close(fd)
     except OSError:
-        return None  # best effort: without it, a full disk may cost the exit record
+        return None
+    try:
+        os.posix_fallocate(fd, 0, RESERVE_BYTES)
+    except OSError:
+        try:
+            os.unlink(path)  # an empty reserve would only be a file to clean up
+        except OSError:
+            pass
+        return None
+    finally:
+        os.close(fd)
     return path
 
 
