@@ -51,37 +51,27 @@ _PATCH = """
 
 #: Runs in a child process with PYTHONPATH on the tree to measure.
 _MEASURE = r"""
-import os, statistics, sys, tempfile, time, shutil
+import os, statistics, sys, time
 sys.path.insert(0, sys.argv[3])
-from shim_memory import children, rollup
-from jobcore import JobSpec, Worker
+from shim_memory import children, fresh_worker, idle_jobs, rollup
 
 jobs, wait = int(sys.argv[1]), float(sys.argv[2])
 ksm = lambda name: int(open(f"/sys/kernel/mm/ksm/{name}").read())
-state = tempfile.mkdtemp(prefix="ksm-experiment-")
-try:
-    with Worker(state) as worker:
-        ours = [os.getpid(), worker.launcher_pid]
-        before = sum(rollup(p)["Pss"] for p in ours)
-        ids = [worker.start(JobSpec(["sleep", "900"])).id for _ in range(jobs)]
-        try:
-            time.sleep(2)
-            began, scans = time.monotonic(), ksm("full_scans")
-            while ksm("run") == 1 and time.monotonic() - began < wait and ksm("full_scans") < scans + 3:
-                time.sleep(1)
-            shims = [rollup(p) for p in children(worker.launcher_pid)]
-            after = sum(s["Pss"] for s in shims) + sum(rollup(p)["Pss"] for p in ours)
-            print(
-                f"{statistics.median(s['Pss'] for s in shims):.0f} "
-                f"{statistics.median(s['Private_Dirty'] for s in shims):.0f} "
-                f"{(after - before) / jobs / 1024:.2f} {ksm('full_scans') - scans} "
-                f"{ksm('pages_shared')} {ksm('pages_sharing')} {time.monotonic() - began:.0f}"
-            )
-        finally:
-            for job_id in ids:
-                worker.stop(job_id, grace=1)
-finally:
-    shutil.rmtree(state, ignore_errors=True)
+with fresh_worker() as worker:
+    ours = [os.getpid(), worker.launcher_pid]
+    before = sum(rollup(p)["Pss"] for p in ours)
+    with idle_jobs(worker, jobs, ("sleep", "900"), grace=1):
+        began, scans = time.monotonic(), ksm("full_scans")
+        while ksm("run") == 1 and time.monotonic() - began < wait and ksm("full_scans") < scans + 3:
+            time.sleep(1)
+        shims = [rollup(p) for p in children(worker.launcher_pid)]
+        after = sum(s["Pss"] for s in shims) + sum(rollup(p)["Pss"] for p in ours)
+        print(
+            f"{statistics.median(s['Pss'] for s in shims):.0f} "
+            f"{statistics.median(s['Private_Dirty'] for s in shims):.0f} "
+            f"{(after - before) / jobs / 1024:.2f} {ksm('full_scans') - scans} "
+            f"{ksm('pages_shared')} {ksm('pages_sharing')} {time.monotonic() - began:.0f}"
+        )
 """
 
 

@@ -21,6 +21,7 @@ only other process mapping it): what a shim costs in a server that keeps startin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from jobcore import JobSpec, Worker
@@ -112,30 +114,47 @@ def bare_fork_floor(popen: bool = False, raw: bool = False) -> dict[str, int]:
         os.waitpid(pid, 0)
 
 
+@contextlib.contextmanager
+def fresh_worker() -> Iterator[Worker]:
+    """A Worker on a temporary state directory, removed on exit (bench/shim_pages.py and
+    bench/ksm_experiment.py use it too)."""
+    state = tempfile.mkdtemp(prefix="shim-memory-")
+    try:
+        with Worker(state) as worker:
+            yield worker
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def idle_jobs(
+    worker: Worker, jobs: int, argv: Sequence[str] = ("sleep", "600"), grace: float = 2
+) -> Iterator[list[str]]:
+    """`jobs` idle jobs of `argv` on `worker` (their ids, in the order started), settled for 2 s;
+    every one stopped on exit."""
+    ids = [worker.start(JobSpec(list(argv))).id for _ in range(jobs)]
+    try:
+        time.sleep(2)
+        yield ids
+    finally:
+        for job_id in ids:
+            worker.stop(job_id, grace=grace)
+
+
 FIELDS = ("Rss", "Pss", "Private_Dirty", "Private_Clean", "Shared_Dirty", "Shared_Clean")
 SRC = Path(__file__).resolve().parent.parent / "packages" / "jobcore" / "src"
 
 
 def measure(jobs: int) -> dict[str, float]:
     """Per-shim medians (kB) over `jobs` idle jobs of one fresh Worker, and the launcher's figures."""
-    state = tempfile.mkdtemp(prefix="shim-memory-")
-    try:
-        with Worker(state) as worker:
-            ids = [worker.start(JobSpec(["sleep", "600"])).id for _ in range(jobs)]
-            try:
-                time.sleep(2)
-                figs = [rollup(p) for p in children(worker.launcher_pid)]
-                out = {key: float(statistics.median(f.get(key, 0) for f in figs)) for key in FIELDS}
-                out["shims"] = len(figs)
-                launcher = rollup(worker.launcher_pid)
-                out["launcher Pss"] = launcher["Pss"]
-                out["launcher Private_Dirty"] = launcher["Private_Dirty"]
-                return out
-            finally:
-                for job_id in ids:
-                    worker.stop(job_id, grace=2)
-    finally:
-        shutil.rmtree(state, ignore_errors=True)
+    with fresh_worker() as worker, idle_jobs(worker, jobs):
+        figs = [rollup(p) for p in children(worker.launcher_pid)]
+        out = {key: float(statistics.median(f.get(key, 0) for f in figs)) for key in FIELDS}
+        out["shims"] = len(figs)
+        launcher = rollup(worker.launcher_pid)
+        out["launcher Pss"] = launcher["Pss"]
+        out["launcher Private_Dirty"] = launcher["Private_Dirty"]
+        return out
 
 
 def compare(before: Path, rounds: int, jobs: int) -> None:
@@ -181,54 +200,41 @@ def main() -> int:
     if args.json:
         print(json.dumps(measure(args.jobs)))
         return 0
-    state = tempfile.mkdtemp(prefix="shim-memory-")
-    try:
-        with Worker(state) as worker:
-            ids = [worker.start(JobSpec(["sleep", "600"])).id for _ in range(args.jobs)]
-            try:
-                time.sleep(2)
-                me = os.getpid()
-                launcher = next(
-                    p for p in children(me) if b"jobcore.launcher" in Path(f"/proc/{p}/cmdline").read_bytes()
-                )
-                shims = children(launcher)
-                figs = [rollup(p) for p in shims]
-                print(f"{len(shims)} shims (launcher pid {launcher}); medians in kB:")
-                for key in ("Rss", "Pss", "Private_Dirty", "Private_Clean", "Shared_Dirty", "Shared_Clean"):
-                    print(f"  {key:14} {statistics.median(f.get(key, 0) for f in figs):8.0f}")
-                lr = rollup(launcher)
-                print(f"launcher: Rss {lr['Rss']} Pss {lr['Pss']} Private_Dirty {lr['Private_Dirty']} kB")
-                inherited, new = split(shims[len(shims) // 2], launcher)
-                print(
-                    "sample shim Private_Dirty in mappings inherited from the launcher: "
-                    f"{sum(inherited.values())} kB"
-                )
-                for name, kb in sorted(inherited.items(), key=lambda kv: -kv[1])[:8]:
-                    print(f"    {name:44} {kb:6} kB")
-                print(f"sample shim Private_Dirty in mappings created after fork(): {sum(new.values())} kB")
-                for name, kb in sorted(new.items(), key=lambda kv: -kv[1])[:8]:
-                    print(f"    {name:44} {kb:6} kB")
-                last = json.loads((Path(state) / ids[-1] / "shim.json").read_text())["pid"]
-                print(
-                    "the last shim started (whose launcher prepared no job after forking it): "
-                    f"Private_Dirty {rollup(last)['Private_Dirty']} kB"
-                )
-                for popen, raw in ((False, False), (False, True), (True, False)):
-                    floor = bare_fork_floor(popen, raw)
-                    what = (
-                        "spawns /bin/true with Popen(preexec_fn=...) then sleeps" if popen else "only sleeps"
-                    )
-                    how = "jobcore.linux.fork()" if raw else "os.fork()"
-                    print(
-                        f"floor: a child forked ({how}) from a launcher-like process (imports, gc.freeze) "
-                        f"that {what}: Private_Dirty {floor['Private_Dirty']} kB, Pss {floor['Pss']} kB, "
-                        f"Rss {floor['Rss']} kB"
-                    )
-            finally:
-                for job_id in ids:
-                    worker.stop(job_id, grace=2)
-    finally:
-        shutil.rmtree(state, ignore_errors=True)
+    with fresh_worker() as worker, idle_jobs(worker, args.jobs) as ids:
+        me = os.getpid()
+        launcher = next(
+            p for p in children(me) if b"jobcore.launcher" in Path(f"/proc/{p}/cmdline").read_bytes()
+        )
+        shims = children(launcher)
+        figs = [rollup(p) for p in shims]
+        print(f"{len(shims)} shims (launcher pid {launcher}); medians in kB:")
+        for key in ("Rss", "Pss", "Private_Dirty", "Private_Clean", "Shared_Dirty", "Shared_Clean"):
+            print(f"  {key:14} {statistics.median(f.get(key, 0) for f in figs):8.0f}")
+        lr = rollup(launcher)
+        print(f"launcher: Rss {lr['Rss']} Pss {lr['Pss']} Private_Dirty {lr['Private_Dirty']} kB")
+        inherited, new = split(shims[len(shims) // 2], launcher)
+        print(
+            f"sample shim Private_Dirty in mappings inherited from the launcher: {sum(inherited.values())} kB"
+        )
+        for name, kb in sorted(inherited.items(), key=lambda kv: -kv[1])[:8]:
+            print(f"    {name:44} {kb:6} kB")
+        print(f"sample shim Private_Dirty in mappings created after fork(): {sum(new.values())} kB")
+        for name, kb in sorted(new.items(), key=lambda kv: -kv[1])[:8]:
+            print(f"    {name:44} {kb:6} kB")
+        last = json.loads((worker.state_dir / ids[-1] / "shim.json").read_text())["pid"]
+        print(
+            "the last shim started (whose launcher prepared no job after forking it): "
+            f"Private_Dirty {rollup(last)['Private_Dirty']} kB"
+        )
+        for popen, raw in ((False, False), (False, True), (True, False)):
+            floor = bare_fork_floor(popen, raw)
+            what = "spawns /bin/true with Popen(preexec_fn=...) then sleeps" if popen else "only sleeps"
+            how = "jobcore.linux.fork()" if raw else "os.fork()"
+            print(
+                f"floor: a child forked ({how}) from a launcher-like process (imports, gc.freeze) "
+                f"that {what}: Private_Dirty {floor['Private_Dirty']} kB, Pss {floor['Pss']} kB, "
+                f"Rss {floor['Rss']} kB"
+            )
     return 0
 
 

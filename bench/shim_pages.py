@@ -24,18 +24,13 @@ import argparse
 import collections
 import hashlib
 import os
-import shutil
 import statistics
 import struct
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shim_memory import children, mappings
-
-from jobcore import JobSpec, Worker
+from shim_memory import children, fresh_worker, idle_jobs, mappings
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 _PRESENT = 1 << 63
@@ -95,46 +90,30 @@ def main() -> int:
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("shim_pages.py needs root (jobs in cgroups, /proc/kpagecount)")
-    state = tempfile.mkdtemp(prefix="shim-pages-")
-    try:
-        with Worker(state) as worker:
-            ids = [worker.start(JobSpec(["sleep", "600"])).id for _ in range(args.jobs)]
-            try:
-                time.sleep(2)
-                shims = children(worker.launcher_pid)
-                private = {pid: private_pages(pid) for pid in shims}
-                everywhere: set[int] = set().union(*(set(p) for p in private.values()))
-                launcher = page_hashes(worker.launcher_pid, everywhere)
-                # How many shims hold each (address, content) privately.
-                holders = collections.Counter(
-                    (address, digest) for pages in private.values() for address, digest in pages.items()
-                )
-                rows: dict[str, list[float]] = collections.defaultdict(list)
-                kb = PAGE / 1024
-                for pages in private.values():
-                    same_as_launcher = sum(1 for a, d in pages.items() if launcher.get(a) == d)
-                    in_every_shim = sum(
-                        1
-                        for a, d in pages.items()
-                        if launcher.get(a) != d and holders[(a, d)] == len(private)
-                    )
-                    in_some = sum(
-                        1
-                        for a, d in pages.items()
-                        if launcher.get(a) != d and 1 < holders[(a, d)] < len(private)
-                    )
-                    rows["private pages"].append(len(pages) * kb)
-                    rows["  the same as the launcher's"].append(same_as_launcher * kb)
-                    rows["  the same in every shim"].append(in_every_shim * kb)
-                    rows["  the same in some other shims"].append(in_some * kb)
-                    rows["  this shim's own"].append(
-                        (len(pages) - same_as_launcher - in_every_shim - in_some) * kb
-                    )
-            finally:
-                for job_id in ids:
-                    worker.stop(job_id, grace=2)
-    finally:
-        shutil.rmtree(state, ignore_errors=True)
+    with fresh_worker() as worker, idle_jobs(worker, args.jobs):
+        shims = children(worker.launcher_pid)
+        private = {pid: private_pages(pid) for pid in shims}
+        everywhere: set[int] = set().union(*(set(p) for p in private.values()))
+        launcher = page_hashes(worker.launcher_pid, everywhere)
+        # How many shims hold each (address, content) privately.
+        holders = collections.Counter(
+            (address, digest) for pages in private.values() for address, digest in pages.items()
+        )
+        rows: dict[str, list[float]] = collections.defaultdict(list)
+        kb = PAGE / 1024
+        for pages in private.values():
+            same_as_launcher = sum(1 for a, d in pages.items() if launcher.get(a) == d)
+            in_every_shim = sum(
+                1 for a, d in pages.items() if launcher.get(a) != d and holders[(a, d)] == len(private)
+            )
+            in_some = sum(
+                1 for a, d in pages.items() if launcher.get(a) != d and 1 < holders[(a, d)] < len(private)
+            )
+            rows["private pages"].append(len(pages) * kb)
+            rows["  the same as the launcher's"].append(same_as_launcher * kb)
+            rows["  the same in every shim"].append(in_every_shim * kb)
+            rows["  the same in some other shims"].append(in_some * kb)
+            rows["  this shim's own"].append((len(pages) - same_as_launcher - in_every_shim - in_some) * kb)
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"{len(private)} shims of idle `sleep 600` jobs; load {load}; per-shim medians [min - max], kB")
     for name, values in rows.items():
