@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pwd
+import sqlite3
 from pathlib import Path
 
+import grpc
 import pytest
 
 from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
@@ -124,3 +126,31 @@ def test_no_mount_namespace_needs_the_sandbox_permission_too() -> None:
 def test_a_request_without_cwd_gets_the_scratch_directory() -> None:
     spec = spec_from_request(pb.StartJobRequest(argv=["true"]), "alice", ServerConfig(), RunAs(7, 7))
     assert spec.cwd is None and spec.user == RunAs(7, 7) and spec.isolation.sandbox
+
+
+def test_a_full_state_disk_on_a_new_identity_is_the_servers_disk_full_answer(tmp_path: Path) -> None:
+    # As every other write to a full state disk: RESOURCE_EXHAUSTED with the one message, which names
+    # no path of the server (it named the identities database's, to whichever user came first).
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        ids = UserIds(mount / "identities.db", (700000, 700009))
+        ids.run_as("alice")
+        with open(mount / "filler", "wb") as f, pytest.raises(OSError):
+            f.write(b"x" * (2 << 20))
+        with pytest.raises(sqlite3.Error) as raised:
+            ids.run_as("bob")
+        failure = failure_for(raised.value)
+        assert failure is not None
+        assert failure.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert (
+            failure.message == "no space left in the server's state directory; try again once space is freed"
+        )
+        (mount / "filler").unlink()
+        assert ids.run_as("bob") == RunAs(700001, 700001)  # room again: bob gets his uid
+        ids.close()
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)

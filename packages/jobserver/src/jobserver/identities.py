@@ -77,8 +77,10 @@ class UserIds:
                     (name, uid, time.time()),
                 )
             except sqlite3.Error as exc:
-                full = " (no space left on the state disk)" if "full" in str(exc) else ""
-                raise IdentityError(f"cannot record the uid of {name} in {self._path}: {exc}{full}") from None
+                if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                    raise  # a full state disk: answered like any other (jobserver.interceptor.failure_for)
+                # The caller reads this: the server's paths are not theirs (the server logs the call).
+                raise IdentityError(f"cannot record the uid of {name}: {exc}") from None
             self._cache[name] = uid
             return uid
         raise IdentityError(
