@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from jobcore_testing import CONTROLLER, job_pids, requires_root, wait_until
+from support import processes_with
 
 from jobcore import JobSpec, JobState, Worker
 from jobcore.jobdir import OUTPUT, OUTPUT_INDEX
@@ -108,22 +109,6 @@ def test_a_job_that_started_has_its_output_log_from_its_first_byte(worker: Worke
     assert b"".join(worker.output(status.id)) == b"first\nsecond\n"
 
 
-def _processes_with(marker: str) -> list[int]:
-    """Live (not zombie) processes whose command line contains `marker`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            state = Path(f"/proc/{entry}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker.encode() in cmdline and state != b"Z":
-            found.append(int(entry))
-    return found
-
-
 @requires_root
 @pytest.mark.parametrize("pid_namespace", [True, False], ids=["pid-namespace", "no-namespaces"])
 def test_a_job_whose_output_log_cannot_be_created_fails_to_start_with_a_clear_reason(
@@ -152,11 +137,11 @@ def test_a_job_whose_output_log_cannot_be_created_fails_to_start_with_a_clear_re
             "the job was stopped as it started"
         )
         assert str(state_dir) not in status.reason  # the owner reads it; the state directory is not theirs
-        wait_until(lambda: not _processes_with(marker), 10, "the job's processes to be gone")
+        wait_until(lambda: not processes_with(marker, zombies=False), 10, "the job's processes to be gone")
         kept = sorted(os.listdir(worker.state_dir / status.id))
         assert OUTPUT not in kept and OUTPUT_INDEX not in kept and ".reserve" not in kept, kept
         assert worker.status(status.id).state is JobState.FAILED_TO_START  # and it stays so
-    wait_until(lambda: not _processes_with(marker), 10, "the job's processes to be gone")
+    wait_until(lambda: not processes_with(marker, zombies=False), 10, "the job's processes to be gone")
 
 
 @requires_root

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import uuid
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from jobcore_testing import CONTROLLER, job_pids, requires_root, wait_until
+from support import processes_with
 
 from jobcore import JobSpec, JobState, Worker, jobdir, records
 from jobcore.errors import CorruptStateFile, JobNotFound, JobStillRunning
@@ -21,19 +21,6 @@ from jobcore.records import RunRecord
 pytestmark = requires_root
 
 LOOP = ["sh", "-c", "trap '' TERM; echo up; while :; do sleep 1; done"]
-
-
-def _pids_with(marker: str) -> list[int]:
-    """Processes whose command line holds `marker` (their shim.json may be the damaged file)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if marker.encode() in f.read() and int(entry) != os.getpid():
-                    found.append(int(entry))
-        except (OSError, ValueError):
-            continue
-    return found
 
 
 def _up(worker: Worker, marker: str = "") -> str:
@@ -57,7 +44,7 @@ def test_a_damaged_shim_record_makes_the_job_lost_for_the_next_worker(
         assert lost.state is JobState.LOST
         assert lost.reason is not None and "shim.json" in lost.reason
         assert second.status(done).state is JobState.EXITED
-        wait_until(lambda: not _pids_with(marker), 10, "the lost job's processes to die")
+        wait_until(lambda: not processes_with(marker), 10, "the lost job's processes to die")
     assert f"{job_id}/shim.json" in caplog.text
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 # jobserver first: it pins gRPC's TLS cipher list before grpc is imported (see jobserver/__init__.py).
 import jobserver  # noqa: F401  isort: skip
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +18,13 @@ import attrs
 import grpc
 import pytest
 import support
-from support import CERTS, IS_ROOT, REPO, wait_for  # noqa: F401  (REPO, wait_for: for the test files)
+from support import (  # noqa: F401  (REPO, processes_with, wait_for: for the test files)
+    CERTS,
+    IS_ROOT,
+    REPO,
+    processes_with,
+    wait_for,
+)
 
 from jobclient.proto.jobworker.v1 import jobworker_pb2 as pb
 from jobclient.proto.jobworker.v1 import jobworker_pb2_grpc as pb_grpc
@@ -131,23 +136,6 @@ class ServerProcess(support.ServerProcess):
 
     def client(self, name: str | None = "alice") -> Client:
         return Client(self.port, name)
-
-
-def processes_with(marker: str) -> list[int]:
-    """Pids of processes whose command line contains `marker`."""
-    found = []
-    me = os.getpid()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        if marker.encode() in cmdline:
-            found.append(int(entry))
-    return found
 
 
 def marked_job(marker: str, first_line: str = "") -> list[str]:

@@ -9,7 +9,7 @@ itself (shared over 9p), so the same files are found there.
 from __future__ import annotations
 
 from support.paths import BIN, CERTS, IS_ROOT, JOBCTL, JOBSERVER, REPO
-from support.procfs import is_running, process_start_ticks
+from support.procfs import is_running, process_start_ticks, processes_with
 from support.server import ServerProcess, server_command, server_env
 from support.sockets import free_port
 from support.waiting import wait_for, wait_until
@@ -25,6 +25,7 @@ __all__ = [
     "free_port",
     "is_running",
     "process_start_ticks",
+    "processes_with",
     "server_command",
     "server_env",
     "wait_for",

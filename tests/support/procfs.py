@@ -19,6 +19,8 @@ The zombie rule, decided once for every suite:
 
 from __future__ import annotations
 
+import os
+
 
 def _stat(pid: int) -> list[bytes] | None:
     """The fields of /proc/<pid>/stat after the command name (state first), or None: no such pid."""
@@ -45,3 +47,26 @@ def is_running(pid: int, start_ticks: int | None) -> bool:
     if fields is None or start_ticks is None or int(fields[19]) != start_ticks:
         return False
     return fields[0] not in (b"Z", b"X", b"x")
+
+
+def processes_with(marker: str, *, zombies: bool = True) -> list[int]:
+    """Pids of the processes (this one aside) whose command line contains `marker`; without the
+    zombies if `zombies` is False (the survivor checks that follow the zombie rule above)."""
+    found = []
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if marker.encode() not in cmdline:
+            continue
+        if not zombies:
+            fields = _stat(int(entry))
+            if fields is None or fields[0] in (b"Z", b"X", b"x"):
+                continue
+        found.append(int(entry))
+    return found
