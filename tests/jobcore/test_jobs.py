@@ -412,6 +412,62 @@ def test_running_output_bytes_sums_the_running_jobs_output_per_owner(worker: Wor
     assert worker.running_output_bytes() == 0
 
 
+def test_the_per_owner_running_figures_never_walk_the_ended_jobs(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server checks both at every start, and its Worker holds up to a thousand ended jobs per user
+    # (retention): what they cost must not grow with those.
+    for _ in range(5):
+        worker.wait(worker.start(JobSpec(["true"], owner="alice")).id)
+    running = worker.start(JobSpec(["sh", "-c", "printf 1234; exec sleep 30"], owner="alice"))
+    wait_until(lambda: worker.status(running.id).output_bytes == 4, 10, "the running job's output")
+
+    def walked() -> list[object]:
+        raise AssertionError("the whole table of jobs was walked")
+
+    stats: list[str] = []
+    real_stat = os.stat
+
+    def counting_stat(path: str, *args: object, **kwargs: object) -> os.stat_result:
+        stats.append(str(path))
+        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(worker._jobs, "jobs", walked)
+    monkeypatch.setattr(os, "stat", counting_stat)
+    assert worker.running_count("alice") == 1
+    assert worker.running_count() == 1
+    assert worker.running_output_bytes("alice") == 4
+    monkeypatch.undo()
+    assert stats == [str(worker.state_dir / running.id / jobdir.OUTPUT)]
+    worker.stop(running.id, grace=0)
+
+
+def test_the_running_counts_follow_a_failed_start_a_lost_shim_a_removal_and_a_restart(
+    state_dir: Path,
+) -> None:
+    with Worker(state_dir, controller=CONTROLLER) as worker:
+        failed = worker.start(JobSpec(["/nonexistent/command"], owner="alice"))
+        assert failed.state is JobState.FAILED_TO_START
+        kept = worker.start(JobSpec(["sleep", "300"], owner="alice"))
+        lost = worker.start(JobSpec(["sleep", "300"], owner="alice"))
+        assert (worker.running_count("alice"), worker.running_count()) == (2, 2)
+        shim = jobdir.read_json(state_dir / lost.id / jobdir.SHIM)
+        assert shim is not None
+        os.kill(shim["pid"], signal.SIGKILL)
+        assert worker.wait(lost.id, timeout=10).state is JobState.LOST
+        assert worker.running_count("alice") == 1
+        worker.remove(lost.id)
+        worker.remove(failed.id)
+        assert worker.running_count("alice") == 1
+    with Worker(state_dir, controller=CONTROLLER) as worker:  # the running job found again
+        assert (worker.running_count("alice"), worker.running_count("bob")) == (1, 0)
+        worker.stop(kept.id, grace=0)
+        assert (worker.running_count("alice"), worker.running_count()) == (0, 0)
+        worker.remove(kept.id)
+        assert worker.running_count() == 0
+    wait_until(lambda: not job_pids(state_dir), 10, "the jobs' processes to die")
+
+
 def test_a_full_state_disk_stops_the_job_with_a_clear_reason_and_the_worker_recovers(
     small_state_dir: Path,
 ) -> None:

@@ -118,6 +118,10 @@ class Watcher:
         self.changes = 0
         self._on_end = on_end
         self._jobs: dict[str, WatchedJob] = {}
+        #: The running jobs of each owner (in `_jobs` and without an exit record), kept as they start
+        #: and end: a start's per-user checks read these, never the whole table, which also holds every
+        #: ended job not yet removed (a server keeps up to a thousand per user).
+        self._running: dict[str, dict[str, WatchedJob]] = {}
         self._by_wd: dict[int, WatchedJob] = {}
         self._by_pidfd: dict[int, WatchedJob] = {}
         self._tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
@@ -191,6 +195,8 @@ class Watcher:
     def add(self, job: WatchedJob) -> None:
         with self.lock:
             self._jobs[job.id] = job
+            if job.exit is None:
+                self._running.setdefault(job.spec.owner, {})[job.id] = job
             self.changes += 1
 
     def get(self, job_id: str) -> WatchedJob | None:
@@ -204,8 +210,16 @@ class Watcher:
 
     def discard(self, job_id: str) -> None:
         with self.lock:
-            if self._jobs.pop(job_id, None) is not None:
+            job = self._jobs.pop(job_id, None)
+            if job is not None:
+                self._not_running(job)
                 self.changes += 1
+
+    def _not_running(self, job: WatchedJob) -> None:
+        """Drop the job from its owner's running jobs (with the lock held)."""
+        mine = self._running.get(job.spec.owner)
+        if mine is not None and mine.pop(job.id, None) is not None and not mine:
+            del self._running[job.spec.owner]
 
     def note_change(self) -> None:
         """A job's status changed in a way the table does not see (a stop requested, output grown)."""
@@ -215,6 +229,19 @@ class Watcher:
     def jobs(self) -> list[WatchedJob]:
         with self.lock:
             return list(self._jobs.values())
+
+    def running(self, owner: str | None = None) -> list[WatchedJob]:
+        """The running jobs (of `owner`): O(those jobs), however many ended ones the table holds."""
+        with self.lock:
+            if owner is not None:
+                return list(self._running.get(owner, {}).values())
+            return [job for mine in self._running.values() for job in mine.values()]
+
+    def running_count(self, owner: str | None = None) -> int:
+        with self.lock:
+            if owner is not None:
+                return len(self._running.get(owner, ()))
+            return sum(len(mine) for mine in self._running.values())
 
     def __contains__(self, job_id: str) -> bool:
         with self.lock:
@@ -267,6 +294,7 @@ class Watcher:
             if job.exit is not None:
                 return False
             job.exit = exit
+            self._not_running(job)
             if job.pidfd is not None and kill_shim:
                 try:
                     signal.pidfd_send_signal(job.pidfd, signal.SIGKILL)

@@ -365,20 +365,19 @@ class Worker:
         return [self._status(j, usage_max_age) for j in jobs]
 
     def running_count(self, owner: str | None = None) -> int:
-        """How many jobs (of `owner`) are running; cheaper than `list()`, which reads usage."""
-        jobs = self._jobs.jobs()
-        return sum(1 for j in jobs if j.exit is None and (owner is None or j.spec.owner == owner))
+        """How many jobs (of `owner`) are running: O(1), whatever number of ended jobs is kept."""
+        return self._jobs.running_count(owner)
 
     def running_output_bytes(self, owner: str | None = None) -> int:
-        """The output stored so far by the running jobs (of `owner`): one stat per running job, where
-        `list()` builds every known job's status (a user's ended jobs too)."""
+        """The output stored so far by the running jobs (of `owner`): one stat per running job (and
+        none for the ended ones the Worker still holds), where `list()` builds every known job's
+        status."""
         total = 0
-        for job in self._jobs.jobs():
-            if job.exit is None and (owner is None or job.spec.owner == owner):
-                try:
-                    total += os.stat(job.output_path).st_size
-                except FileNotFoundError:
-                    pass  # not started yet, or its directory vanished: no output of it is stored here
+        for job in self._jobs.running(owner):
+            try:
+                total += os.stat(job.output_path).st_size
+            except FileNotFoundError:
+                pass  # not started yet, or its directory vanished: no output of it is stored here
         return total
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobStatus:
