@@ -154,3 +154,24 @@ def test_a_log_with_output_is_flushed_output_and_index(
     calls.clear()
     OutputWriter(tmp_path, cap=None).close(durable=True)  # reopened (a re-attached shim): flushed again
     assert len(calls) == 2
+
+
+def test_a_rounds_chunks_of_one_stream_share_one_record_and_the_index_size_is_counted(tmp_path: Path) -> None:
+    writer = OutputWriter(tmp_path, cap=None)
+    for data in (b"a", b"bc", b"def"):  # one round of the shim's loop: three reads of stdout
+        writer.append(STDOUT, data)
+    writer.append(STDERR, b"E")
+    writer.append(STDERR, b"F")
+    writer.flush_index()
+    writer.append(STDERR, b"G")  # the next round: a record of its own
+    assert writer.index_size == 3 * 24
+    writer.close(durable=False)
+    assert [(offset, length, stream) for offset, length, stream, _ in read_index(tmp_path)] == [
+        (0, 6, STDOUT),
+        (6, 2, STDERR),
+        (8, 1, STDERR),
+    ]
+    assert (tmp_path / jobdir.OUTPUT_INDEX).stat().st_size == 3 * 24
+    assert b"".join(d for _, d, _ in pieces(IndexedOutputReader(tmp_path, follow=False))) == b"abcdefEFG"
+    # Reopened (a re-attached shim), it counts the index already on disk.
+    assert OutputWriter(tmp_path, cap=None).index_size == 3 * 24

@@ -27,6 +27,11 @@ STDERR = 2
 
 #: offset (u64), length (u32), stream (u8), padding, time_ns (i64)
 INDEX_RECORD = struct.Struct("<QIB3xq")
+#: `drain_pipe` returns after a chunk smaller than this instead of asking the pipe again.
+SHORT_CHUNK = 64 * 1024
+_LENGTH = struct.Struct("<I")
+_LENGTH_AT = 8
+_MAX_LENGTH = (1 << 32) - 1
 
 
 class Progress(Protocol):
@@ -137,6 +142,11 @@ class OutputWriter:
         self.write_error: int | None = None
         self._splice_ok = True
         self._index = bytearray()
+        #: The stream of the last record in `_index` (not yet written), which a chunk of the same
+        #: stream extends rather than adding one: a round of the shim's loop has a record per stream.
+        self._pending_stream = 0
+        #: The index's size on disk plus what `_index` holds.
+        self.index_size = os.fstat(self._idx).st_size
         #: Whether anything was ever written to the files (what close(durable=True) must flush).
         self._wrote_output = self.size > 0
         self._wrote_index = os.fstat(self._idx).st_size > 0
@@ -150,7 +160,17 @@ class OutputWriter:
 
     def _record(self, stream: int, length: int) -> None:
         # Buffered: one write of the index per round of the shim's loop (flush_index), not per chunk.
-        self._index.extend(INDEX_RECORD.pack(self.size, length, stream, time.time_ns()))
+        index = self._index
+        if index and stream == self._pending_stream:
+            at = len(index) - INDEX_RECORD.size + _LENGTH_AT
+            merged = _LENGTH.unpack_from(index, at)[0] + length
+            if merged <= _MAX_LENGTH:
+                _LENGTH.pack_into(index, at, merged)
+                self.size += length
+                return
+        index.extend(INDEX_RECORD.pack(self.size, length, stream, time.time_ns()))
+        self._pending_stream = stream
+        self.index_size += INDEX_RECORD.size
         self.size += length
 
     def flush_index(self) -> None:
@@ -195,6 +215,10 @@ class OutputWriter:
             if moved == 0:
                 return taken, True
             taken += moved
+            if moved < SHORT_CHUNK:
+                # The pipe held little: the rest comes in the caller's next round (a command writing
+                # a byte at a time would otherwise keep this loop splicing a few bytes per call).
+                return taken, False
         return taken, False
 
     def append(self, stream: int, data: bytes) -> None:

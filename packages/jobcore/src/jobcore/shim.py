@@ -42,6 +42,18 @@ SHIM_NAME = "jobcore-shim"
 SHIM_ERRORS = "shim.err"
 #: After the command ends, how long leftovers may keep the output pipes open before they are dropped.
 DRAIN_TIMEOUT = 5.0
+#: A round of the shim's loop that moved less than this, at less than this per TRICKLE_HOLD, is a
+#: trickle: the next round waits TRICKLE_HOLD seconds (what arrives meanwhile waits in the pipe, up to
+#: PIPE_SIZE), so that a command writing a few bytes at a time costs one round, one index record per
+#: stream and one inotify event of the Worker per hold rather than per write. Its followers see that
+#: output, and its index times it, up to that much later; output at 6.5 MB/s or more is never held.
+TRICKLE_BYTES = 64 * 1024
+TRICKLE_HOLD = 0.01
+#: The hold while the index is larger than the output by INDEX_ALLOWANCE (records of a few bytes each):
+#: what bounds the index, which neither the output cap nor the server's quota counts, by the output.
+SPARSE_HOLD = 1.0
+INDEX_ALLOWANCE = 64 * 1024
+
 #: Signals the shim passes on to the command (SIGTERM only when it is not a stop request).
 FORWARDED_SIGNALS = (
     signal.SIGTERM,
@@ -54,6 +66,16 @@ FORWARDED_SIGNALS = (
 
 #: What the shim installs its handler for (the signals as plain ints, for `_signal`).
 _HANDLED_SIGNALS = tuple(int(sig) for sig in (signal.SIGCHLD, *FORWARDED_SIGNALS))
+
+
+def trickle_hold(moved: int, elapsed: float, index_size: int, output_size: int) -> float | None:
+    """How long the shim's next round waits after one that moved `moved` bytes `elapsed` seconds after
+    the round before (None: not at all). A trickle — little moved, at under TRICKLE_BYTES per
+    TRICKLE_HOLD (a fast writer caught as it refills the pipe moves little too, but in no time) — waits
+    TRICKLE_HOLD, or SPARSE_HOLD while the index is larger than the output by INDEX_ALLOWANCE."""
+    if not 0 < moved < TRICKLE_BYTES or moved * TRICKLE_HOLD >= TRICKLE_BYTES * elapsed:
+        return None
+    return SPARSE_HOLD if index_size > output_size + INDEX_ALLOWANCE else TRICKLE_HOLD
 
 
 #: A job's spec record and its cgroup handle, rebuilt from the record's state.
@@ -267,27 +289,42 @@ class Shim:
                 self.command_status = status
 
     def supervise(self, pipes: dict[str, int]) -> None:
-        """Copy output until the command has ended and the pipes are drained; handle signals."""
+        """Copy output until the command has ended and the pipes are drained; handle signals.
+
+        A round that moved less than TRICKLE_BYTES, at under TRICKLE_BYTES per TRICKLE_HOLD since the
+        round before, holds the next one back for TRICKLE_HOLD seconds (SPARSE_HOLD while the index
+        outgrows the output), signals still handled at once: a command writing a byte at a time then
+        costs its shim, the Worker's watcher and the index one round per hold, not one per write, and
+        output faster than that is never held."""
         assert self.writer is not None
         poller = select.poll()
         streams = {pipes["out"]: STDOUT, pipes["err"]: STDERR}
         for fd in streams:
             poller.register(fd, select.POLLIN)
         poller.register(self.wake_r, select.POLLIN)
+        signals_only = select.poll()
+        signals_only.register(self.wake_r, select.POLLIN)
         open_fds = set(streams)
         drain_deadline: float | None = None
+        hold_until: float | None = None
+        last_round = time.monotonic()
         while open_fds or self.command_status is None:
             now = time.monotonic()
-            deadlines = [d for d in (self.kill_deadline, drain_deadline) if d is not None]
+            held = hold_until is not None and now < hold_until and self.command_status is None
+            deadlines = [
+                d for d in (self.kill_deadline, drain_deadline, hold_until if held else None) if d is not None
+            ]
             timeout = None if not deadlines else max(0, int((min(deadlines) - now) * 1000) + 1)
             signalled = False
-            for fd, _event in poller.poll(timeout):
+            moved = 0
+            for fd, _event in (signals_only if held else poller).poll(timeout):
                 if fd == self.wake_r:
                     signalled = True
                     for signum in os.read(self.wake_r, 512):
                         self.on_signal(signum)
                     continue
-                _taken, eof = self.writer.drain_pipe(fd, streams[fd])
+                taken, eof = self.writer.drain_pipe(fd, streams[fd])
+                moved += taken
                 if eof:
                     poller.unregister(fd)
                     open_fds.discard(fd)
@@ -299,6 +336,10 @@ class Shim:
             if signalled:
                 self.reap()
             now = time.monotonic()
+            if not held:
+                hold = trickle_hold(moved, now - last_round, self.writer.index_size, self.writer.size)
+                hold_until = None if hold is None else now + hold
+                last_round = now
             if self.kill_deadline is not None and now >= self.kill_deadline:
                 self.kill_job()
             if self.command_status is not None and drain_deadline is None:
