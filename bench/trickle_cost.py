@@ -29,6 +29,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "packages" / "jobcore" / "src"
 
+#: The jobs' interpreter: the system's, which a job's sandbox shows (a venv under /tmp would not be).
+JOB_PYTHON = "/usr/bin/python3"
+
 WRITERS = {
     "1 byte per write": "import os\nwhile True: os.write(1, b'x')",
     "16 bytes per write": "import os\nwhile True: os.write(1, b'x' * 16)",
@@ -50,7 +53,7 @@ def measure(program: str, seconds: float) -> dict[str, float]:
     state = tempfile.mkdtemp(prefix="trickle-cost-")
     try:
         with Worker(state, controller=load_controller("auto")) as worker:
-            job = worker.start(JobSpec([sys.executable, "-c", program], limits=Limits(cpu=0.5, pids=16)))
+            job = worker.start(JobSpec([JOB_PYTHON, "-c", program], limits=Limits(cpu=0.5, pids=16)))
             try:
                 shim = jobdir.read_json(worker.state_dir / job.id / jobdir.SHIM)
                 assert shim is not None, "the shim did not record itself"

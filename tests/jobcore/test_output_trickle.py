@@ -5,9 +5,9 @@ comes faster is never held (jobcore.shim.trickle_hold, docs/output.md "Trickles"
 from __future__ import annotations
 
 import signal
-import sys
 
 import pytest
+from jobcore_testing import JOB_PYTHON
 from support.waiting import wait_until
 
 from jobcore import JobSpec, JobState, Worker
@@ -31,7 +31,7 @@ os.write(2, b"\n%d\n" % n)
 
 @pytest.mark.parametrize("both_streams", [False, True], ids=["stdout", "stdout-and-stderr"])
 def test_a_trickle_is_read_in_rounds_a_hold_apart_and_kept_whole(worker: Worker, both_streams: bool) -> None:
-    argv = [sys.executable, "-c", TRICKLE, "1.0", *(["both"] if both_streams else [])]
+    argv = [JOB_PYTHON, "-c", TRICKLE, "1.0", *(["both"] if both_streams else [])]
     status = worker.start(JobSpec(argv))
     final = worker.wait(status.id, timeout=60)
     assert final.state is JobState.EXITED and final.exit_code == 0
@@ -79,7 +79,7 @@ def test_the_hold_rule() -> None:
 def test_a_stop_is_not_held(worker: Worker) -> None:
     # Trickling until stopped: the stop's SIGTERM reaches the command during a hold, and it dies of
     # it (not of the SIGKILL at the end of the grace period).
-    status = worker.start(JobSpec([sys.executable, "-c", TRICKLE, "600"]))
+    status = worker.start(JobSpec([JOB_PYTHON, "-c", TRICKLE, "600"]))
     wait_until(lambda: worker.status(status.id).output_bytes > 1000, 30, "the trickle")
     final = worker.stop(status.id, grace=30)
     assert final.state is JobState.KILLED
