@@ -31,6 +31,7 @@ INDEX_RECORD = struct.Struct("<QIB3xq")
 SHORT_CHUNK = 64 * 1024
 _LENGTH = struct.Struct("<I")
 _LENGTH_AT = 8
+_STREAM_AT = 12
 _MAX_LENGTH = (1 << 32) - 1
 
 
@@ -141,15 +142,14 @@ class OutputWriter:
         #: The errno (ENOSPC, EDQUOT, EIO...) once the log could not be written: output is then dropped.
         self.write_error: int | None = None
         self._splice_ok = True
+        #: Records not written yet. A chunk of the same stream as the last one extends it rather than
+        #: adding one: a round of the shim's loop has a record per stream.
         self._index = bytearray()
-        #: The stream of the last record in `_index` (not yet written), which a chunk of the same
-        #: stream extends rather than adding one: a round of the shim's loop has a record per stream.
-        self._pending_stream = 0
         #: The index's size on disk plus what `_index` holds.
         self.index_size = os.fstat(self._idx).st_size
         #: Whether anything was ever written to the files (what close(durable=True) must flush).
         self._wrote_output = self.size > 0
-        self._wrote_index = os.fstat(self._idx).st_size > 0
+        self._wrote_index = self.index_size > 0
 
     def _room(self, want: int) -> int:
         if self.write_error is not None:
@@ -161,16 +161,16 @@ class OutputWriter:
     def _record(self, stream: int, length: int) -> None:
         # Buffered: one write of the index per round of the shim's loop (flush_index), not per chunk.
         index = self._index
-        if index and stream == self._pending_stream:
-            at = len(index) - INDEX_RECORD.size + _LENGTH_AT
-            merged = _LENGTH.unpack_from(index, at)[0] + length
-            if merged <= _MAX_LENGTH:
-                _LENGTH.pack_into(index, at, merged)
-                self.size += length
-                return
-        index.extend(INDEX_RECORD.pack(self.size, length, stream, time.time_ns()))
-        self._pending_stream = stream
-        self.index_size += INDEX_RECORD.size
+        last = len(index) - INDEX_RECORD.size
+        extend = bool(index) and index[last + _STREAM_AT] == stream
+        if extend:
+            merged = _LENGTH.unpack_from(index, last + _LENGTH_AT)[0] + length
+            extend = merged <= _MAX_LENGTH
+        if extend:
+            _LENGTH.pack_into(index, last + _LENGTH_AT, merged)
+        else:
+            index.extend(INDEX_RECORD.pack(self.size, length, stream, time.time_ns()))
+            self.index_size += INDEX_RECORD.size
         self.size += length
 
     def flush_index(self) -> None:
